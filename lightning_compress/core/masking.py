@@ -1,0 +1,212 @@
+"""How masks and quantizers ride on a module's forward.
+
+A targeted module keeps its own class and its own parameters (so ``state_dict`` keys do not change);
+its ``__class__`` is swapped for a cached subclass that, in ``forward``, replaces each transformed
+parameter by its *effective* value for the duration of the call and then calls the original
+``forward``.  Effective value = the parameter passed through the module's transforms in priority
+order (masks first, priority 0; weight quantizers later, priority 10).  Inputs may be transformed
+too (activation quantization), on the first positional argument.
+
+No forward hooks are used (Lightning removes hooks in validate/test/predict without fit, and ZeRO-3
+owns the module hooks).  Because the transform acts in forward, it also holds under ZeRO-3 (the
+parameter is gathered when ``forward`` runs) and under mixed precision (the optimizer's fp32 master
+copy is never edited, the product is recomputed every call).
+
+Contract used by every compression method:
+
+* :func:`add_param_transform` (module, param_name, owner, fn, priority, kind) registers
+  ``fn(module, tensor) -> tensor``; two owners of the same ``kind`` (e.g. two ``"mask"`` owners) on
+  one parameter raise ``ValueError``: two callbacks must not fight over one weight.
+* :func:`add_input_transform` likewise for the first positional input.
+* :func:`remove_owner` removes everything an owner registered; :func:`unwrap` restores the
+  original class once nothing is left.
+* :func:`effective_param` returns the parameter as forward sees it (for baking / export).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+TransformFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+#: priorities: lower runs first
+MASK_PRIORITY = 0
+QUANT_PRIORITY = 10
+
+
+@dataclass
+class Transform:
+    owner: str
+    kind: str
+    priority: int
+    fn: TransformFn
+
+
+class CompressedModuleMixin:
+    """Mixin placed in front of the user's module class by :func:`wrap`."""
+
+    _lc_original_class: type
+    _lc_param_transforms: dict[str, list[Transform]]
+    _lc_input_transforms: list[Transform]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        params = self._parameters
+        saved: dict[str, Any] = {}
+        try:
+            for name, transforms in self._lc_param_transforms.items():
+                if not transforms:
+                    continue
+                original = params[name]
+                if original is None:
+                    continue
+                value = original
+                for t in transforms:
+                    value = t.fn(self, value)
+                saved[name] = original
+                # plain dict assignment: nn.Module.__setattr__ would refuse a non-Parameter tensor
+                params[name] = value  # type: ignore[assignment]
+            if self._lc_input_transforms and args:
+                x = args[0]
+                for t in self._lc_input_transforms:
+                    x = t.fn(self, x)
+                args = (x,) + tuple(args[1:])
+            return self._lc_original_class.forward(self, *args, **kwargs)
+        finally:
+            for name, original in saved.items():
+                params[name] = original
+
+
+_CLASS_CACHE: dict[type, type] = {}
+
+
+def _compressed_class(cls: type) -> type:
+    if cls in _CLASS_CACHE:
+        return _CLASS_CACHE[cls]
+    name = f"Compressed{cls.__name__}_{abs(hash((cls.__module__, cls.__qualname__))) % 10**8}"
+    new_cls = type(name, (CompressedModuleMixin, cls), {"__module__": __name__})
+    new_cls.__qualname__ = name
+    # make the class findable by pickle (torch.save of a whole wrapped model)
+    setattr(sys.modules[__name__], name, new_cls)
+    _CLASS_CACHE[cls] = new_cls
+    return new_cls
+
+
+def is_wrapped(module: nn.Module) -> bool:
+    return isinstance(module, CompressedModuleMixin)
+
+
+def wrap(module: nn.Module) -> nn.Module:
+    """Swap ``module.__class__`` for its compressed subclass (idempotent).  Returns the module."""
+    if is_wrapped(module):
+        return module
+    cls = type(module)
+    module.__class__ = _compressed_class(cls)
+    module._lc_original_class = cls  # type: ignore[attr-defined]
+    module._lc_param_transforms = {}  # type: ignore[attr-defined]
+    module._lc_input_transforms = []  # type: ignore[attr-defined]
+    return module
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """Restore the original class and drop all transforms (buffers added by owners stay)."""
+    if not is_wrapped(module):
+        return module
+    cls = module._lc_original_class  # type: ignore[attr-defined]
+    for attr in ("_lc_param_transforms", "_lc_input_transforms", "_lc_original_class"):
+        module.__dict__.pop(attr, None)
+    module.__class__ = cls
+    return module
+
+
+def _insert(transforms: list[Transform], new: Transform, where: str) -> None:
+    for t in transforms:
+        if t.kind == new.kind and t.owner != new.owner:
+            raise ValueError(
+                f"{where} already has a {new.kind!r} transform from {t.owner!r}; {new.owner!r} cannot add "
+                f"another. Two callbacks must not {new.kind} the same weight: exclude this module from one "
+                f"of them (argument `exclude`) or merge them into one callback with `groups`."
+            )
+        if t.owner == new.owner and t.kind == new.kind:
+            transforms.remove(t)
+            break
+    transforms.append(new)
+    transforms.sort(key=lambda t: t.priority)
+
+
+def add_param_transform(
+    module: nn.Module,
+    param_name: str,
+    owner: str,
+    fn: TransformFn,
+    *,
+    kind: str,
+    priority: int,
+    module_name: str = "",
+) -> None:
+    """Register ``fn`` on ``module.<param_name>`` (wraps the module if needed).
+
+    Raises:
+        ValueError: if the parameter does not exist, or another owner registered the same ``kind``.
+    """
+    if param_name not in module._parameters or module._parameters[param_name] is None:
+        raise ValueError(f"module {module_name or type(module).__name__!r} has no parameter {param_name!r}")
+    wrap(module)
+    transforms = module._lc_param_transforms.setdefault(param_name, [])  # type: ignore[attr-defined]
+    _insert(transforms, Transform(owner, kind, priority, fn), f"{module_name or type(module).__name__}.{param_name}")
+
+
+def add_input_transform(
+    module: nn.Module, owner: str, fn: TransformFn, *, kind: str, priority: int, module_name: str = ""
+) -> None:
+    """Register ``fn`` on the first positional input of ``module.forward``."""
+    wrap(module)
+    _insert(module._lc_input_transforms, Transform(owner, kind, priority, fn), f"{module_name or type(module).__name__} input")  # type: ignore[attr-defined]
+
+
+def remove_owner(module: nn.Module, owner: str) -> None:
+    """Remove every transform ``owner`` registered on ``module``; unwrap when none are left."""
+    if not is_wrapped(module):
+        return
+    for name, transforms in list(module._lc_param_transforms.items()):  # type: ignore[attr-defined]
+        transforms[:] = [t for t in transforms if t.owner != owner]
+        if not transforms:
+            del module._lc_param_transforms[name]  # type: ignore[attr-defined]
+    module._lc_input_transforms[:] = [t for t in module._lc_input_transforms if t.owner != owner]  # type: ignore[attr-defined]
+    if not module._lc_param_transforms and not module._lc_input_transforms:  # type: ignore[attr-defined]
+        unwrap(module)
+
+
+def owners(module: nn.Module, param_name: str | None = None) -> list[tuple[str, str]]:
+    """(owner, kind) pairs registered on a parameter (or on the input when ``param_name`` is None)."""
+    if not is_wrapped(module):
+        return []
+    if param_name is None:
+        return [(t.owner, t.kind) for t in module._lc_input_transforms]  # type: ignore[attr-defined]
+    return [(t.owner, t.kind) for t in module._lc_param_transforms.get(param_name, [])]  # type: ignore[attr-defined]
+
+
+def effective_param(module: nn.Module, param_name: str, kinds: tuple[str, ...] | None = None) -> torch.Tensor:
+    """The parameter as ``forward`` sees it (optionally only through transforms of ``kinds``)."""
+    value = module._parameters[param_name]
+    assert value is not None
+    if is_wrapped(module):
+        for t in module._lc_param_transforms.get(param_name, []):  # type: ignore[attr-defined]
+            if kinds is None or t.kind in kinds:
+                value = t.fn(module, value)
+    return value
+
+
+def mask_transform(buffer_name: str) -> TransformFn:
+    """A transform multiplying by the (bool) buffer ``buffer_name`` of the module."""
+
+    def fn(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+        mask = getattr(module, buffer_name)
+        return tensor * mask
+
+    fn.__qualname__ = f"mask_transform[{buffer_name}]"
+    return fn

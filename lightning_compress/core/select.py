@@ -1,0 +1,102 @@
+"""Which modules: regex include/exclude over qualified module names, restricted to module types.
+
+Semantics: a module is selected when its qualified name (``model.named_modules()``) matches at least
+one ``modules`` regex (``re.search``, so ``"encoder"`` matches any name containing it; anchor with
+``^``/``$`` for exact names) and no ``exclude`` regex, and it is an instance of one of ``types``.
+With ``modules=None`` every module of the given types is a candidate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from torch import nn
+
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+
+
+def _compile(patterns: Sequence[str] | None, argument: str, owner: str) -> list[re.Pattern[str]]:
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    compiled = []
+    for p in patterns:
+        try:
+            compiled.append(re.compile(p))
+        except re.error as err:
+            raise ValueError(f"{owner}: `{argument}` entry {p!r} is not a valid regular expression ({err}).") from err
+    return compiled
+
+
+def last_module_of_types(model: nn.Module, types: tuple[type[nn.Module], ...] = DEFAULT_TYPES) -> str | None:
+    """Name of the last registered module of ``types`` (the final classifier in the usual layouts)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, types):
+            last = name
+    return last
+
+
+def select_modules(
+    model: nn.Module,
+    modules: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    types: Iterable[type[nn.Module]] = DEFAULT_TYPES,
+    *,
+    owner: str = "lightning_compress",
+    exclude_last: bool = False,
+) -> dict[str, nn.Module]:
+    """Return ``{qualified name: module}`` selected by the rules in the module docstring.
+
+    Args:
+        modules: include regexes; ``None`` = every module of ``types``.
+        exclude: exclude regexes (applied after ``modules``).
+        types: module classes that can be targeted.
+        owner: name used in error messages (the callback's class name).
+        exclude_last: when ``modules`` is None, also leave out the last module of ``types``
+            (the final classifier; pruning or quantizing it usually hurts most).
+
+    Raises:
+        ValueError: a regex is invalid, an include regex matches no module of ``types``, an exclude
+            regex matches nothing, or nothing is selected at all.
+    """
+    types = tuple(types)
+    include = _compile(modules, "modules", owner)
+    excl = _compile(exclude, "exclude", owner)
+    candidates = [(n, m) for n, m in model.named_modules() if n and isinstance(m, types)]
+    type_names = ", ".join(t.__name__ for t in types)
+    if include:
+        for rx in include:
+            if not any(rx.search(n) for n, _ in candidates):
+                near = [n for n, _ in model.named_modules() if n and rx.search(n)]
+                hint = (
+                    f" It matches {near[:5]} but none of those is a {type_names}."
+                    if near
+                    else f" Candidate names look like: {[n for n, _ in candidates[:6]]}."
+                )
+                raise ValueError(
+                    f"{owner}: `modules` regex {rx.pattern!r} matches no {type_names} module of "
+                    f"{type(model).__name__}.{hint} Fix the regex or remove it."
+                )
+        chosen = [(n, m) for n, m in candidates if any(rx.search(n) for rx in include)]
+    else:
+        chosen = list(candidates)
+        if exclude_last and chosen:
+            last = last_module_of_types(model, types)
+            chosen = [(n, m) for n, m in chosen if n != last]
+    for rx in excl:
+        if not any(rx.search(n) for n, _ in model.named_modules() if n):
+            raise ValueError(
+                f"{owner}: `exclude` regex {rx.pattern!r} matches no module of {type(model).__name__}. "
+                f"Fix the regex or remove it."
+            )
+    chosen = [(n, m) for n, m in chosen if not any(rx.search(n) for rx in excl)]
+    if not chosen:
+        raise ValueError(
+            f"{owner}: no {type_names} module of {type(model).__name__} is left to compress after "
+            f"`modules`={list(modules) if modules else None} and `exclude`={list(exclude) if exclude else None}. "
+            f"Widen `modules` or narrow `exclude`."
+        )
+    return dict(chosen)

@@ -1,0 +1,102 @@
+"""``DeepSpeedCompressionStrategy``: Lightning's DeepSpeed strategy that also runs on CPU.
+
+On CUDA it is exactly :class:`lightning.pytorch.strategies.DeepSpeedStrategy`.  On the CPU
+accelerator it skips the CUDA-only checks (``setup_environment``'s accelerator test and the device
+index validation of ``setup_distributed``), reports ``root_device`` as ``cpu:<local_rank>`` (DeepSpeed
+reads the index as its device rank) and communicates over gloo.  ZeRO stages 0-3 run this way with
+any number of processes, which is what CI and CPU-only users need.
+
+When the DeepSpeed config has a ``compression_training`` section, the matching lightning-compress
+callbacks are built from it (see :func:`lightning_compress.from_deepspeed_config`) and appended to the
+Trainer's callbacks at ``setup``, so an existing DeepSpeed user changes nothing but the strategy.
+
+Registered names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and
+``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.accelerators.cuda import CUDAAccelerator
+from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
+from lightning.pytorch.strategies.parallel import ParallelStrategy
+from lightning.fabric.utilities.seed import reset_seed
+from typing_extensions import override
+
+
+class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
+    """DeepSpeed strategy for CUDA *and* CPU (gloo).  Takes every argument of ``DeepSpeedStrategy``.
+
+    Example::
+
+        Trainer(accelerator="cpu", devices=2, strategy=DeepSpeedCompressionStrategy(stage=3))
+        Trainer(accelerator="cpu", devices=2, strategy="deepspeed_compression_stage_3")
+    """
+
+    strategy_name = "deepspeed_compression"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._compression_callbacks_added = False
+
+    @property
+    def _on_cuda(self) -> bool:
+        return isinstance(self.accelerator, CUDAAccelerator)
+
+    @override
+    def setup_environment(self) -> None:
+        if self._on_cuda:
+            super().setup_environment()
+            return
+        # DeepSpeedStrategy.setup_environment only adds the CUDA check; DDPStrategy's body is
+        # ParallelStrategy.setup_environment + setup_distributed.
+        ParallelStrategy.setup_environment(self)
+        self.setup_distributed()
+
+    @override
+    def setup_distributed(self) -> None:
+        if self._on_cuda:
+            super().setup_distributed()
+            return
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    @property
+    @override
+    def root_device(self) -> torch.device:
+        if self._on_cuda or self.parallel_devices is None:
+            return super().root_device
+        return torch.device("cpu", self.local_rank)
+
+    @override
+    def _get_process_group_backend(self) -> str:
+        if self._on_cuda:
+            return super()._get_process_group_backend()
+        return self._process_group_backend or "gloo"
+
+    @override
+    def setup(self, trainer: Any) -> None:
+        super().setup(trainer)
+
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        strategy_registry.register(
+            "deepspeed_compression", cls, description="DeepSpeed (CUDA or CPU/gloo) for lightning-compress", override=True
+        )
+        for stage in (1, 2, 3):
+            strategy_registry.register(
+                f"deepspeed_compression_stage_{stage}",
+                cls,
+                description=f"DeepSpeed ZeRO stage {stage} (CUDA or CPU/gloo) for lightning-compress",
+                stage=stage,
+                override=True,
+            )
+
+
+def register() -> None:
+    """Add the strategy names to Lightning's registry (idempotent; done on ``import lightning_compress``)."""
+    DeepSpeedCompressionStrategy.register_strategies(StrategyRegistry)
