@@ -150,8 +150,11 @@ def _fq_rows(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: in
     """Fake-quantize float32 ``rows`` [R, n] with one (scale, zp) per row; STE; ONNX-exportable."""
     qmin, qmax = qrange(bits, symmetric)
     if bits < 8:
-        lo_v = ((qmin - zp).float() * scale).unsqueeze(1)
-        hi_v = ((qmax - zp).float() * scale).unsqueeze(1)
+        # clip to the b-bit range; the bounds sit 0.49 step outside it, so every value that rounds
+        # into the range keeps its gradient (as in torch.fake_quantize_*) and clipped ones round to
+        # qmin / qmax
+        lo_v = ((qmin - 0.49 - zp).float() * scale).unsqueeze(1)
+        hi_v = ((qmax + 0.49 - zp).float() * scale).unsqueeze(1)
         rows = torch.maximum(torch.minimum(rows, hi_v), lo_v)
     q8min, q8max = qrange(8, symmetric)
     if rows.shape[0] == 1:
