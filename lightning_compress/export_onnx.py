@@ -11,7 +11,8 @@
   quantized Linear becomes ``DynamicQuantizeLinear`` (the activation, per tensor, uint8, at run
   time) -> ``MatMulInteger`` (our int8 weight codes, zero-points) -> ``Cast`` -> ``Mul`` (activation
   scale x our per-channel weight scales) -> ``Add`` (bias), the pattern ONNX Runtime fuses into its
-  ``DynamicQuantizeMatMul`` kernel.  Conv2d likewise with ``ConvInteger`` (ONNX Runtime implements
+  ``DynamicQuantizeMatMul`` kernel.  Quantized embeddings keep an int8 table with per-row scales
+  (``Gather`` of codes and scales, then ``Mul``).  Conv2d likewise with ``ConvInteger`` (ONNX Runtime implements
   it for uint8 weights only: symmetric codes are shifted by 128), or kept as a float Conv with the
   dequantized weight (``conv="float"``, the default, because ``ConvInteger`` is slow in ONNX
   Runtime on CPU; see ``benchmarks/quant.py``).  Group-wise weights have no per-column form in
@@ -167,6 +168,22 @@ class Int8Conv2d(nn.Module):
         return _DynQConv.apply(x, self.wq, self.w_scale, self.w_zp, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+class Int8Embedding(nn.Module):
+    """Export-time Embedding: an int8 (or uint8 + zero-point) table with one scale per row; a lookup
+    gathers codes and scales (``Gather`` -> ``Cast`` -> ``Sub`` -> ``Mul``)."""
+
+    def __init__(self, emb: nn.Embedding, codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None) -> None:
+        super().__init__()
+        if emb.max_norm is not None:
+            raise ValueError("export_int8: nn.Embedding with max_norm is not supported.")
+        self.register_buffer("wq", codes.to(torch.int8 if zp is None else torch.uint8))
+        self.register_buffer("w_scale", scale.float().reshape(-1, 1))
+        self.register_buffer("w_zp", (zp if zp is not None else torch.zeros_like(scale)).float().reshape(-1, 1))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return (self.wq[ids].float() - self.w_zp[ids]) * self.w_scale[ids]
+
+
 def _strip(model: nn.Module, bake: bool) -> nn.Module:
     """Deep copy without any transform; ``bake``: weights replaced by their effective value."""
     model = copy.deepcopy(model)
@@ -190,8 +207,8 @@ def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def int8_model(model: nn.Module, conv: Literal["float", "integer"] = "float") -> tuple[nn.Module, dict[str, list[str]]]:
-    """A copy of ``model`` whose weight-quantized Linear (and with ``conv="integer"`` Conv2d) layers
-    are :class:`Int8Linear` / :class:`Int8Conv2d`; other quantized weights are baked as floats.
+    """A copy of ``model`` whose weight-quantized Linear, Embedding (and with ``conv="integer"``
+    Conv2d) layers are :class:`Int8Linear` / :class:`Int8Embedding` / :class:`Int8Conv2d`; other quantized weights are baked as floats.
     Returns ``(model, {"integer": [...], "float": [...]})`` (module names)."""
     summary: dict[str, list[str]] = {"integer": [], "float": []}
     plan: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]] = {}
@@ -200,7 +217,7 @@ def int8_model(model: nn.Module, conv: Literal["float", "integer"] = "float") ->
         if q is None:
             continue
         spec = q.current_spec
-        ok_type = isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and conv == "integer")
+        ok_type = isinstance(module, (nn.Linear, nn.Embedding)) or (isinstance(module, nn.Conv2d) and conv == "integer")
         if not q.enabled or not ok_type or spec.granularity == "group":
             summary["float"].append(name)
             continue
@@ -215,6 +232,10 @@ def int8_model(model: nn.Module, conv: Literal["float", "integer"] = "float") ->
             scale = scale.expand(out).clone()
             zp = zp.expand(out).clone() if zp is not None else None
         codes = codes.reshape(module.weight.shape)
+        if isinstance(module, nn.Embedding):
+            _set_child(stripped, name, Int8Embedding(module, codes, scale, zp))
+            summary["integer"].append(name)
+            continue
         bias = module.bias.detach().float().clone() if module.bias is not None else torch.zeros(out)
         if isinstance(module, nn.Linear):
             if zp is None:  # symmetric / ternary / binary: int8 codes, zero-point 0
@@ -266,4 +287,4 @@ def onnx_bytes(path: str | os.PathLike) -> int:
     return os.path.getsize(path)
 
 
-__all__ = ["export_qdq", "export_int8", "export_float", "int8_model", "Int8Linear", "Int8Conv2d"]
+__all__ = ["export_qdq", "export_int8", "export_float", "int8_model", "Int8Linear", "Int8Conv2d", "Int8Embedding"]
