@@ -15,9 +15,10 @@
   (``Gather`` of codes and scales, then ``Mul``).  Conv2d likewise with ``ConvInteger`` (ONNX Runtime implements
   it for uint8 weights only: symmetric codes are shifted by 128), or kept as a float Conv with the
   dequantized weight (``conv="float"``, the default, because ``ConvInteger`` is slow in ONNX
-  Runtime on CPU; see ``benchmarks/quant.py``).  Group-wise weights have no per-column form in
-  ``MatMulInteger``: such layers keep a float MatMul over the dequantized weight and are listed in
-  the returned summary.  The model's own activation quantizers are replaced by ONNX Runtime's
+  Runtime on CPU; see ``benchmarks/quant.py``: the weights are then stored as int8 codes and
+  dequantized in the graph, which ONNX Runtime constant-folds at load).  Group-wise weights have no
+  per-column form in ``MatMulInteger``: they are stored the same way (integer codes, float kernel)
+  and listed under ``"int8 storage"`` in the returned summary.  The model's own activation quantizers are replaced by ONNX Runtime's
   dynamic per-tensor uint8 quantization.
 """
 
@@ -184,6 +185,33 @@ class Int8Embedding(nn.Module):
         return (self.wq[ids].float() - self.w_zp[ids]) * self.w_scale[ids]
 
 
+class StoredInt8(nn.Module):
+    """Export-time Linear / Conv2d whose weight is stored as integer codes (int8, or uint8 with
+    zero-points) with one scale per row of :func:`core.quantize.as_rows` (tensor, channel or group)
+    and dequantized in the graph (``Cast`` -> ``Sub`` -> ``Mul`` -> ``Reshape``, constant-folded by
+    ONNX Runtime at load): small files, float kernels."""
+
+    def __init__(self, module: nn.Module, codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None) -> None:
+        super().__init__()
+        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+            raise ValueError(f"export_int8: Conv2d padding_mode={module.padding_mode!r} is not supported.")
+        self.kind = "linear" if isinstance(module, nn.Linear) else "conv"
+        self.shape = tuple(module.weight.shape)
+        rows = scale.numel()
+        self.register_buffer("wq", codes.reshape(rows, -1).to(torch.int8 if zp is None else torch.uint8))
+        self.register_buffer("w_scale", scale.float().reshape(rows, 1))
+        self.register_buffer("w_zp", (zp if zp is not None else torch.zeros_like(scale)).float().reshape(rows, 1))
+        self.register_buffer("bias", module.bias.detach().float().clone() if module.bias is not None else None)
+        if self.kind == "conv":
+            self.stride, self.padding, self.dilation, self.groups = module.stride, module.padding, module.dilation, module.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = ((self.wq.float() - self.w_zp) * self.w_scale).reshape(self.shape)
+        if self.kind == "linear":
+            return nn.functional.linear(x, w, self.bias)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 def _strip(model: nn.Module, bake: bool) -> nn.Module:
     """Deep copy without any transform; ``bake``: weights replaced by their effective value."""
     model = copy.deepcopy(model)
@@ -207,26 +235,45 @@ def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def int8_model(model: nn.Module, conv: Literal["float", "integer"] = "float") -> tuple[nn.Module, dict[str, list[str]]]:
-    """A copy of ``model`` whose weight-quantized Linear, Embedding (and with ``conv="integer"``
-    Conv2d) layers are :class:`Int8Linear` / :class:`Int8Embedding` / :class:`Int8Conv2d`; other quantized weights are baked as floats.
-    Returns ``(model, {"integer": [...], "float": [...]})`` (module names)."""
-    summary: dict[str, list[str]] = {"integer": [], "float": []}
-    plan: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]] = {}
+    """A copy of ``model`` ready for the integer CPU export.
+
+    Weight-quantized layers become :class:`Int8Linear` (per tensor / channel), :class:`Int8Conv2d`
+    (``conv="integer"``), :class:`Int8Embedding`, or :class:`StoredInt8` (group-wise weights, and
+    Conv2d with ``conv="float"``: integer storage, float kernel).  Quantizers that are disabled
+    (before a schedule's ``start_step``) leave their layer in float.  Activation quantizers are
+    dropped (ONNX Runtime quantizes activations dynamically).
+
+    Returns ``(model, {"integer": [...], "int8 storage": [...], "float": [...]})`` (module names).
+    """
+    summary: dict[str, list[str]] = {"integer": [], "int8 storage": [], "float": []}
+    plan: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any, str]] = {}
     for name, module in model.named_modules():
         q = weight_quantizer(module)
         if q is None:
             continue
         spec = q.current_spec
-        ok_type = isinstance(module, (nn.Linear, nn.Embedding)) or (isinstance(module, nn.Conv2d) and conv == "integer")
-        if not q.enabled or not ok_type or spec.granularity == "group":
+        if not q.enabled or not isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
+            summary["float"].append(name)
+            continue
+        if isinstance(module, nn.Embedding):
+            how = "integer" if spec.granularity != "group" else "float"
+        elif spec.granularity == "group" or (isinstance(module, nn.Conv2d) and conv == "float"):
+            how = "int8 storage"
+        else:
+            how = "integer"
+        if how == "float":
             summary["float"].append(name)
             continue
         with torch.no_grad():
             codes, scale, zp = q.quantize_int(pre_quant_weight(module).detach())
-        plan[name] = (codes, scale, zp, spec)
+        plan[name] = (codes, scale, zp, spec, how)
     stripped = _strip(model, bake=True)
-    for name, (codes, scale, zp, spec) in plan.items():
+    for name, (codes, scale, zp, spec, how) in plan.items():
         module = stripped.get_submodule(name)
+        summary[how].append(name)
+        if how == "int8 storage":
+            _set_child(stripped, name, StoredInt8(module, codes, scale, zp))
+            continue
         out = module.weight.shape[0]
         if spec.granularity == "tensor":
             scale = scale.expand(out).clone()
@@ -234,7 +281,6 @@ def int8_model(model: nn.Module, conv: Literal["float", "integer"] = "float") ->
         codes = codes.reshape(module.weight.shape)
         if isinstance(module, nn.Embedding):
             _set_child(stripped, name, Int8Embedding(module, codes, scale, zp))
-            summary["integer"].append(name)
             continue
         bias = module.bias.detach().float().clone() if module.bias is not None else torch.zeros(out)
         if isinstance(module, nn.Linear):
@@ -254,7 +300,6 @@ def int8_model(model: nn.Module, conv: Literal["float", "integer"] = "float") ->
                 zpt = zp.to(torch.uint8)
             new = Int8Conv2d(module, wq, scale.float(), zpt, bias)
         _set_child(stripped, name, new)
-        summary["integer"].append(name)
     return stripped, summary
 
 
@@ -269,7 +314,8 @@ def export_int8(
 ) -> dict[str, list[str]]:
     """Export the integer CPU form of a weight-quantized model to ``path`` (see module docstring).
 
-    Returns ``{"integer": [module names run with integer kernels], "float": [baked as float]}``.
+    Returns ``{"integer": [module names run with integer kernels], "int8 storage": [integer codes in
+    the file, dequantized at load], "float": [baked as float]}``.
 
     Raises:
         ValueError: the model has no weight quantizer (quantize it first).
@@ -287,4 +333,4 @@ def onnx_bytes(path: str | os.PathLike) -> int:
     return os.path.getsize(path)
 
 
-__all__ = ["export_qdq", "export_int8", "export_float", "int8_model", "Int8Linear", "Int8Conv2d", "Int8Embedding"]
+__all__ = ["export_qdq", "export_int8", "export_float", "int8_model", "Int8Linear", "Int8Conv2d", "Int8Embedding", "StoredInt8"]

@@ -16,7 +16,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from lightning_compress.core import masking
 from lightning_compress.core.quantize import pack_state, packed_nbytes, weight_quantizer
-from lightning_compress.export_onnx import export_float, export_int8, export_qdq
+from lightning_compress.export_onnx import _strip, export_float, export_int8, export_qdq
 from lightning_compress.ptq import quantize, zeroquant
 
 NAMES = ["input_ids", "attention_mask"]
@@ -114,6 +114,11 @@ def test_cnn_dynamic_per_image_and_int8_conv_export(cnn, tmp_path):
     assert _cos(out, fq) >= 0.999
     summary = export_int8(qmodel, (x,), tmp_path / "i.onnx", conv="integer")
     assert summary["integer"] == ["features.0", "features.3"]
+    stored = export_int8(qmodel, (x,), tmp_path / "s.onnx")
+    assert stored["int8 storage"] == ["features.0", "features.3"]
+    out = _run_onnx(tmp_path / "s.onnx", {"input_0": x.numpy()})
+    with torch.no_grad():
+        assert np.abs(out - quantize(cnn, act_bits=None)(x).numpy()).max() < 1e-4
     assert "ConvInteger" in _ops(tmp_path / "i.onnx")
     out = _run_onnx(tmp_path / "i.onnx", {"input_0": x.numpy()})
     assert _cos(out, ref) >= 0.99
@@ -148,9 +153,13 @@ def test_zeroquant_mixed_int4_int8(bert, bert_inputs, tmp_path):
     out = _run_onnx(export_qdq(qmodel, (ids, mask), tmp_path / "z.onnx", input_names=NAMES),
                     {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
     assert _cos(out, fq) >= 0.999
-    # group-wise weights have no MatMulInteger form: kept as float and reported
+    # group-wise weights have no MatMulInteger form: integer codes in the file, float kernels
     summary = export_int8(qmodel, (ids, mask), tmp_path / "zi.onnx", input_names=NAMES)
-    assert summary["integer"] == [] and len(summary["float"]) == 13
+    assert summary["integer"] == [] and summary["float"] == [] and len(summary["int8 storage"]) == 13
+    out = _run_onnx(tmp_path / "zi.onnx", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():  # weights baked (W4/W8 group-wise), activation quantizers dropped
+        expected = _strip(qmodel, bake=True)(input_ids=ids, attention_mask=mask).logits.numpy()
+    assert np.abs(out - expected).max() < 1e-4  # exactly the W4/W8 group-wise weights, float activations
 
 
 def test_packed_files_by_bits_load_in_fresh_process(bert, tmp_path):

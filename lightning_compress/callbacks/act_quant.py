@@ -16,14 +16,6 @@ from lightning_compress.core import masking
 from lightning_compress.core.quantize import SUPPORTED_ACT_BITS, check_bits
 from lightning_compress.core.select import select_modules
 
-try:
-    from lightning_compress.callbacks._steps import is_accumulation_boundary
-except ImportError:  # pragma: no cover - until the helpers land on this branch
-
-    def is_accumulation_boundary(trainer: Any) -> bool:
-        return True
-
-
 _COUNTER = itertools.count()
 RANGES = ("dynamic", "static")
 
@@ -109,7 +101,9 @@ class ActQuant(Callback):
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.range == "static" and is_accumulation_boundary(trainer):
+        # every micro-batch (not only at accumulation boundaries): every forward updates the EMA, and
+        # under DeepSpeed the boundary flag has already moved on when this hook runs
+        if self.range == "static":
             aq.sync_static_ranges(list(self._targets.values()))
 
     def remove(self) -> None:

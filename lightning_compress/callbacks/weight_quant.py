@@ -23,13 +23,7 @@ from lightning_compress.core.quantize import (
 )
 from lightning_compress.core.select import select_modules
 
-try:  # lead's shared step helpers
-    from lightning_compress.callbacks._steps import optimizer_step_count
-except ImportError:  # pragma: no cover - until the helpers land on this branch
-
-    def optimizer_step_count(trainer: Any) -> int:
-        return int(trainer.global_step)
-
+from lightning_compress.callbacks._steps import optimizer_step_count
 
 _COUNTER = itertools.count()
 
