@@ -49,6 +49,9 @@ class WeightQuant(Callback):
     batch), the forward uses ``levels[min(k, len(levels) - 1)]``.  Example: ``start_bits=8, bits=4,
     period=100, start_step=0`` trains steps 0..99 at 8 bits and from step 100 on at 4 bits.
 
+    The quantizers stay on the modules after ``fit`` (the model keeps its quantized forward, and
+    ``RedundancyClean`` / :func:`core.quantize.pack_state` read them); :meth:`remove` takes them off.
+
     Args:
         bits: final weight width in bits, one of 8, 4, 3, 2 (ternary), 1 (binary).
         start_bits: first width of the schedule (None: ``bits`` from the start).
@@ -174,12 +177,6 @@ class WeightQuant(Callback):
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._apply_step(optimizer_step_count(trainer))
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # transforms stay on the modules after fit (the model keeps behaving quantized, and
-        # RedundancyClean / pack_state read them); call ``remove`` to restore full precision.
-        return None
 
     def remove(self) -> None:
         """Take the quantizers off the modules (full-precision forward again)."""
