@@ -149,7 +149,7 @@ def run(name: str, iters: int, threads: int) -> None:
             times[k].append(time.perf_counter() - t0)
     base = statistics.median(times["fp32"])
     print(f"\n## {name}: batch {tuple(args[0].shape)}, ORT {ort.__version__}, {threads} thread(s), {iters} interleaved iterations")
-    print(f"int8 export: {len(summary['integer'])} layers integer, {len(summary['float'])} float")
+    print(f"int8 export: {len(summary['integer'])} layers integer kernels, {len(summary['int8 storage'])} int8 storage + float kernel, {len(summary['float'])} float")
     print("| variant | median ms | speedup vs fp32 | cosine vs fp32 PyTorch | ONNX MB |")
     print("|---|---:|---:|---:|---:|")
     for k in keys:

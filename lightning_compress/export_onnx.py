@@ -67,7 +67,7 @@ def _wants_kwargs(model: nn.Module) -> bool:
 
 
 def _export(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | os.PathLike, input_names: Sequence[str] | None,
-            dynamic_axes: dict[str, dict[int, str]] | None, opset: int) -> str:
+            dynamic_axes: dict[str, dict[int, str]] | None, opset: int, fold: bool = True) -> str:
     adapter = _OutputAdapter(model, input_names).eval()
     names = list(input_names) if input_names else [f"input_{i}" for i in range(len(args))]
     with warnings.catch_warnings():
@@ -75,7 +75,7 @@ def _export(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | os.Pat
         with torch.no_grad():
             torch.onnx.export(
                 adapter, tuple(args), str(path), dynamo=False, opset_version=opset, input_names=names,
-                output_names=["output"], dynamic_axes=dynamic_axes, do_constant_folding=True,
+                output_names=["output"], dynamic_axes=dynamic_axes, do_constant_folding=fold,
             )
     return str(path)
 
@@ -325,7 +325,9 @@ def export_int8(
     if conv not in ("float", "integer"):
         raise ValueError(f"export_int8: `conv`={conv!r} must be 'float' or 'integer'.")
     m, summary = int8_model(model, conv)
-    _export(m, args, path, input_names, dynamic_axes, opset)
+    # no constant folding at export: it would turn the integer weight codes of StoredInt8 layers
+    # back into fp32 constants in the file (ONNX Runtime folds them at load instead)
+    _export(m, args, path, input_names, dynamic_axes, opset, fold=False)
     return summary
 
 
