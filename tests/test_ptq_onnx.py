@@ -223,3 +223,19 @@ def test_quantize_bad_inputs(bert, cnn):
         zeroquant(bert, weight_bits=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="export_int8: the model has no weight quantizer"):
         export_int8(cnn, (torch.randn(1, 3, 8, 8),), "unused.onnx")
+
+
+@pytest.mark.parametrize("granularity,group", [("channel", None), ("group", 32)])
+def test_int8_export_file_is_a_quarter(tmp_path, granularity, group):
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 4))
+    x = torch.randn(2, 128)
+    q = quantize(mlp, None, weight_bits=8, act_bits=None, granularity=granularity, group_size=group, modules=[r"^[0-4]$"])
+    export_float(mlp, (x,), tmp_path / "f.onnx")
+    summary = export_int8(q, (x,), tmp_path / "i.onnx")
+    assert len(summary["integer" if granularity == "channel" else "int8 storage"]) == 3
+    ratio = (tmp_path / "i.onnx").stat().st_size / (tmp_path / "f.onnx").stat().st_size
+    assert ratio < 0.35, ratio  # int8 codes + fp32 biases, scales and the fp32 classifier
+    with torch.no_grad():
+        ref = mlp(x).numpy()
+    assert _cos(_run_onnx(tmp_path / "i.onnx", {"input_0": x.numpy()}), ref) >= 0.999

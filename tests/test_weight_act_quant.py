@@ -288,3 +288,39 @@ def test_weight_and_act_quant_bf16_mixed():
 def test_act_quant_bad_init(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ActQuant(**kwargs)
+
+
+def test_resume_restores_schedule_and_ranges(tmp_path):
+    """Checkpoint mid-schedule, resume in a new Trainer: the bits schedule continues at the stored
+    optimizer step (same bits per step as an uninterrupted run) and the static ranges are restored
+    before training goes on."""
+
+    class RangeProbe(pl.Callback):
+        def __init__(self, aq):
+            self.aq, self.at_start = aq, None
+
+        def on_train_start(self, trainer, pl_module):
+            self.at_start = self.aq.ranges()
+
+    def callbacks(model):
+        wq, aq = WeightQuant(bits=2, start_bits=8, period=2), ActQuant(range="static", symmetric=False)
+        model.probe = wq
+        return [wq, aq, RangeProbe(aq)]
+
+    straight = Tiny()
+    _trainer(callbacks(straight), max_steps=8).fit(straight, _loader(16))  # 4 batches per epoch
+
+    first = Tiny()
+    cbs1 = callbacks(first)
+    t1 = _trainer(cbs1, max_steps=4)
+    t1.fit(first, _loader(16))
+    t1.save_checkpoint(tmp_path / "mid.ckpt")
+    saved_ranges = cbs1[1].ranges()
+    resumed = Tiny()
+    cbs = callbacks(resumed)
+    _trainer(cbs, max_steps=8).fit(resumed, _loader(16), ckpt_path=tmp_path / "mid.ckpt")
+    assert cbs[2].at_start == saved_ranges
+    resumed_bits = {step: states[0] for step, states in resumed.seen}
+    straight_bits = {step: states[0] for step, states in straight.seen}
+    assert sorted(resumed_bits) == [4, 5, 6, 7]
+    assert resumed_bits == {k: straight_bits[k] for k in resumed_bits} == {4: (True, 3), 5: (True, 3), 6: (True, 2), 7: (True, 2)}
