@@ -43,8 +43,10 @@ def test_l1_2to4_zero3(dist_results):
         assert bool((mask.reshape(-1, 4).sum(1) == 2).all())
 
 
-def test_topk_zero2(dist_results):
-    check_common(dist_results("sparse_topk_zero2"), 0.6)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_topk_learned_scores(dist_results, stage):
+    r0 = check_common(dist_results(f"sparse_topk_zero{stage}"), 0.6)
+    assert [h["step"] for h in r0["history"]] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("stage", [2, 3])

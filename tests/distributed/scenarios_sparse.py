@@ -72,6 +72,12 @@ def topk_zero2(ctx: Context) -> None:
     run(ctx, 2, cb, max_steps=5)
 
 
+@scenario("sparse_topk_zero3")
+def topk_zero3(ctx: Context) -> None:
+    cb = SparsePruning(sparsity=0.6, method="topk", start_step=1, end_step=4)
+    run(ctx, 3, cb, max_steps=5, accumulate_grad_batches=2)
+
+
 def _resume_run(ctx: Context, stage: int, steps: int, ckpt=None, save=None) -> dict:
     pl.seed_everything(0)
     cb = SnipMomentumPruning(sparsity=0.75, pattern="4x1", start_step=1, end_step=6, frequency=1)
