@@ -417,3 +417,53 @@ def test_manual_optimization_rejected():
     lit.automatic_optimization = False
     with pytest.raises(ValueError, match="uses manual optimization"):
         setup_fit(LayerReductionKD(keep_layers=2), lit)
+
+
+# ---------------------------------------------------------------------------------------------- composition, resume
+def test_composes_with_sparse_pruning_teacher_stays_dense():
+    from lightning_compress.callbacks.sparse_pruning import SparsePruning
+
+    torch.manual_seed(0)
+    lit = Lit(ResNet(n=4))
+    before = copy.deepcopy(lit.model)
+    kd = LayerReductionKD(keep_layers=[1, 3], weights={"hidden": 1.0})
+    pruner = SparsePruning(sparsity=0.5, method="l1", start_step=0, end_step=1)
+    trainer = Trainer(
+        max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[kd, pruner],
+    )
+    trainer.fit(lit, DataLoader(data(24), batch_size=8))
+    masks = pruner.masks()
+    assert masks and all(not k.startswith("model.blocks.2") and not k.startswith("model.blocks.3") for k in masks)
+    assert "model.blocks.1.fc" in masks and masks["model.blocks.1.fc"].float().mean() < 1.0  # the reduced model is pruned
+    assert not any(masking.is_wrapped(m) for m in kd.teacher.modules())  # type: ignore[union-attr]
+    assert same(kd.teacher, before)  # type: ignore[arg-type]  # dense, unchanged
+    assert torch.isfinite(trainer.callback_metrics["kd/loss"])
+
+
+def test_resume_from_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    lit = Lit(ResNet(n=4))
+    cb = LayerReductionKD(keep_layers=[0, 3])
+    trainer = fit(lit, cb, DataLoader(data(16), batch_size=8), steps=2)
+    ckpt = tmp_path / "kd.ckpt"
+    trainer.save_checkpoint(ckpt)
+    assert torch.load(ckpt, weights_only=False)["callbacks"]["LayerReductionKD"]["keep_layers"] == [0, 3]
+    # a fresh full-depth module (as the user builds it) resumes: same reduction, the student weights come back
+    torch.manual_seed(0)
+    lit2 = Lit(ResNet(n=4))
+    cb2 = LayerReductionKD(keep_layers=[0, 3])
+    t2 = Trainer(
+        max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb2],
+    )
+    t2.fit(lit2, DataLoader(data(16), batch_size=8), ckpt_path=ckpt)
+    assert t2.global_step == 3 and len(lit2.model.blocks) == 2 and cb2.keep == [0, 3]
+    # a run configured with other layers refuses the checkpoint
+    cb3 = LayerReductionKD(keep_layers=[1, 2])
+    t3 = Trainer(
+        max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb3],
+    )
+    with pytest.raises(ValueError, match=r"checkpoint kept layers \[0, 3\] but this run kept \[1, 2\]"):
+        t3.fit(Lit(ResNet(n=4)), DataLoader(data(16), batch_size=8), ckpt_path=ckpt)
