@@ -295,6 +295,26 @@ def test_hf_bert_reduced_config_saved_and_trained(tmp_path):
     assert all(torch.isfinite(m[k]) for k in m) and m["kd/attention"] > 0 and m["kd/hidden"] > 0
 
 
+def test_hf_decoder_llama_reduced_layer_idx_and_generate():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=32)
+    teacher = LlamaForCausalLM(cfg).eval()
+    student, name, keep = distill.build_student(teacher, 2)
+    assert (name, keep, student.config.num_hidden_layers) == ("model.layers", [1, 3], 2)
+    assert [m.layer_idx for m in student.modules() if hasattr(m, "layer_idx")] == [0, 1]
+    ids = torch.randint(0, 50, (1, 5))
+    assert student.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 8)  # KV cache by layer_idx
+    rec = distill.DistillRecorder(student, teacher, list(student.model.layers), [teacher.model.layers[j] for j in keep])
+    with rec.recording():
+        student(input_ids=ids)
+    terms = rec.losses(rec.pop_calls(), temperature=2.0)
+    assert set(terms) == {"logits", "hidden"} and all(torch.isfinite(v) for v in terms.values())
+    rec.detach()
+
+
 def test_given_deeper_teacher_mapping_and_copy_modules():
     torch.manual_seed(0)
     teacher = ResNet(n=8)

@@ -263,7 +263,8 @@ def hidden_width(block: nn.Module) -> int | None:
 # ------------------------------------------------------------------------------------------ losses
 def kd_logits_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``T**2 * KL(softmax(teacher/T) || softmax(student/T))`` over the last dim, averaged over all other
-    positions (batch, and tokens for per-token logits).  Computed in float32."""
+    positions (batch, and tokens for per-token logits; every position counts, padding included).
+    Computed in float32."""
     if student.shape != teacher.shape:
         raise ValueError(
             f"logits shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}; the teacher "
@@ -276,7 +277,7 @@ def kd_logits_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: fl
 
 
 def hidden_mse_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over mapped layers of ``MSE(student_i, teacher_i)`` (float32)."""
+    """Mean over mapped layers of ``MSE(student_i, teacher_i)`` (float32; every position counts)."""
     if len(student) != len(teacher) or not student:
         raise ValueError(f"need the same non-zero number of hidden states, got {len(student)} and {len(teacher)}")
     losses = []
