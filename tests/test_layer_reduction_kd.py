@@ -331,6 +331,16 @@ def test_given_deeper_teacher_mapping_and_copy_modules():
     terms = cb._recorder.losses(cb._recorder.pop_calls(), temperature=2.0)  # type: ignore[union-attr]
     assert terms["logits"].abs() > 0  # the student skipped teacher layers, outputs differ
     cb.teardown(None, lit, "fit")  # type: ignore[arg-type]
+    # layer reduction initialised from a given teacher, no KD: layers copied, training_step untouched
+    lit = Lit(ResNet(n=4))
+    cb = LayerReductionKD(teacher=teacher, keep_layers=[1, 2], copy_modules=["blocks"], weights={"logits": 0.0})
+    setup_fit(cb, lit)
+    assert cb.mapping == [3, 7] and same(lit.model.blocks[1], teacher.blocks[7])
+    assert "training_step" not in lit.__dict__ and type(lit.model) is ResNet
+    with pytest.raises(ValueError, match=r"`copy_modules` entry 'encoder' is not a submodule of both"):
+        setup_fit(LayerReductionKD(teacher=teacher, keep_layers=2, copy_modules=["encoder"]), Lit(ResNet(n=4)))
+    with pytest.raises(ValueError, match=r"cannot copy 'head' from the teacher: shapes differ"):
+        setup_fit(LayerReductionKD(teacher=ResNet(n=4, classes=3), keep_layers=2, copy_modules=["head"]), Lit(ResNet(n=4)))
 
 
 def test_layers_named_relative_to_lightning_module_and_masked_teacher_unwrapped():
@@ -372,6 +382,10 @@ def test_state_dict_mismatch_after_setup_raises_and_before_setup_applies():
         ({"temperature": 0}, r"`temperature` must be > 0"),
         ({"copy_modules": ["head"]}, r"`copy_modules` copies weights from a given `teacher`"),
         ({"teacher": "bert"}, r"`teacher` must be an nn.Module"),
+        ({"keep_layers": "1,2"}, r"`keep_layers` must be an int or a list of ints"),
+        ({"keep_layers": [1.5]}, r"`keep_layers` must be a non-empty list of ints"),
+        ({"keep_layers": []}, r"`keep_layers` must be a non-empty list of ints"),
+        ({"teacher": nn.Linear(2, 2), "copy_modules": "head"}, r"`copy_modules` must be a list of module names"),
     ],
 )
 def test_bad_init_arguments(kwargs, match):
@@ -487,3 +501,102 @@ def test_resume_from_checkpoint(tmp_path):
     )
     with pytest.raises(ValueError, match=r"checkpoint kept layers \[0, 3\] but this run kept \[1, 2\]"):
         t3.fit(Lit(ResNet(n=4)), DataLoader(data(16), batch_size=8), ckpt_path=ckpt)
+
+
+def test_more_setup_errors():
+    class Two(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = ResNet(n=3), ResNet(n=3)
+
+    with pytest.raises(ValueError, match=r"layer stacks in several networks: \['a.blocks', 'b.blocks'\]; pass `layers`"):
+        setup_fit(LayerReductionKD(keep_layers=1), Two())
+    with pytest.raises(ValueError, match=r"`layers`='blocks' exists in several networks \['a', 'b'\].*'a.blocks'"):
+        setup_fit(LayerReductionKD(keep_layers=1, layers="blocks"), Two())
+
+    class Bare(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(ResBlock(8) for _ in range(3))
+
+    with pytest.raises(ValueError, match=r"layer stack 'blocks' is an attribute of the LightningModule itself"):
+        setup_fit(LayerReductionKD(keep_layers=1, layers="blocks"), Bare())
+    with pytest.raises(ValueError, match=r"found no layer stack in Linear.*\(in the `teacher`\)"):
+        setup_fit(LayerReductionKD(teacher=nn.Linear(8, 4), keep_layers=2), Lit(ResNet(n=4)))
+    with pytest.raises(ValueError, match=r"the `teacher` has 2 layers in 'blocks', fewer than the 3 the student keeps"):
+        setup_fit(LayerReductionKD(teacher=ResNet(n=2), keep_layers=3), Lit(ResNet(n=4)))
+    teacher = tiny_bert(eager=True)
+    teacher.config.num_attention_heads = 4
+    with pytest.raises(ValueError, match=r"`teacher` has 4 attention heads, the student 2.*weights\['attention'\]=0"):
+        setup_fit(LayerReductionKD(teacher=teacher, keep_layers=2, weights={"attention": 1.0}), LitBert(tiny_bert(eager=True)))
+    cb = LayerReductionKD(keep_layers=2)
+    cb.load_state_dict({"keep_layers": [0, 5], "teacher_layers": [0, 5], "layers": "model.blocks", "num_layers": 6})
+    with pytest.raises(ValueError, match=r"checkpoint was made from a 6-layer 'model.blocks', this model has 4"):
+        setup_fit(cb, Lit(ResNet(n=4)))
+
+
+def test_training_step_must_call_the_network():
+    class Skips(Lit):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            h = self.model.inp(x)
+            for b in self.model.blocks:
+                h = b(h)
+            return F.cross_entropy(self.model.head(h), y)
+
+    with pytest.raises(RuntimeError, match=r"training_step did not call the network ResNet's forward"):
+        fit(Skips(ResNet(n=4)), LayerReductionKD(keep_layers=2), DataLoader(data(8), batch_size=8), steps=1)
+
+
+def test_core_error_messages():
+    with pytest.raises(ValueError, match=r"several layer stacks of 3 blocks in Two: \['a', 'b'\]. Pass `layers`"):
+        class Two(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.ModuleList(ResBlock(4) for _ in range(3))
+                self.b = nn.ModuleList(ResBlock(4) for _ in range(3))
+
+        distill.find_layer_stack(Two())
+    with pytest.raises(ValueError, match=r"`layers`='nope' names no submodule of ResNet.*\['blocks'\]"):
+        distill.find_layer_stack(ResNet(n=3), "nope")
+    with pytest.raises(ValueError, match=r"head counts or lengths differ"):
+        distill.attention_mse_loss([torch.zeros(1, 2, 3, 3)], [torch.zeros(1, 4, 3, 3)])
+    with pytest.raises(ValueError, match=r"cannot find logits in a model output of type str"):
+        distill.extract_logits("x")
+    assert distill.extract_logits((torch.tensor(1.0), torch.ones(2, 3))).shape == (2, 3)  # HF tuple: loss first
+    with pytest.raises(ValueError, match=r"`keep_layers` is empty"):
+        distill.resolve_keep_layers([], 4)
+    teacher, student = ResNet(n=4).eval(), ResNet(n=2)
+    with pytest.raises(ValueError, match=r"attentions=True but the student \(ResNet\) does not return attention maps"):
+        distill.DistillRecorder(student, teacher, attentions=True)
+
+    class FakeConfig:
+        output_attentions = False
+        _attn_implementation = "eager"
+
+    class ClaimsAttention(ResNet):  # says it is an eager HF model but returns a plain tensor
+        config = FakeConfig()
+
+        def forward(self, x, output_attentions=False):
+            return super().forward(x)
+
+    fs, ft = ClaimsAttention(n=2), ClaimsAttention(n=2).eval()
+    rec = distill.DistillRecorder(fs, ft, attentions=True)
+    with pytest.raises(ValueError, match="no student forward was recorded"):
+        rec.losses([])
+    with rec.recording():
+        fs(torch.randn(2, 8))
+    with pytest.raises(ValueError, match=r"returned no attention maps.*attn_implementation='eager'"):
+        rec.losses(rec.pop_calls())
+    rec.detach()
+    rec = distill.DistillRecorder(student, teacher, list(student.blocks), [teacher.blocks[1], teacher.blocks[3]])
+    with rec.recording():
+        student.head(student.inp(torch.randn(2, 8)))  # the model's forward is not called: nothing recorded
+    assert rec.pop_calls() == []
+    rec.detach()
+    rec = distill.DistillRecorder(student, teacher, [student.blocks[0]], [ResBlock(32)])  # a block the teacher never runs
+    with rec.recording():
+        student(torch.randn(2, 8))
+    with pytest.raises(ValueError, match=r"layers \[0\] of the stack did not run.*weights\['hidden'\]=0"):
+        rec.losses(rec.pop_calls())
+    rec.detach()

@@ -52,8 +52,8 @@ class LayerReductionKD(Callback):
     The teacher is held by the callback (``self.teacher``), not registered on the LightningModule: it is not
     in ``pl_module.parameters()``, the optimizer or the DeepSpeed engine, so ZeRO never partitions it; every
     rank keeps it whole.  It is in eval mode with ``requires_grad=False`` and is moved to the student's
-    device and floating dtype at ``on_fit_start``.  With every KD weight 0 no teacher is kept and the
-    callback only reduces layers.
+    device and floating dtype at ``on_fit_start``.  With every KD weight 0 the callback only reduces layers
+    (and, with a given ``teacher``, applies ``copy_modules``); without a given teacher no copy is kept.
 
     Place it before pruning/quantization callbacks (so they see the reduced model).  If one of them already
     wrapped the model, its transforms are removed from the teacher copy (the teacher stays full precision).
@@ -303,8 +303,13 @@ class LayerReductionKD(Callback):
         requested = self.keep_layers
         if self._loaded is not None:
             requested = self._loaded["keep_layers"]
+        if self._loaded is not None and self._loaded.get("num_layers") not in (None, n):
+            raise ValueError(
+                f"{_OWNER}: the checkpoint was made from a {self._loaded['num_layers']}-layer {full_name!r}, this "
+                f"model has {n}; load it into a model built like the original."
+            )
         keep = resolve_keep_layers(requested, n, owner=_OWNER, stack=full_name)
-        if self.distilling:
+        if self.distilling or self._given_teacher:  # a given teacher also serves copy_modules without KD
             if self.teacher is None:
                 self.teacher = unwrap_masking(copy.deepcopy(net))
                 t_name, t_stack = name, self.teacher.get_submodule(name) if name else self.teacher
@@ -339,16 +344,10 @@ class LayerReductionKD(Callback):
                         )
         else:
             mapping = list(keep)
-        if self._loaded is not None and self._loaded.get("num_layers") not in (None, n):
-            raise ValueError(
-                f"{_OWNER}: the checkpoint was made from a {self._loaded['num_layers']}-layer {full_name!r}, this "
-                f"model has {n}; load it into a model built like the original."
-            )
         shrink_layers_(net, name, keep)
         self.keep, self.mapping, self.stack_name, self.num_layers = keep, list(mapping), full_name, n
         self._network, self._pl_module, self._net_stack = net, pl_module, name
-        if self.distilling:
-            assert self.teacher is not None
+        if self.teacher is not None:
             if self.copy_modules:
                 self._copy_from_teacher(net, name)
             self.teacher.eval()
@@ -363,6 +362,7 @@ class LayerReductionKD(Callback):
         assert net is not None and self.teacher is not None
         name = self._net_stack
         hidden = self.weights["hidden"] > 0
+        net_name = type(net).__name__
         s_blocks = list((net.get_submodule(name) if name else net).children()) if hidden else []
         self._recorder = DistillRecorder(
             net,
@@ -384,7 +384,7 @@ class LayerReductionKD(Callback):
             loss = out if isinstance(out, torch.Tensor) else out["loss"]
             if not calls:
                 raise RuntimeError(
-                    f"{_OWNER}: training_step did not call the network {type(net).__name__}'s forward, so there are "
+                    f"{_OWNER}: training_step did not call the network {net_name}'s forward, so there are "
                     f"no student outputs to distil. Call the network (self.<attr>(...)) in training_step."
                 )
             terms = recorder.losses(calls, temperature=T, logits=w["logits"] > 0, hidden=w["hidden"] > 0)

@@ -435,6 +435,13 @@ class DistillRecorder:
     ) -> None:
         if len(student_blocks) != len(teacher_blocks):
             raise ValueError("student_blocks and teacher_blocks must map one to one")
+        if attentions:
+            for who, m in (("student", student), ("teacher", teacher)):
+                if not supports_attentions(m):
+                    raise ValueError(
+                        f"attentions=True but the {who} ({type(m).__name__}) does not return attention maps: only "
+                        f"Hugging Face models built with attn_implementation='eager' do."
+                    )
         self.student = student
         self.teacher = teacher
         self.student_blocks = list(student_blocks)
