@@ -600,3 +600,16 @@ def test_core_error_messages():
     with pytest.raises(ValueError, match=r"layers \[0\] of the stack did not run.*weights\['hidden'\]=0"):
         rec.losses(rec.pop_calls())
     rec.detach()
+
+
+def test_teacher_follows_student_dtype_bf16_true():
+    lit = Lit(ResNet(n=4))
+    cb = LayerReductionKD(keep_layers=2, weights={"hidden": 1.0})
+    trainer = Trainer(
+        max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[cb], precision="bf16-true",
+    )
+    trainer.fit(lit, DataLoader(data(8), batch_size=8))
+    assert next(lit.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in cb.teacher.parameters())  # type: ignore[union-attr]
+    assert torch.isfinite(trainer.callback_metrics["kd/loss"])
