@@ -613,3 +613,19 @@ def test_teacher_follows_student_dtype_bf16_true():
     assert next(lit.parameters()).dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in cb.teacher.parameters())  # type: ignore[union-attr]
     assert torch.isfinite(trainer.callback_metrics["kd/loss"])
+
+
+def test_configurable_from_yaml_as_lightning_cli_does():
+    jsonargparse = pytest.importorskip("jsonargparse")
+    from lightning.pytorch.callbacks import Callback
+
+    parser = jsonargparse.ArgumentParser()
+    parser.add_argument("--callbacks", type=list[Callback])
+    cfg = parser.parse_string(
+        "callbacks:\n"
+        "  - class_path: lightning_compress.callbacks.layer_reduction_kd.LayerReductionKD\n"
+        "    init_args: {keep_layers: [1, 3, 5, 7, 9, 11], layers: bert.encoder.layer, weights: {hidden: 1.0, labels: 0.5}}\n"
+    )
+    cb = parser.instantiate_classes(cfg).callbacks[0]
+    assert isinstance(cb, LayerReductionKD) and cb.keep_layers == [1, 3, 5, 7, 9, 11] and cb.layers == "bert.encoder.layer"
+    assert cb.weights == {"logits": 1.0, "hidden": 1.0, "attention": 0.0, "labels": 0.5}
