@@ -112,7 +112,7 @@ def tiny_bert() -> nn.Module:
     return BertForSequenceClassification(cfg)
 
 
-def run(ctx: Context, stage: int, bert: bool = False) -> None:
+def run(ctx: Context, stage: int, bert: bool = False, prune: bool = False) -> None:
     pl.seed_everything(0)
     net = tiny_bert() if bert else Net(n=4)
     teacher_before = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -122,7 +122,13 @@ def run(ctx: Context, stage: int, bert: bool = False) -> None:
         weights["attention"] = 1.0
     kd = LayerReductionKD(keep_layers=[1, 3], weights=weights)
     probe = Probe(kd)
-    trainer = ctx.trainer(stage=stage, callbacks=[kd, probe], max_steps=3)
+    callbacks: list = [kd]
+    if prune:  # composes with a masking callback: it prunes the reduced student, never the teacher
+        from lightning_compress.callbacks.sparse_pruning import SparsePruning
+
+        pruner = SparsePruning(sparsity=0.5, method="l1", start_step=0, end_step=1)
+        callbacks.append(pruner)
+    trainer = ctx.trainer(stage=stage, callbacks=[*callbacks, probe], max_steps=3)
     lit = Lit(net)
     trainer.fit(lit, loader(tokens=bert))
     r = probe.result
@@ -133,6 +139,11 @@ def run(ctx: Context, stage: int, bert: bool = False) -> None:
     r["student_depth"] = len(net.bert.encoder.layer) if bert else len(net.blocks)
     r["config_layers"] = net.config.num_hidden_layers if bert else None
     r["global_step"] = trainer.global_step
+    if prune:
+        from lightning_compress.core import masking
+
+        r["pruned"] = {k: float(m.float().mean()) for k, m in pruner.masks().items()}
+        r["teacher_wrapped"] = any(masking.is_wrapped(m) for m in kd.teacher.modules())
     ctx.save(r)
 
 
@@ -143,7 +154,7 @@ def kd_zero2(ctx: Context) -> None:
 
 @scenario("kd_layer_reduction_zero3")
 def kd_zero3(ctx: Context) -> None:
-    run(ctx, 3)
+    run(ctx, 3, prune=True)
 
 
 @scenario("kd_bert_zero3")
