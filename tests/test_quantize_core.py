@@ -255,3 +255,15 @@ def test_bf16_weight_keeps_dtype():
     out = fake_quant_weight(w, QuantSpec(8, "channel"))
     assert out.dtype == torch.bfloat16
     assert (out.float() - w.float()).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_packed_codes_match_forward_on_bf16_ties(sym):
+    # bf16 weights hit exact rounding ties often; storage must still equal what forward used
+    torch.manual_seed(0)
+    spec = QuantSpec(4, "group", 8, sym)
+    for _ in range(20):
+        w = (torch.randn(32, 32) * 0.1).bfloat16()
+        forward = fake_quant_weight(w, spec).float()
+        stored = unpack_state(pack_weight(w, spec)).bfloat16().float()
+        assert torch.equal(forward, stored)

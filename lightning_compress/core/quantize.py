@@ -258,7 +258,10 @@ def quantize_weight_int(
     lo, hi = ranges if ranges is not None else _row_range(rows, observer, spec.bits, spec.symmetric, 0.9999)
     scale, zp = affine_params(lo, hi, spec.bits, spec.symmetric)
     qmin, qmax = qrange(spec.bits, spec.symmetric)
-    q = torch.clamp(torch.round(rows / scale.unsqueeze(1)) + zp.unsqueeze(1), qmin, qmax).to(torch.int32)
+    # codes read back from the fake-quantized values, so that storage and forward agree even on
+    # exact ties (torch.fake_quantize_* multiplies by 1/scale, which can round a tie differently)
+    fq = _fq_rows(rows, scale, zp, spec.bits, spec.symmetric)
+    q = torch.clamp(torch.round(fq / scale.unsqueeze(1)) + zp.unsqueeze(1), qmin, qmax).to(torch.int32)
     return q, scale, (zp if not spec.symmetric else None)
 
 

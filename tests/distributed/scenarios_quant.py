@@ -39,17 +39,18 @@ class QuantProbe(pl.Callback):
             self.result["weights"] = {k: v.detach().float().clone() for k, v in pl_module.state_dict().items()}
             was = pl_module.training
             pl_module.eval()
-            self.result["output"] = pl_module(PROBE_X.to(pl_module.device)).float()
+            dtype = next(pl_module.parameters()).dtype  # bf16 under DeepSpeed bf16
+            self.result["output"] = pl_module(PROBE_X.to(pl_module.device, dtype)).float()
             pl_module.train(was)
         self.result["ranges"] = self.aq.ranges()
 
 
-def run(ctx: Context, stage: int) -> None:
+def run(ctx: Context, stage: int, **trainer_kwargs) -> None:
     pl.seed_everything(0)
     wq = WeightQuant(bits=4, start_bits=8, period=2, granularity="group", group_size=8)
     aq = ActQuant(bits=8, range="static", symmetric=False)
     probe = QuantProbe(wq, aq)
-    trainer = ctx.trainer(stage=stage, callbacks=[wq, aq, probe], max_steps=6, accumulate_grad_batches=2)
+    trainer = ctx.trainer(stage=stage, callbacks=[wq, aq, probe], max_steps=6, accumulate_grad_batches=2, **trainer_kwargs)
     trainer.fit(TinyMLP(), mlp_loader(n=128, batch_size=8))
     ctx.save({**probe.result, "global_step": trainer.global_step, "wq_state": wq.state_dict(), "aq_state": aq.state_dict()})
 
@@ -62,3 +63,8 @@ def quant_zero2(ctx: Context) -> None:
 @scenario("quant_weight_act_zero3")
 def quant_zero3(ctx: Context) -> None:
     run(ctx, 3)
+
+
+@scenario("quant_weight_act_zero2_bf16")
+def quant_zero2_bf16(ctx: Context) -> None:
+    run(ctx, 2, precision="bf16-mixed")
