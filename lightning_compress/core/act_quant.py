@@ -135,7 +135,8 @@ def sync_static_ranges(modules: list[nn.Module]) -> None:
     flat = torch.stack([torch.stack(lo), torch.stack(hi), torch.stack(init).float()]).float()  # type: ignore[arg-type]
     torch_dist.all_reduce(flat)
     world = torch_dist.get_world_size()
-    for i, m in enumerate(modules):
-        m._buffers[LO].fill_(float(flat[0, i]) / world)  # type: ignore[union-attr]
-        m._buffers[HI].fill_(float(flat[1, i]) / world)  # type: ignore[union-attr]
-        m._buffers[INIT].fill_(bool(flat[2, i] > 0))  # type: ignore[union-attr]
+    flat[:2] /= world
+    for i, m in enumerate(modules):  # tensor copies: no host synchronisation
+        m._buffers[LO].copy_(flat[0, i])  # type: ignore[union-attr]
+        m._buffers[HI].copy_(flat[1, i])  # type: ignore[union-attr]
+        m._buffers[INIT].copy_(flat[2, i] > 0)  # type: ignore[union-attr]
