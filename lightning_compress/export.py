@@ -170,7 +170,7 @@ def save_slim(
                 )
             args, kwargs = _args_kwargs(example_input)
         if "torch_export" in formats:
-            ep = torch.export.export(model, args, kwargs)
+            ep = _export(model, args, kwargs)
             p = out / "model.pt2"
             torch.export.save(ep, str(p))
             paths["torch_export"] = str(p)
@@ -181,6 +181,25 @@ def save_slim(
     finally:
         model.train(was_training)
     return paths
+
+
+def _dynamic_batch(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return {0: torch.export.Dim.AUTO} if value.dim() >= 1 else None
+    if isinstance(value, dict):
+        return {k: _dynamic_batch(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_dynamic_batch(v) for v in value)
+    return None
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """``torch.export.export`` with a dynamic batch dimension (``Dim.AUTO``) where the model allows it."""
+    dyn: Any = _dynamic_batch(kwargs) if kwargs and not args else _dynamic_batch(args)
+    try:
+        return torch.export.export(model, args, kwargs, dynamic_shapes=dyn)
+    except Exception:  # a model that cannot have a symbolic batch: export the example's shapes
+        return torch.export.export(model, args, kwargs)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> str:
