@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from lightning_compress.callbacks.channel_pruning import ChannelPruning
 from lightning_compress.callbacks.head_pruning import HeadPruning
@@ -12,7 +12,7 @@ from lightning_compress.callbacks.redundancy_clean import RedundancyClean
 from lightning_compress.callbacks.row_pruning import RowPruning
 from lightning_compress.core.dist import gathered
 from tests.distributed.harness import Context, scenario
-from tests.models import TinyMLP, image_loader, mlp_loader
+from tests.models import TinyMLP, image_loader, mlp_data
 from tests.structured_models import TinyBert, TinyResNet
 
 PROBE_MLP = torch.randn(6, 16, generator=torch.Generator().manual_seed(7))
@@ -62,16 +62,24 @@ def run(ctx: Context, stage: int, model, loader, pruners, probe, **kw) -> None:
     )
 
 
+def rank_shard(ctx: Context) -> DataLoader:
+    """Rank r reads samples r, r+2, ... in order: its step-i batch of 4 and the other rank's together are
+    exactly the single-process step-i batch of 8 (samples 8i..8i+7); no shuffling sampler."""
+    return DataLoader(Subset(mlp_data(64), range(ctx.rank, 64, ctx.world_size)), batch_size=4)
+
+
 @scenario("structured_rows_mlp_zero3")
 def rows_zero3(ctx: Context) -> None:
     pl.seed_everything(0)
-    run(ctx, 3, TinyMLP(), mlp_loader(n=64, batch_size=4), [RowPruning(sparsity=0.5, end_step=2)], PROBE_MLP, max_steps=4)
+    run(ctx, 3, TinyMLP(), rank_shard(ctx), [RowPruning(sparsity=0.5, end_step=2)], PROBE_MLP,
+        max_steps=4, use_distributed_sampler=False)
 
 
 @scenario("structured_rows_mlp_zero2")
 def rows_zero2(ctx: Context) -> None:
     pl.seed_everything(0)
-    run(ctx, 2, TinyMLP(), mlp_loader(n=64, batch_size=4), [RowPruning(sparsity=0.5, end_step=2)], PROBE_MLP, max_steps=4)
+    run(ctx, 2, TinyMLP(), rank_shard(ctx), [RowPruning(sparsity=0.5, end_step=2)], PROBE_MLP,
+        max_steps=4, use_distributed_sampler=False)
 
 
 @scenario("structured_channels_resnet_zero3")
