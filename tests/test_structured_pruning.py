@@ -224,3 +224,11 @@ def test_state_dict_roundtrip_restores_unit_masks():
     for a, b in zip(cb.targets, cb2.targets):
         assert torch.equal(a.mask, b.mask)
     assert torch.equal(model2.net[0]._lc_row_mask_d0, model.net[0]._lc_row_mask_d0)
+
+
+def test_exclude_regex_must_match_and_excludes():
+    with pytest.raises(ValueError, match="`exclude` regex 'nothing' matches no module"):
+        _setup(RowPruning(sparsity=0.5, exclude=["nothing"]), TinyMLP())
+    cb = RowPruning(sparsity=0.5, exclude=[r"net\.2"])
+    _setup(cb, TinyMLP())
+    assert [t.name for t in cb.targets] == ["net.0"]

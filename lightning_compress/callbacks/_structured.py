@@ -70,6 +70,8 @@ class StructuredPruning(BasePruning):
     # ------------------------------------------------------------------ BasePruning hooks
     @override
     def build_targets(self, model: nn.Module, group: PruneGroup) -> list[PruneTarget]:
+        if group.exclude:  # same check as BasePruning: an exclude regex must match some module
+            self._apply_exclude(model, {}, group.exclude, type(self).__name__)
         ugroups = self.find_groups(model, group)
         self._check_reachable(group, ugroups)
         targets: list[PruneTarget] = []

@@ -166,10 +166,9 @@ def sync_group(group: UnitGroup) -> None:
         if not m.masked:
             continue
         vec = getattr(m.module, dim_buffer(group.kind, m.dim))
-        new = expand(units.to(vec.device), m.width, m.tiles)
-        # a module can be an "in" member of one group and an "out" member of another on other dims;
-        # on the same dim (two groups of one kind) the masks AND: recompute from all groups
-        vec.copy_(new)
+        # one vector per (kind, dim): a module is an "out" member (dim 0) of at most one group and an
+        # "in" member (dim 1) of at most one group of a kind
+        vec.copy_(expand(units.to(vec.device), m.width, m.tiles))
 
 
 def detach_group(group: UnitGroup, owner: str) -> None:
