@@ -232,3 +232,12 @@ def test_exclude_regex_must_match_and_excludes():
     cb = RowPruning(sparsity=0.5, exclude=[r"net\.2"])
     _setup(cb, TinyMLP())
     assert [t.name for t in cb.targets] == ["net.0"]
+
+
+def test_row_pruning_related_modules_override_tracing():
+    model = TinyMLP()
+    cb = RowPruning(sparsity=0.5, modules=[r"net\.0$"], related_modules={r"net\.0$": [r"net\.2$"]}, end_step=1)
+    _, slim, _ = fit_and_compare(model, [cb], mlp_loader(), torch.randn(4, 16), steps=2)
+    assert slim.net[0].out_features == 16 and slim.net[2].in_features == 16 and slim.net[2].out_features == 32
+    with pytest.raises(ValueError, match="`related_modules` consumer regex 'nope'"):
+        _setup(RowPruning(related_modules={r"net\.0$": ["nope"]}), TinyMLP())
