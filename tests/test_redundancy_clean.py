@@ -115,3 +115,32 @@ def test_bad_arguments():
 def test_export_needs_example_input(tmp_path):
     with pytest.raises(ValueError, match="need `example_input`"):
         save_slim(TinyResNet(), tmp_path, None, formats=("torch_export",))
+
+
+def test_clean_bakes_quantizer_values_and_pack_extension_point():
+    from torch import nn
+
+    from lightning_compress.core import masking
+    from lightning_compress.export import clean, pack_quantized
+
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 4)
+    model = nn.Sequential(lin)
+    masking.add_param_transform(lin, "weight", "q", lambda m, w: torch.round(w * 4) / 4, kind="weight_quant",
+                                priority=masking.QUANT_PRIORITY)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = model(x)
+    try:
+        import lightning_compress.core.quantize as q  # noqa: F401  (issue 4)
+
+        has_pack = hasattr(q, "pack_state")
+    except ImportError:
+        has_pack = False
+    if not has_pack:
+        assert pack_quantized(model) is None
+    clean(model)
+    assert type(lin) is nn.Linear
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+    assert torch.equal(lin.weight, torch.round(lin.weight * 4) / 4)
