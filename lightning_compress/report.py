@@ -50,6 +50,18 @@ def layer_rows(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
+def _state_bytes(model: nn.Module) -> int:
+    """Bytes of the state dict's tensors (shared tensors once): what a weights file holds."""
+    seen, total = set(), 0
+    for v in model.state_dict().values():
+        if isinstance(v, torch.Tensor) and v.numel():
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+            if key not in seen:
+                seen.add(key)
+                total += v.numel() * v.element_size()
+    return total
+
+
 def _call(model: nn.Module, example: Any) -> Any:
     if isinstance(example, dict):
         return model(**example)
@@ -100,6 +112,8 @@ def compression_report(
             "params_after": pa,
             "params_ratio": pa / max(pb, 1),
             "nonzero_params_after": pa - zeros,
+            "state_bytes_before": _state_bytes(before),
+            "state_bytes_after": _state_bytes(after),
         },
         "files": {k: {"path": v, "bytes": os.path.getsize(v)} for k, v in (files or {}).items() if os.path.exists(v)},
         "notes": list(notes or []),
@@ -127,6 +141,7 @@ def format_table(report: dict[str, Any]) -> str:
     t = report["totals"]
     lines.append("-" * len(head))
     lines.append(f"total parameters: {t['params_before']} -> {t['params_after']} ({t['params_ratio']:.1%}); nonzero after: {t['nonzero_params_after']}")
+    lines.append(f"weights: {t['state_bytes_before'] / 1e6:.3f} MB -> {t['state_bytes_after'] / 1e6:.3f} MB")
     for k, f in report.get("files", {}).items():
         lines.append(f"file {k}: {f['path']} ({f['bytes'] / 1e6:.3f} MB)")
     lat = report.get("latency")

@@ -44,7 +44,7 @@ def run_fresh(tmp_path, pt2, x):
     return torch.load(tmp_path / "y.pt")
 
 
-def test_resnet_channel_pruning_saved_and_loaded_without_code(tmp_path):
+def test_resnet_channel_pruning_saved_and_loaded_without_code(tmp_path, capsys):
     torch.manual_seed(0)
     model = TinyResNet()
     randomize_bn(model)
@@ -71,6 +71,7 @@ def test_resnet_channel_pruning_saved_and_loaded_without_code(tmp_path):
     assert ratio < 0.5
     assert slim_bytes < 0.6 * dense_bytes
     assert rep["files"]["safetensors"]["bytes"] == slim_bytes
+    assert rep["totals"]["state_bytes_after"] < 0.6 * rep["totals"]["state_bytes_before"]
     assert rep["latency"]["before_ms"] > 0 and rep["latency"]["after_ms"] > 0
     by_layer = {r["layer"]: r for r in rep["layers"]}
     assert by_layer["stem"]["shape_before"] == [8, 3, 3, 3] and by_layer["stem"]["shape_after"] == [4, 3, 3, 3]
@@ -79,6 +80,8 @@ def test_resnet_channel_pruning_saved_and_loaded_without_code(tmp_path):
 
     sd = load_file(tmp_path / "slim" / "model.safetensors")
     torch.testing.assert_close(sd["fc.weight"], rc.slim_model.fc.weight)
+    printed = capsys.readouterr().out
+    assert "shape before" in printed and "CPU latency" in printed and "stem" in printed
     trainer.logger.finalize("success")
     metrics = (tmp_path / "logs").rglob("metrics.csv")
     assert any("redundancy_clean/params_after" in p.read_text() for p in metrics)
@@ -144,3 +147,12 @@ def test_clean_bakes_quantizer_values_and_pack_extension_point():
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected)
     assert torch.equal(lin.weight, torch.round(lin.weight * 4) / 4)
+
+
+def test_input_from_batch():
+    from lightning_compress.callbacks.redundancy_clean import input_from_batch
+
+    x = torch.zeros(2, 3)
+    assert input_from_batch((x, torch.ones(2))) is x
+    assert set(input_from_batch({"input_ids": x, "attention_mask": x, "labels": x})) == {"input_ids", "attention_mask"}
+    assert input_from_batch(x) is x
