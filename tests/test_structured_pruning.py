@@ -241,3 +241,8 @@ def test_row_pruning_related_modules_override_tracing():
     assert slim.net[0].out_features == 16 and slim.net[2].in_features == 16 and slim.net[2].out_features == 32
     with pytest.raises(ValueError, match="`related_modules` consumer regex 'nope'"):
         _setup(RowPruning(related_modules={r"net\.0$": ["nope"]}), TinyMLP())
+
+
+def test_channel_pruning_untraceable_model_errors():
+    with pytest.raises(ValueError, match="ChannelPruning: needs torch.fx to trace TinyBert.*symbolic_trace failed"):
+        _setup(ChannelPruning(sparsity=0.5), TinyBert())

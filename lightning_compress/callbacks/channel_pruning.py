@@ -73,6 +73,16 @@ class ChannelPruning(StructuredPruning):
             spaces, how = channel_spaces(model)
         except ValueError as err:
             raise ValueError(f"ChannelPruning: {err}") from None
+        if how != "fx":
+            from lightning_compress.core.graph import TracingError, trace_channel_spaces
+
+            try:
+                trace_channel_spaces(model)
+            except TracingError as err:
+                raise ValueError(
+                    f"ChannelPruning: needs torch.fx to trace {type(model).__name__} to find the convs' BatchNorms, "
+                    f"consumers and residual groups, and tracing failed: {err}"
+                ) from None
         conv_spaces = [sp for sp in spaces if sp.producers and all(isinstance(m, nn.Conv2d) for m in sp.producers.values())]
         names = {id(m): n for n, m in model.named_modules()}
         if group.modules is None:
