@@ -10,12 +10,16 @@ When the DeepSpeed config has a ``compression_training`` section, the matching l
 callbacks are built from it (see :func:`lightning_compress.from_deepspeed_config`) and appended to the
 Trainer's callbacks at ``setup``, so an existing DeepSpeed user changes nothing but the strategy.
 
+On CPU, DeepSpeed's JIT-built shared-memory allreduce kernel is skipped (gloo does the same work;
+set ``LC_DEEPSPEED_SHM=1`` to build and use it).
+
 Registered names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and
 ``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -39,14 +43,31 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._compression_callbacks_added = False
+        # DeepSpeed itself no longer reads `compression_training`: take it out of the engine's
+        # config and turn it into callbacks at setup_environment (before the callbacks' setup).
+        self.compression_config: dict[str, Any] | None = None
+        if isinstance(self.config, dict) and "compression_training" in self.config:
+            self.compression_config = self.config.pop("compression_training")
+        self._compression_callbacks: list[Any] = []
 
     @property
     def _on_cuda(self) -> bool:
         return isinstance(self.accelerator, CUDAAccelerator)
 
+    def _add_compression_callbacks(self) -> None:
+        if self.compression_config is None or self._compression_callbacks:
+            return
+        from lightning_compress.deepspeed_config import from_deepspeed_config
+
+        trainer = self.lightning_module.trainer if self.lightning_module is not None else None
+        if trainer is None:
+            return
+        self._compression_callbacks = from_deepspeed_config({"compression_training": self.compression_config})
+        trainer.callbacks.extend(self._compression_callbacks)
+
     @override
     def setup_environment(self) -> None:
+        self._add_compression_callbacks()
         if self._on_cuda:
             super().setup_environment()
             return
@@ -64,6 +85,18 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         self.set_world_ranks()
         self._init_deepspeed_distributed()
 
+    @override
+    def _init_deepspeed_distributed(self) -> None:
+        if not self._on_cuda and os.environ.get("LC_DEEPSPEED_SHM", "0") != "1":
+            # DeepSpeed's CPU accelerator JIT-compiles a shared-memory allreduce kernel
+            # (deepspeed_shm_comm) at every init_distributed: 35 s to minutes of C++ build on a
+            # small machine, for a speed-up of intra-node CPU collectives only.  gloo does the same
+            # work without it.  LC_DEEPSPEED_SHM=1 keeps DeepSpeed's default.
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        super()._init_deepspeed_distributed()
+
     @property
     @override
     def root_device(self) -> torch.device:
@@ -76,10 +109,6 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         if self._on_cuda:
             return super()._get_process_group_backend()
         return self._process_group_backend or "gloo"
-
-    @override
-    def setup(self, trainer: Any) -> None:
-        super().setup(trainer)
 
     @classmethod
     @override
