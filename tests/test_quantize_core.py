@@ -19,12 +19,14 @@ from lightning_compress.core.quantize import (
     fake_quant_static,
     fake_quant_weight,
     pack_bits,
+    pack_model,
     pack_state,
     pack_weight,
     packed_nbytes,
     qrange,
     quantize_weight_int,
     unpack_bits,
+    unpack_model,
     unpack_state,
 )
 
@@ -267,3 +269,17 @@ def test_packed_codes_match_forward_on_bf16_ties(sym):
         forward = fake_quant_weight(w, spec).float()
         stored = unpack_state(pack_weight(w, spec)).bfloat16().float()
         assert torch.equal(forward, stored)
+
+
+def test_pack_model_flat_keys_roundtrip():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 4)))
+    for name, bits in (("0", 4), ("2.0", 1)):
+        q = WeightFakeQuant(QuantSpec(bits, "channel"))
+        masking.add_param_transform(model.get_submodule(name), "weight", "t", q, kind="weight_quant", priority=masking.QUANT_PRIORITY)
+    flat = pack_state(model)  # a whole model: flat keys (what RedundancyClean calls)
+    assert set(flat) == {f"{n}.weight.{k}" for n in ("0", "2.0") for k in ("qweight", "scale", "meta")}
+    weights = unpack_model({**flat, "0.bias": torch.zeros(8)})
+    assert set(weights) == {"0.weight", "2.0.weight"}
+    for name in ("0", "2.0"):
+        assert torch.equal(weights[f"{name}.weight"], masking.effective_param(model.get_submodule(name), "weight"))
+    assert pack_model(nn.Linear(2, 2)) == {}

@@ -474,8 +474,38 @@ def pack_weight(weight: torch.Tensor, spec: QuantSpec, quantizer: WeightFakeQuan
     return out
 
 
+def pack_model(model: nn.Module) -> dict[str, torch.Tensor]:
+    """:func:`pack_state` of every quantized parameter of ``model``, flattened:
+    ``{f"{module_name}.{param_name}.{key}": tensor}`` with ``key`` in ``qweight`` / ``scale`` /
+    ``zero_point`` / ``meta`` (layout in :func:`pack_state`).  Empty when nothing is quantized.
+    :func:`unpack_model` inverts it."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        for pname in list(getattr(module, "_lc_param_transforms", {})):
+            if weight_quantizer(module, pname) is None:
+                continue
+            prefix = f"{name}.{pname}" if name else pname
+            for key, value in pack_state(module, pname).items():
+                out[f"{prefix}.{key}"] = value
+    return out
+
+
+def unpack_model(flat: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """``{f"{module_name}.{param_name}": dequantized tensor}`` from a :func:`pack_model` dict (other
+    keys are ignored, so a whole saved state with float tensors next to packed ones may be passed)."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in flat.items():
+        prefix, _, key = k.rpartition(".")
+        if key in ("qweight", "scale", "zero_point", "meta"):
+            groups.setdefault(prefix, {})[key] = v
+    return {prefix: unpack_state(state, dtype) for prefix, state in groups.items() if "meta" in state and "qweight" in state}
+
+
 def pack_state(module: nn.Module, param_name: str = "weight") -> dict[str, torch.Tensor]:
     """Real low-bit storage of a module's quantized weight.
+
+    Called on a module that does not itself carry a weight quantizer but contains some (a whole
+    model), it returns :func:`pack_model` of it instead (flat ``"{module}.{param}.{key}"`` keys).
 
     ``module.<param_name>`` must carry a ``"weight_quant"`` transform (a :class:`WeightFakeQuant`,
     registered by ``WeightQuant`` or :func:`lightning_compress.quantize`).  Transforms that run
@@ -501,6 +531,8 @@ def pack_state(module: nn.Module, param_name: str = "weight") -> dict[str, torch
         ValueError: the parameter has no weight quantizer.
     """
     quantizer = weight_quantizer(module, param_name)
+    if quantizer is None and any(weight_quantizer(m, p) is not None for m in module.modules() for p in getattr(m, "_lc_param_transforms", {})):
+        return pack_model(module)
     if quantizer is None:
         raise ValueError(
             f"pack_state: {type(module).__name__}.{param_name} carries no {WEIGHT_QUANT_KIND!r} transform; "
