@@ -63,23 +63,16 @@ def bake(model: nn.Module, kinds: str = "all") -> dict[str, list[str]]:
 
 
 def pack_quantized(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """Extension point for low-bit storage of quantized weights (issue 4).
-
-    Calls ``lightning_compress.core.quantize.pack_state(model)`` when that function exists and some
-    module carries a ``"weight_quant"`` transform; returns its ``{name: tensor}`` (saved next to the
-    float weights), else None.  Must run BEFORE :func:`clean` strips the quantizers.
+    """Packed low-bit storage of every weight quantized by a :class:`~lightning_compress.core.quantize.WeightFakeQuant`
+    (WeightQuant, :func:`lightning_compress.quantize`): ``{f"{module}.{param}.{key}": tensor}`` as
+    :func:`lightning_compress.core.quantize.pack_model` lays it out, or None when there is none.
+    Other ``"weight_quant"`` transforms (hand-written functions) cannot be packed; :func:`clean`
+    bakes their values as floats.  Must run before the quantizers are stripped.
     """
-    has_quant = any(
-        masking.is_wrapped(m) and any(t.kind == "weight_quant" for ts in m._lc_param_transforms.values() for t in ts)  # type: ignore[attr-defined]
-        for m in model.modules()
-    )
-    if not has_quant:
-        return None
-    try:
-        from lightning_compress.core.quantize import pack_state  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return pack_state(model)
+    from lightning_compress.core.quantize import pack_model
+
+    packed = pack_model(model)
+    return packed or None
 
 
 def _drop_mask_transforms(model: nn.Module) -> None:
