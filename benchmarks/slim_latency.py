@@ -13,6 +13,10 @@ matters for speed).  Latency: median of ``--runs`` interleaved forwards (dense, 
 (of the eager, unfolded models: convolutions and matmuls; the same ratio for every row of a model).
 Target: measured speedup >= 0.9 x the FLOP ratio.
 
+``--clock wall`` (default) times with ``time.perf_counter``; ``--clock cpu`` with
+``time.process_time`` (CPU time of this process: on a shared, overloaded machine it leaves out the
+time the OS gives to other processes while a forward is running; still interleaved, still median).
+
 For the ResNets every deployment variant is applied to the dense AND the slim model alike, and all
 variants' dense and slim models are timed interleaved in one loop (so each row sees the same load):
 
@@ -36,6 +40,8 @@ import io
 import statistics
 import time
 from typing import Any, Callable
+
+CLOCK: Callable[[], float] = time.perf_counter
 
 import torch
 from torch import nn
@@ -70,9 +76,9 @@ def latency(models: dict[str, nn.Module], x, runs: int, warmup: int = 3) -> dict
     times = {k: [] for k in models}
     for _ in range(runs):
         for k, m in models.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             call(m)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(CLOCK() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -148,9 +154,9 @@ def bench_variants(name: str, dense: nn.Module, callbacks, x: torch.Tensor, runs
     times: dict[tuple[str, str], list[float]] = {k: [] for k in calls}
     for _ in range(runs):
         for k, fn in calls.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(CLOCK() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return [_row(f"{name}, {v}", p_dense, p_slim, ideal, med[(v, "dense")], med[(v, "slim")]) for v in variants]
 
@@ -188,7 +194,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     ap.add_argument("--only", choices=["bert", "resnet"], default=None)
     ap.add_argument("--no-224", action="store_true", help="skip the 224x224 ResNet-18")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: time.perf_counter; cpu: time.process_time (this process's CPU time)")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -212,7 +222,7 @@ def main() -> None:
                 "ResNet-18 224x224, bs1, 50% channels", resnet18(num_classes=10), [ChannelPruning(sparsity=0.5)],
                 torch.randn(1, 3, 224, 224), args.runs, args.threads,
             )
-    print(f"\nthreads={torch.get_num_threads()} runs={args.runs} (median of interleaved runs)\n")
+    print(f"\nthreads={torch.get_num_threads()} runs={args.runs} clock={args.clock} (median of interleaved runs)\n")
     print("| model | params | FLOP ratio | dense ms | slim ms | speedup | speedup / FLOP ratio |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
