@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -151,13 +152,13 @@ def test_untraceable_model_unchanged_and_says_so():
     assert any("could not trace" in n for n in slim.lc_clean_notes)
 
 
-def test_quantized_conv_is_not_folded_and_stored_twin_agrees():
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_quantized_conv_is_not_folded_and_stored_twin_agrees(granularity):
     from lightning_compress.ptq import quantize
 
     masked = pruned_resnet()
-    # granularity="tensor": per-channel PTQ ranges of a conv that later loses channels do not
-    # survive pack_quantized (a separate issue, independent of folding)
-    q = quantize(masked, weight_bits=8, act_bits=None, granularity="tensor", modules=[r"^stem$"])
+    # the stem loses output channels: fixed per-channel PTQ ranges are sliced with them
+    q = quantize(masked, weight_bits=8, act_bits=None, granularity=granularity, modules=[r"^stem$"])
     slim, packed, stored = clean_for_storage(copy.deepcopy(q), fold_batchnorm=True)
     assert packed and stored is not None
     assert isinstance(slim.bn, nn.BatchNorm2d)  # after the quantized stem: kept
