@@ -146,3 +146,27 @@ def test_pattern_that_does_not_fit_names_module_and_fix():
         BlockPattern(4, 1).check((10, 8), "layer 'fc'")
     with pytest.raises(ValueError, match=r"M=4 must divide the input dimension 27"):
         NMPattern(2, 4).check((8, 3, 3, 3), "conv1")
+
+
+@SETTINGS
+@given(st.integers(0, 999), st.floats(0.05, 0.95), st.floats(0.2, 1.0), st.integers(1, 5))
+def test_fast_global_ranking_equals_sorted_greedy_with_caps(seed, sparsity, cap, n_layers):
+    """The O(n) water-filling path gives what a sort-based greedy with per-layer caps gives."""
+    g = torch.Generator().manual_seed(seed)
+    costs = [torch.rand(int(torch.randint(4, 40, (1,), generator=g)), generator=g) * float(torch.rand(1, generator=g) * 10 + 1e-3) for _ in range(n_layers)]
+    layers = [LayerScores(c, 1, c.numel(), cap) for c in costs]
+    got = select_pruned_units(layers, sparsity, "global")
+    # reference: walk all units in ascending cost, skipping layers that reached their cap
+    k = int(round(sparsity * sum(c.numel() for c in costs)))
+    caps = [math.floor(cap * c.numel() + 1e-9) for c in costs]
+    taken = [0] * n_layers
+    want = [torch.zeros(c.numel(), dtype=torch.bool) for c in costs]
+    for value, li, ui in sorted((float(v), li, ui) for li, c in enumerate(costs) for ui, v in enumerate(c)):
+        if k == 0:
+            break
+        if taken[li] < caps[li]:
+            want[li][ui] = True
+            taken[li] += 1
+            k -= 1
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

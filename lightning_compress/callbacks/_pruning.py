@@ -277,7 +277,7 @@ class BasePruning(Callback):
 
             def fn(mod: nn.Module, w: torch.Tensor) -> torch.Tensor:
                 if not torch.is_grad_enabled() or not w.requires_grad:
-                    return w * getattr(mod, buf)
+                    return masking.apply_mask(w, getattr(mod, buf))
                 if score.acc is None or score.acc.device != w.device:
                     score.acc = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
                 return TopKMaskSTE.apply(w, getattr(mod, buf), score.acc)
@@ -397,9 +397,10 @@ class BasePruning(Callback):
     def scores_for(self, target: PruneTarget) -> torch.Tensor:
         """Full fp32 score tensor (weight's shape) of a target at a prune event."""
         with torch.no_grad():
+            if target.score.method != "l1" and target.score.score is not None:
+                return target.score.score  # learned / gradient scores: the weight is not needed
             weight = full_param(target.param)
-            effective = weight * target.mask.to(weight.device)
-            return target.score.value(effective)
+            return target.score.value(masking.apply_mask(weight, target.mask.to(weight.device)))
 
     @torch.no_grad()
     def prune_group(self, group: PruneGroup, sparsity: float) -> None:

@@ -20,6 +20,8 @@ from typing import Literal
 
 import torch
 
+from lightning_compress.core.masking import apply_mask
+
 Method = Literal["l1", "magnitude", "topk", "snip", "snip_momentum"]
 METHODS = ("l1", "magnitude", "topk", "snip", "snip_momentum")
 GRADIENT_METHODS = ("snip", "snip_momentum")
@@ -40,14 +42,14 @@ class TopKMaskSTE(torch.autograd.Function):
     def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(weight, mask)
         ctx.acc = acc
-        return weight * mask
+        return apply_mask(weight, mask)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         weight, mask = ctx.saved_tensors
         with torch.no_grad():
             ctx.acc.add_((grad * weight).to(ctx.acc.dtype))
-        return grad * mask, None, None
+        return apply_mask(grad, mask), None, None
 
 
 class ScoreState:
@@ -82,13 +84,18 @@ class ScoreState:
             self.acc.zero_()
             self.steps += 1
             return
-        if weight is None or grad is None or not torch.isfinite(grad).all():
+        if weight is None or grad is None:
             return
-        signal = (weight * grad).abs_()
+        signal = torch.mul(weight, grad).abs_()
+        # one pass: all entries are >= 0, so the sum is finite iff every entry is (overflowed
+        # fp16 steps give inf/nan gradients: skip them, as the optimizer does)
+        if not torch.isfinite(signal.sum()):
+            return
         if self.score is None or self.method == "snip":
             self.score = signal
         else:
-            self.score.mul_(MOMENTUM).add_(signal)
+            # S <- 0.9 * S + |W * g| in one pass
+            torch.add(signal, self.score, alpha=MOMENTUM, out=self.score)
         self.steps += 1
 
     def value(self, effective_weight: torch.Tensor) -> torch.Tensor:

@@ -201,12 +201,21 @@ def effective_param(module: nn.Module, param_name: str, kinds: tuple[str, ...] |
     return value
 
 
+def apply_mask(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``tensor * mask`` for a bool ``mask``, fast: the bool storage is reinterpreted as uint8
+    (zero-copy) and cast to ``tensor.dtype``.  PyTorch's bool->float cast and bool*float promotion
+    take a slow path (measured 1 thread, 1024x256: ``w * bool`` 204 us, uint8 cast + multiply ~50 us),
+    which made masking cost more than the rest of a BERT-small training step's overhead."""
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    return tensor * mask.to(tensor.dtype)
+
+
 def mask_transform(buffer_name: str) -> TransformFn:
     """A transform multiplying by the (bool) buffer ``buffer_name`` of the module."""
 
     def fn(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-        mask = getattr(module, buffer_name)
-        return tensor * mask
+        return apply_mask(tensor, getattr(module, buffer_name))
 
     fn.__qualname__ = f"mask_transform[{buffer_name}]"
     return fn

@@ -199,6 +199,52 @@ def _cap_units(layer: LayerScores) -> int:
     return min(int(math.floor(layer.max_sparsity * layer.total_elems / layer.unit_elems + 1e-9)), layer.costs.numel())
 
 
+def _lowest_k(costs: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` lowest entries of a flat tensor, ties broken by index (first wins),
+    in O(n) with ``kthvalue`` instead of a sort."""
+    n = costs.numel()
+    out = torch.zeros(n, dtype=torch.bool, device=costs.device)
+    if k <= 0:
+        return out
+    if k >= n:
+        out[:] = True
+        return out
+    thr = torch.kthvalue(costs, k).values
+    out = costs < thr
+    missing = k - int(out.sum())
+    if missing > 0:
+        ties = torch.nonzero(costs == thr).view(-1)[:missing]
+        out[ties] = True
+    return out
+
+
+def _global_one_unit_size(layers: list[LayerScores], k: int, device: torch.device) -> list[torch.Tensor]:
+    """Global ranking when every unit zeroes the same number of weights: the ``k`` lowest units over
+    all layers, each layer capped.  Water-filling: one O(n) threshold; layers that would go over
+    their cap keep exactly their ``cap`` lowest units and leave the pool; repeat on the rest (the
+    threshold only rises, so a capped layer stays capped).  Same result as a full sort with caps."""
+    costs = [layer.costs.float().reshape(-1).to(device) for layer in layers]
+    caps = [_cap_units(layer) for layer in layers]
+    result: list[torch.Tensor | None] = [None] * len(layers)
+    free = list(range(len(layers)))
+    k = min(k, sum(caps))
+    while free:
+        flat = _lowest_k(torch.cat([costs[i] for i in free]), k) if k > 0 else torch.zeros(
+            sum(costs[i].numel() for i in free), dtype=torch.bool, device=device
+        )
+        parts = torch.split(flat, [costs[i].numel() for i in free])
+        over = [i for i, p in zip(free, parts) if int(p.sum()) > caps[i]]
+        if not over:
+            for i, p in zip(free, parts):
+                result[i] = p.clone()
+            break
+        for i in over:
+            result[i] = _lowest_k(costs[i], caps[i])
+            k -= caps[i]
+        free = [i for i in free if i not in over]
+    return [r if r is not None else torch.zeros(c.numel(), dtype=torch.bool, device=device) for r, c in zip(result, costs)]
+
+
 def select_pruned_units(layers: list[LayerScores], sparsity: float, scope: str) -> list[torch.Tensor]:
     """Which units to prune so that the pruned fraction of all weights is ``sparsity``.
 
@@ -213,11 +259,7 @@ def select_pruned_units(layers: list[LayerScores], sparsity: float, scope: str) 
         for layer in layers:
             k = int(round(sparsity * layer.total_elems / layer.unit_elems))
             k = max(0, min(k, _cap_units(layer)))
-            pruned = torch.zeros(layer.costs.numel(), dtype=torch.bool, device=layer.costs.device)
-            if k:
-                idx = torch.argsort(layer.costs.float(), stable=True)[:k]
-                pruned[idx] = True
-            out.append(pruned)
+            out.append(_lowest_k(layer.costs.float().reshape(-1), k))
         return out
     if scope != "global":
         raise ValueError(f"`scope`={scope!r} must be 'global' or 'local'.")
@@ -226,7 +268,10 @@ def select_pruned_units(layers: list[LayerScores], sparsity: float, scope: str) 
     device = layers[0].costs.device
     total = sum(layer.total_elems for layer in layers)
     target = sparsity * total
-    # per layer, only its `cap` cheapest units may be pruned; rank those candidates globally
+    if len({layer.unit_elems for layer in layers}) == 1:
+        return _global_one_unit_size(layers, int(round(target / layers[0].unit_elems)), device)
+    # units of different sizes (structured groups of different widths): a full sort; per layer only
+    # its `cap` cheapest units are candidates, ranked globally, taken until closest to the target
     cand_costs, cand_layer, cand_index = [], [], []
     for i, layer in enumerate(layers):
         costs = layer.costs.float().reshape(-1).to(device)
