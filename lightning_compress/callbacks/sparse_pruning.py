@@ -1,0 +1,118 @@
+"""``SparsePruning`` and ``SnipMomentumPruning``: unstructured, NxM-block and N:M weight sparsity."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from lightning_compress.callbacks._pruning import BasePruning
+
+
+class SparsePruning(BasePruning):
+    """Prune weights of Linear / Conv2d layers to a target sparsity over a schedule.
+
+    The mask multiplies the weight inside ``forward`` (effective weight = ``weight * mask``), so it
+    holds under ZeRO 2/3 and mixed precision and the model's ``state_dict`` keys do not change.
+    ``RedundancyClean`` bakes the zeros into the weights at the end.
+
+    Args:
+        sparsity: fraction of the targeted weights zeroed once the schedule ends, in [0, 1).
+            ``None``: ``(M-N)/M`` for an ``"N:M"`` pattern, else 0.5.
+        method: ``"l1"`` / ``"magnitude"`` (|W|), ``"topk"`` (learned movement scores), ``"snip"``
+            (|W*grad| of the last step), ``"snip_momentum"`` (0.9-momentum sum of |W*grad|, per
+            optimizer step).
+        pattern: ``"unstructured"`` (= ``"1x1"``); ``"NxM"`` blocks of N output rows x M input columns
+            (``"4x1"``); ``"N:M"`` keeps N of every M consecutive weights along the input dimension
+            (``"2:4"``).  Conv2d weights are seen as ``[out, in*kh*kw]``.
+        schedule: ``"exp"`` | ``"cos"`` | ``"linear"`` | ``"cubic"``: sparsity after each prune event.
+        start_step: optimizer step (``trainer.global_step``) of the first prune event.
+        end_step: optimizer step of the last prune event; ``None`` = last step of the fit.
+        frequency: optimizer steps between prune events.
+        scope: ``"global"`` ranks all targeted layers together (one threshold); ``"local"`` per layer.
+        max_sparsity_per_layer: under global ranking no layer goes above this sparsity.
+        modules: regexes (``re.search``) of qualified module names to prune; default: every Linear
+            and Conv2d except the last one (the classifier).
+        exclude: regexes of modules to leave out.
+        groups: per-group settings ``{name: {"modules": [...], "sparsity": 0.8, "pattern": "2:4"}}``.
+
+    Raises:
+        ValueError: at ``__init__`` for an unknown method/schedule/pattern, sparsity outside [0, 1),
+            ``end_step < start_step``, ``N > M``; at ``setup`` for a regex that matches no module, a
+            pattern whose block does not divide a targeted weight, or a weight already masked by
+            another sparsity callback.
+
+    Example::
+
+        trainer = Trainer(callbacks=[SparsePruning(method="snip_momentum", pattern="4x1", sparsity=0.9)])
+    """
+
+    mask_kind = "sparse_mask"
+
+    def __init__(
+        self,
+        sparsity: float | None = 0.5,
+        method: Literal["l1", "magnitude", "topk", "snip", "snip_momentum"] = "l1",
+        pattern: str = "unstructured",
+        schedule: Literal["exp", "cos", "linear", "cubic"] = "exp",
+        start_step: int = 0,
+        end_step: int | None = None,
+        frequency: int = 1,
+        scope: Literal["global", "local"] = "global",
+        max_sparsity_per_layer: float = 0.98,
+        modules: list[str] | None = None,
+        exclude: list[str] | None = None,
+        groups: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(
+            sparsity=sparsity,
+            method=method,
+            pattern=pattern,
+            schedule=schedule,
+            start_step=start_step,
+            end_step=end_step,
+            frequency=frequency,
+            scope=scope,
+            max_sparsity_per_layer=max_sparsity_per_layer,
+            modules=modules,
+            exclude=exclude,
+            groups=groups,
+        )
+
+
+class SnipMomentumPruning(SparsePruning):
+    """``SparsePruning(method="snip_momentum")``: score ``S <- 0.9 S + |W * dL/dW|`` each optimizer step.
+
+    Args: as :class:`SparsePruning`, without ``method``.
+
+    Example::
+
+        Trainer(callbacks=[SnipMomentumPruning(pattern="4x1", sparsity=0.9)], strategy="deepspeed")
+    """
+
+    def __init__(
+        self,
+        sparsity: float | None = 0.5,
+        pattern: str = "4x1",
+        schedule: Literal["exp", "cos", "linear", "cubic"] = "exp",
+        start_step: int = 0,
+        end_step: int | None = None,
+        frequency: int = 1,
+        scope: Literal["global", "local"] = "global",
+        max_sparsity_per_layer: float = 0.98,
+        modules: list[str] | None = None,
+        exclude: list[str] | None = None,
+        groups: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(
+            sparsity=sparsity,
+            method="snip_momentum",
+            pattern=pattern,
+            schedule=schedule,
+            start_step=start_step,
+            end_step=end_step,
+            frequency=frequency,
+            scope=scope,
+            max_sparsity_per_layer=max_sparsity_per_layer,
+            modules=modules,
+            exclude=exclude,
+            groups=groups,
+        )
