@@ -248,3 +248,44 @@ def example_batch(data_dir: str, n: int = 8) -> torch.Tensor:
     dm.prepare_data()
     dm.setup("test")
     return next(iter(dm.test_dataloader()))[0][:n]
+
+
+def prepare_subset(
+    source: str | os.PathLike, data_dir: str | os.PathLike, train_per_class: int, test_per_class: int
+) -> Path:
+    """Extract a class-balanced subset of CIFAR-10 from ``source`` into ``data_dir`` (image-folder layout).
+
+    ``source`` holds ``train.zip``/``test.zip`` (the offline layout) or ``train/``/``test/`` folders.
+    Only the first ``*_per_class`` images of each class (in name order) are read, so this is quick
+    even from the full 60,000-image zips.  Nothing is done when ``data_dir`` already has images.
+
+    Raises:
+        FileNotFoundError: ``source`` has neither layout (says how to get the data).
+    """
+    out = Path(data_dir)
+    if has_image_folders(out):
+        return out
+    src = Path(source)
+    wanted = {"train": train_per_class, "test": test_per_class}
+    if has_zips(src):
+        for split, n in wanted.items():
+            with zipfile.ZipFile(src / f"{split}.zip") as zf:
+                by_class: dict[str, list[str]] = {}
+                for name in sorted(zf.namelist()):
+                    parts = name.split("/")
+                    if len(parts) == 3 and parts[0] == split and parts[2].lower().endswith(_IMAGE_SUFFIXES):
+                        by_class.setdefault(parts[1], []).append(name)
+                for cls, names in by_class.items():
+                    (out / split / cls).mkdir(parents=True, exist_ok=True)
+                    for name in names[:n]:
+                        (out / name).write_bytes(zf.read(name))
+    elif has_image_folders(src):
+        for split, n in wanted.items():
+            for class_dir in sorted((src / split).iterdir()):
+                if class_dir.is_dir():
+                    (out / split / class_dir.name).mkdir(parents=True, exist_ok=True)
+                    for f in sorted(class_dir.iterdir())[:n]:
+                        shutil.copyfile(f, out / split / class_dir.name / f.name)
+    else:
+        raise FileNotFoundError(f"No CIFAR-10 zips or image folders in {str(src)!r}. " + HOW_TO_GET_DATA.format(d=out))
+    return out
