@@ -251,3 +251,13 @@ def test_config_runs_a_few_steps(path: Path, tmp_path: Path, monkeypatch) -> Non
 def test_every_example_has_the_dense_baseline() -> None:
     names = {f"{p.parent.parent.name}/{p.name}" for p in CONFIGS}
     assert {"cifar/dense.yaml", "bert/dense.yaml"} <= names
+
+
+def test_cifar_config_under_deepspeed_two_ranks(dist_results) -> None:
+    r0, r1 = dist_results("examples_cifar_snip_momentum_zero2")
+    assert r0["global_step"] == r1["global_step"] == 4
+    assert r0["masks"].keys() == r1["masks"].keys() and r0["masks"]
+    for name in r0["masks"]:
+        assert torch.equal(r0["masks"][name], r1["masks"][name]), name
+    assert abs(r0["stats"]["sparsity"] - 0.5) < 0.05
+    assert torch.allclose(r0["output"], r1["output"], atol=1e-5)
