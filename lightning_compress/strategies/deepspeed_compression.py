@@ -10,12 +10,16 @@ When the DeepSpeed config has a ``compression_training`` section, the matching l
 callbacks are built from it (see :func:`lightning_compress.from_deepspeed_config`) and appended to the
 Trainer's callbacks at ``setup``, so an existing DeepSpeed user changes nothing but the strategy.
 
+On CPU, DeepSpeed's JIT-built shared-memory allreduce kernel is skipped (gloo does the same work;
+set ``LC_DEEPSPEED_SHM=1`` to build and use it).
+
 Registered names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and
 ``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -63,6 +67,18 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         reset_seed()
         self.set_world_ranks()
         self._init_deepspeed_distributed()
+
+    @override
+    def _init_deepspeed_distributed(self) -> None:
+        if not self._on_cuda and os.environ.get("LC_DEEPSPEED_SHM", "0") != "1":
+            # DeepSpeed's CPU accelerator JIT-compiles a shared-memory allreduce kernel
+            # (deepspeed_shm_comm) at every init_distributed: 35 s to minutes of C++ build on a
+            # small machine, for a speed-up of intra-node CPU collectives only.  gloo does the same
+            # work without it.  LC_DEEPSPEED_SHM=1 keeps DeepSpeed's default.
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        super()._init_deepspeed_distributed()
 
     @property
     @override

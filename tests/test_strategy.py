@@ -1,0 +1,50 @@
+"""DeepSpeedCompressionStrategy: registration and CPU setup (the 2-rank runs are in the distributed tests)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
+
+import lightning_compress  # noqa: F401  (registers the names)
+from lightning_compress import DeepSpeedCompressionStrategy
+
+
+@pytest.mark.parametrize("name,stage", [("deepspeed_compression", 2), ("deepspeed_compression_stage_1", 1), ("deepspeed_compression_stage_2", 2), ("deepspeed_compression_stage_3", 3)])
+def test_registered_names(name, stage):
+    assert name in StrategyRegistry
+    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy=name, logger=False)
+    assert isinstance(trainer.strategy, DeepSpeedCompressionStrategy)
+    assert isinstance(trainer.strategy, DeepSpeedStrategy)
+    assert trainer.strategy.config["zero_optimization"]["stage"] == stage
+
+
+def test_cpu_root_device_and_backend():
+    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy=DeepSpeedCompressionStrategy(stage=3), logger=False)
+    strategy = trainer.strategy
+    assert strategy.root_device == torch.device("cpu", 0)
+    assert strategy._get_process_group_backend() == "gloo"
+
+
+def test_one_process_fit_on_cpu_zero3():
+    from lightning_compress import SparsePruning
+    from tests.models import TinyMLP, mlp_loader
+
+    cb = SparsePruning(sparsity=0.5, end_step=2)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, strategy="deepspeed_compression_stage_3", max_steps=3, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
+    )
+    trainer.fit(TinyMLP(), mlp_loader())
+    assert trainer.global_step == 3
+    assert cb.sparsity_stats()["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_stock_strategy_still_refuses_cpu():
+    """We subclass; the stock class keeps its CUDA check (so CUDA users see identical behaviour)."""
+    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy="deepspeed", logger=False, max_steps=1)
+    from tests.models import TinyMLP, mlp_loader
+
+    with pytest.raises(RuntimeError, match="only supported on CUDA"):
+        trainer.fit(TinyMLP(), mlp_loader())
