@@ -43,5 +43,27 @@ def test_l1_2to4_zero3(dist_results):
         assert bool((mask.reshape(-1, 4).sum(1) == 2).all())
 
 
-def test_topk_zero2(dist_results):
-    check_common(dist_results("sparse_topk_zero2"), 0.6)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_topk_learned_scores(dist_results, stage):
+    r0 = check_common(dist_results(f"sparse_topk_zero{stage}"), 0.6)
+    assert [h["step"] for h in r0["history"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_mid_schedule_equals_uninterrupted_under_deepspeed(dist_results, stage):
+    for r in dist_results(f"sparse_resume_zero{stage}"):
+        full, resumed = r["full"], r["resumed"]
+        for name in full["masks"]:
+            assert torch.equal(full["masks"][name], resumed["masks"][name]), name
+            assert torch.allclose(full["scores"][name], resumed["scores"][name], rtol=1e-5, atol=1e-7), name
+        for k in full["weights"]:
+            assert torch.allclose(full["weights"][k], resumed["weights"][k], atol=1e-6), k
+        assert torch.allclose(full["output"], resumed["output"], atol=1e-6)
+
+
+def test_ddp_masks_equal_across_ranks(dist_results):
+    r0, r1 = dist_results("sparse_ddp_snip_topk")
+    for method in ("snip_momentum", "topk"):
+        assert r0[method]["stats"]["sparsity"] == pytest.approx(0.6, abs=1e-2)
+        for name, mask in r0[method]["masks"].items():
+            assert torch.equal(mask, r1[method]["masks"][name]), (method, name)

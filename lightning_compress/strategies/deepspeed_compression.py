@@ -43,14 +43,31 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._compression_callbacks_added = False
+        # DeepSpeed itself no longer reads `compression_training`: take it out of the engine's
+        # config and turn it into callbacks at setup_environment (before the callbacks' setup).
+        self.compression_config: dict[str, Any] | None = None
+        if isinstance(self.config, dict) and "compression_training" in self.config:
+            self.compression_config = self.config.pop("compression_training")
+        self._compression_callbacks: list[Any] = []
 
     @property
     def _on_cuda(self) -> bool:
         return isinstance(self.accelerator, CUDAAccelerator)
 
+    def _add_compression_callbacks(self) -> None:
+        if self.compression_config is None or self._compression_callbacks:
+            return
+        from lightning_compress.deepspeed_config import from_deepspeed_config
+
+        trainer = self.lightning_module.trainer if self.lightning_module is not None else None
+        if trainer is None:
+            return
+        self._compression_callbacks = from_deepspeed_config({"compression_training": self.compression_config})
+        trainer.callbacks.extend(self._compression_callbacks)
+
     @override
     def setup_environment(self) -> None:
+        self._add_compression_callbacks()
         if self._on_cuda:
             super().setup_environment()
             return
@@ -92,10 +109,6 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         if self._on_cuda:
             return super()._get_process_group_backend()
         return self._process_group_backend or "gloo"
-
-    @override
-    def setup(self, trainer: Any) -> None:
-        super().setup(trainer)
 
     @classmethod
     @override

@@ -70,3 +70,57 @@ def l1_zero3(ctx: Context) -> None:
 def topk_zero2(ctx: Context) -> None:
     cb = SparsePruning(sparsity=0.6, method="topk", start_step=1, end_step=4)
     run(ctx, 2, cb, max_steps=5)
+
+
+@scenario("sparse_topk_zero3")
+def topk_zero3(ctx: Context) -> None:
+    cb = SparsePruning(sparsity=0.6, method="topk", start_step=1, end_step=4)
+    run(ctx, 3, cb, max_steps=5, accumulate_grad_batches=2)
+
+
+def _resume_run(ctx: Context, stage: int, steps: int, ckpt=None, save=None) -> dict:
+    pl.seed_everything(0)
+    cb = SnipMomentumPruning(sparsity=0.75, pattern="4x1", start_step=1, end_step=6, frequency=1)
+    probe = Probe()
+    trainer = ctx.trainer(stage=stage, callbacks=[cb, probe], max_steps=steps)
+    # 16 samples, batch 8, 2 ranks: one batch per rank per epoch, so a resumed run sees what an
+    # uninterrupted one sees
+    trainer.fit(TinyMLP(), mlp_loader(n=16, batch_size=8), ckpt_path=ckpt)
+    if save is not None:
+        trainer.save_checkpoint(save)
+    return {"masks": cb.masks(), "scores": {t.name: t.score.score.clone() for t in cb.targets}, **probe.result}
+
+
+def _resume(ctx: Context, stage: int) -> None:
+    full = _resume_run(ctx, stage, 8)
+    ckpt = str(ctx.work_dir / "mid.ckpt")
+    _resume_run(ctx, stage, 3, save=ckpt)
+    resumed = _resume_run(ctx, stage, 8, ckpt=ckpt)
+    ctx.save({"full": full, "resumed": resumed})
+
+
+@scenario("sparse_resume_zero2")
+def resume_zero2(ctx: Context) -> None:
+    _resume(ctx, 2)
+
+
+@scenario("sparse_resume_zero3")
+def resume_zero3(ctx: Context) -> None:
+    _resume(ctx, 3)
+
+
+@scenario("sparse_ddp_snip_topk")
+def ddp(ctx: Context) -> None:
+    """Plain DDP (gloo) in the same process group: gradients are all-reduced in param.grad."""
+    out = {}
+    for method in ("snip_momentum", "topk"):
+        pl.seed_everything(0)
+        cb = SparsePruning(sparsity=0.6, method=method, pattern="4x1", start_step=1, end_step=4)
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=2, strategy="ddp", max_steps=5, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )
+        trainer.callbacks.append(cb)
+        trainer.fit(TinyMLP(), mlp_loader(n=128, batch_size=8))
+        out[method] = {"masks": cb.masks(), "stats": cb.sparsity_stats()}
+    ctx.save(out)
