@@ -1,0 +1,455 @@
+"""``LayerReductionKD``: a shallower student built from the model's own layers, trained with distillation."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from typing_extensions import override
+
+from lightning_compress.core.distill import (
+    DistillRecorder,
+    evenly_spaced_layers,
+    find_layer_stack,
+    hidden_width,
+    resolve_keep_layers,
+    shrink_layers_,
+    supports_attentions,
+    unwrap_masking,
+)
+
+_OWNER = "LayerReductionKD"
+_DEFAULT_WEIGHTS = {"logits": 1.0, "hidden": 0.0, "attention": 0.0, "labels": 1.0}
+
+
+class LayerReductionKD(Callback):
+    """Keep some layers of the model's layer stack and distil the full model into the reduced one.
+
+    At ``setup(stage="fit")`` (before DeepSpeed wraps anything) the callback finds the layer stack of the
+    network the LightningModule holds (a top-level submodule such as ``self.model``; ``layers`` is named
+    relative to it), keeps a frozen deep copy of that network as teacher (or uses ``teacher``), and removes
+    the other layers *in place*: student layer ``i`` is the very layer object ``keep_layers[i]``, so its
+    weights are the teacher's.  A Hugging Face config gets ``num_hidden_layers`` (and ``layer_types``)
+    updated and ``layer_idx`` attributes are renumbered, so the slim model saves and reloads.
+
+    Distillation without touching the user's ``training_step`` (it only has to return its loss):
+
+    * the student network's ``__class__`` is swapped (as in :mod:`lightning_compress.core.masking`; no
+      forward hooks) for a subclass whose ``forward``, during a training step, also runs the teacher on the
+      same arguments under ``torch.no_grad()`` and records both outputs; with ``weights["hidden"] > 0`` the
+      mapped blocks are swapped likewise and record their outputs;
+    * ``pl_module.training_step`` is overridden on the instance (what Lightning's own forward redirection
+      does; it works under the plain Trainer, DDP and DeepSpeed, whose engine calls the LightningModule's
+      ``training_step``): it calls the user's step and returns
+      ``labels * user_loss + logits * KL + hidden * MSE + attention * MSE``, logging each term as
+      ``kd/labels``, ``kd/logits``, ``kd/hidden``, ``kd/attention`` and the total as ``kd/loss``.
+
+    The teacher is held by the callback (``self.teacher``), not registered on the LightningModule: it is not
+    in ``pl_module.parameters()``, the optimizer or the DeepSpeed engine, so ZeRO never partitions it; every
+    rank keeps it whole.  It is in eval mode with ``requires_grad=False`` and is moved to the student's
+    device and floating dtype at ``on_fit_start``.  With every KD weight 0 the callback only reduces layers
+    (and, with a given ``teacher``, applies ``copy_modules``); without a given teacher no copy is kept.
+
+    Place it before pruning/quantization callbacks (so they see the reduced model).  If one of them already
+    wrapped the model, its transforms are removed from the teacher copy (the teacher stays full precision).
+
+    Args:
+        teacher: the teacher network; ``None`` = a frozen copy of the LightningModule's network before
+            reduction.  It is called with the same arguments as the student network and used as is (frozen
+            in place, not copied).  If its stack depth differs from the student's original depth, student
+            layer ``i`` is mapped to teacher layer ``(i + 1) * n_teacher // n_student - 1``.
+        keep_layers: indices (0-based, increasing) of the layers to keep, or an int = how many to keep,
+            evenly spaced ending at the last layer (6 of 12 -> ``[1, 3, 5, 7, 9, 11]``).
+        layers: qualified name of the layer stack (an ``nn.ModuleList``/``nn.Sequential``), relative to the
+            LightningModule's network (``"bert.encoder.layer"``) or to the LightningModule
+            (``"model.bert.encoder.layer"``).  ``None`` finds it: the ModuleList/Sequential of 2+ same-class
+            blocks, preferring the length of a Hugging Face ``config.num_hidden_layers``, then the longest.
+        copy_modules: with a given ``teacher``: names of modules (relative to the network) whose weights are
+            loaded from the teacher into the student after reduction, e.g. ``["bert.embeddings",
+            "classifier"]``; naming the layer stack copies teacher layer ``mapping[i]`` into student layer
+            ``i``.  (Without a teacher the student already shares every weight with it.)
+        temperature: softmax temperature of the logits KL (the term is scaled by ``temperature**2``).
+        weights: factors of the summed terms; missing keys keep the defaults
+            ``{"logits": 1.0, "hidden": 0.0, "attention": 0.0, "labels": 1.0}``. ``labels`` multiplies the
+            loss the user's ``training_step`` returns; ``hidden`` = MSE between the outputs of student layer
+            ``i`` and teacher layer ``mapping[i]``; ``attention`` = MSE between their attention
+            probabilities (Hugging Face models with ``attn_implementation="eager"``).
+
+    Raises:
+        ValueError: in ``__init__`` for a bad ``keep_layers`` / ``weights`` / ``temperature`` / ``teacher`` /
+            ``copy_modules``; in ``setup`` for ``keep_layers`` out of range or duplicated, no layer stack
+            (pass ``layers``), a teacher whose hidden size or head count differs from the student's while the
+            hidden/attention term is on, attention asked of a model that does not return it, manual
+            optimization, or a checkpoint whose ``keep_layers`` differ.
+
+    Example::
+
+        model = BertForSequenceClassification.from_pretrained(path, num_labels=2)   # 12 layers
+        trainer = Trainer(callbacks=[LayerReductionKD(keep_layers=[1, 3, 5, 7, 9, 11],
+                                                      weights={"logits": 1.0, "hidden": 1.0, "labels": 1.0})])
+        trainer.fit(MyModule(model))   # model now has 6 layers; the loss includes the KD terms
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module | None = None,
+        keep_layers: int | Sequence[int] = 6,
+        layers: str | None = None,
+        copy_modules: Sequence[str] | None = None,
+        temperature: float = 2.0,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise ValueError(f"{_OWNER}: `teacher` must be an nn.Module or None, got {type(teacher).__name__}.")
+        if isinstance(keep_layers, bool) or not isinstance(keep_layers, (int, Sequence)) or isinstance(keep_layers, str):
+            raise ValueError(f"{_OWNER}: `keep_layers` must be an int or a list of ints, got {keep_layers!r}.")
+        if isinstance(keep_layers, int):
+            if keep_layers < 1:
+                raise ValueError(f"{_OWNER}: `keep_layers`={keep_layers}: keep at least 1 layer.")
+        else:
+            keep = list(keep_layers)
+            if not keep or any(isinstance(i, bool) or not isinstance(i, int) for i in keep):
+                raise ValueError(f"{_OWNER}: `keep_layers` must be a non-empty list of ints, got {keep_layers!r}.")
+            dup = sorted({i for i in keep if keep.count(i) > 1})
+            if dup:
+                raise ValueError(f"{_OWNER}: `keep_layers` lists layer(s) {dup} more than once; each layer can be kept once.")
+            if any(i < 0 for i in keep):
+                raise ValueError(f"{_OWNER}: `keep_layers` {keep} has negative indices; use 0-based indices.")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"{_OWNER}: `temperature` must be > 0, got {temperature!r}.")
+        w = dict(_DEFAULT_WEIGHTS)
+        for k, v in (weights or {}).items():
+            if k not in _DEFAULT_WEIGHTS:
+                raise ValueError(f"{_OWNER}: `weights` key {k!r} is unknown; use {sorted(_DEFAULT_WEIGHTS)}.")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{_OWNER}: `weights[{k!r}]` must be a number >= 0, got {v!r}.")
+            w[k] = float(v)
+        if copy_modules is not None:
+            if teacher is None:
+                raise ValueError(
+                    f"{_OWNER}: `copy_modules` copies weights from a given `teacher`; with teacher=None the student "
+                    f"already shares every kept weight with its teacher (a copy of the same model). Drop copy_modules "
+                    f"or pass the teacher."
+                )
+            if isinstance(copy_modules, str) or not all(isinstance(n, str) for n in copy_modules):
+                raise ValueError(f"{_OWNER}: `copy_modules` must be a list of module names, got {copy_modules!r}.")
+        self.teacher = teacher
+        self._given_teacher = teacher is not None
+        self.keep_layers = keep_layers if isinstance(keep_layers, int) else list(keep_layers)
+        self.layers = layers
+        self.copy_modules = list(copy_modules) if copy_modules is not None else None
+        self.temperature = float(temperature)
+        self.weights = w
+        # resolved at setup
+        self.keep: list[int] | None = None
+        self.mapping: list[int] | None = None
+        self.stack_name: str | None = None  # relative to the LightningModule
+        self.num_layers: int | None = None
+        self._network: nn.Module | None = None
+        self._recorder: DistillRecorder | None = None
+        self._pl_module: LightningModule | None = None
+        self._loaded: dict[str, Any] | None = None
+        self._net_stack = ""
+        self._teacher_blocks: list[nn.Module] = []
+
+    @property
+    def distilling(self) -> bool:
+        return any(self.weights[k] > 0 for k in ("logits", "hidden", "attention"))
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _locate(self, pl_module: LightningModule) -> tuple[str, nn.Module, str, nn.Module]:
+        """(network attribute, network, stack name in the network, stack container)."""
+        children = list(pl_module.named_children())
+        found: list[tuple[str, nn.Module, str, nn.Module]] = []
+        if self.layers is not None:
+            for attr, child in children:
+                try:
+                    found.append((attr, child, self.layers, child.get_submodule(self.layers)))
+                except AttributeError:
+                    pass
+            head, _, rest = self.layers.partition(".")
+            if not found and rest and isinstance(getattr(pl_module, head, None), nn.Module):
+                try:
+                    net = getattr(pl_module, head)
+                    found.append((head, net, rest, net.get_submodule(rest)))
+                except AttributeError:
+                    pass
+            if not found:
+                if any(n == self.layers for n, _ in children):
+                    raise ValueError(self._on_module_error(self.layers))
+                cands = []
+                for attr, child in children:
+                    try:
+                        cands.append(f"{attr}.{find_layer_stack(child)[0]}".rstrip("."))
+                    except ValueError:
+                        pass
+                raise ValueError(
+                    f"{_OWNER}: `layers`={self.layers!r} names no submodule of {type(pl_module).__name__}'s "
+                    f"networks {[n for n, _ in children]}. Layer stacks found automatically: {cands or 'none'}; pass "
+                    f"one of them (relative to the network, e.g. 'bert.encoder.layer') or layers=None."
+                )
+            if len(found) > 1:
+                raise ValueError(
+                    f"{_OWNER}: `layers`={self.layers!r} exists in several networks {[f[0] for f in found]}; name it "
+                    f"relative to the LightningModule, e.g. '{found[0][0]}.{self.layers}'."
+                )
+            attr, net, name, container = found[0]
+            find_layer_stack(net, name)  # type check with a clear message
+            return attr, net, name, container
+        errors = []
+        for attr, child in children:
+            try:
+                name, container = find_layer_stack(child)
+                found.append((attr, child, name, container))
+            except ValueError as err:
+                errors.append(str(err))
+        if not found:
+            raise ValueError(
+                f"{_OWNER}: found no layer stack (an nn.ModuleList / nn.Sequential of 2 or more blocks of one class) "
+                f"in the networks of {type(pl_module).__name__} ({[n for n, _ in children] or 'no submodules'}). "
+                f"Pass `layers` = the qualified name of the container holding the layers, e.g. "
+                f"layers='bert.encoder.layer' (Hugging Face BERT), 'model.layers' (Llama), 'transformer.h' (GPT-2)."
+            )
+        if len(found) > 1:
+            raise ValueError(
+                f"{_OWNER}: layer stacks in several networks: "
+                f"{[f'{a}.{n}'.rstrip('.') for a, _, n, _ in found]}; pass `layers` = the one to reduce."
+            )
+        attr, net, name, container = found[0]
+        if name == "" and isinstance(net, nn.ModuleList):
+            raise ValueError(self._on_module_error(attr))
+        return found[0]
+
+    @staticmethod
+    def _on_module_error(attr: str) -> str:
+        return (
+            f"{_OWNER}: the layer stack {attr!r} is an attribute of the LightningModule itself; distillation needs "
+            f"the network the LightningModule calls: put the layers in one module (e.g. self.model = Net() holding "
+            f"`{attr}`) and call it from training_step, then pass layers='model.{attr}' or layers=None."
+        )
+
+    def _check_teacher(self, net: nn.Module, t_blocks: list[nn.Module], s_blocks: list[nn.Module]) -> None:
+        teacher = self.teacher
+        assert teacher is not None
+        s_cfg, t_cfg = getattr(net, "config", None), getattr(teacher, "config", None)
+        if self.weights["hidden"] > 0:
+            s_h, t_h = getattr(s_cfg, "hidden_size", None), getattr(t_cfg, "hidden_size", None)
+            pairs = [(s_h, t_h, "config.hidden_size")] if s_h is not None and t_h is not None else [
+                (hidden_width(s), hidden_width(t), f"the output width of layer {i}") for i, (s, t) in enumerate(zip(s_blocks, t_blocks))
+            ]
+            for s_w, t_w, what in pairs:
+                if s_w is not None and t_w is not None and s_w != t_w:
+                    raise ValueError(
+                        f"{_OWNER}: `teacher` ({type(teacher).__name__}) has hidden size {t_w} but the student has "
+                        f"{s_w} ({what}): the hidden-state MSE needs equal sizes. Set weights['hidden']=0 (logits-only "
+                        f"distillation) or give a teacher of hidden size {s_w}; no projection is learned."
+                    )
+        if self.weights["attention"] > 0:
+            s_a, t_a = getattr(s_cfg, "num_attention_heads", None), getattr(t_cfg, "num_attention_heads", None)
+            if s_a is not None and t_a is not None and s_a != t_a:
+                raise ValueError(
+                    f"{_OWNER}: `teacher` has {t_a} attention heads, the student {s_a}: the attention MSE needs equal "
+                    f"head counts. Set weights['attention']=0."
+                )
+
+    def _copy_from_teacher(self, net: nn.Module, stack: str) -> None:
+        teacher = self.teacher
+        assert teacher is not None and self.copy_modules is not None and self.mapping is not None
+        for name in self.copy_modules:
+            try:
+                dst = net.get_submodule(name) if name else net
+                src = teacher.get_submodule(name) if name else teacher
+            except AttributeError:
+                raise ValueError(
+                    f"{_OWNER}: `copy_modules` entry {name!r} is not a submodule of both the student "
+                    f"({type(net).__name__}) and the teacher ({type(teacher).__name__}); name modules relative to "
+                    f"the network, e.g. 'bert.embeddings'."
+                ) from None
+            pairs = (
+                [(f"{name}.{i}", d, src[j]) for i, (d, j) in enumerate(zip(dst, self.mapping))]
+                if name == stack
+                else [(name, dst, src)]
+            )
+            for qual, d, s in pairs:
+                try:
+                    d.load_state_dict(s.state_dict())
+                except RuntimeError as err:
+                    raise ValueError(
+                        f"{_OWNER}: `copy_modules` cannot copy {qual!r} from the teacher: shapes differ ({err}). "
+                        f"Remove it from copy_modules."
+                    ) from None
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not pl_module.automatic_optimization:
+            raise ValueError(
+                f"{_OWNER}: {type(pl_module).__name__} uses manual optimization; the callback adds the distillation "
+                f"loss to the loss training_step returns, which manual optimization does not backpropagate. Use "
+                f"automatic optimization, or call lightning_compress.core.distill.DistillRecorder yourself."
+            )
+        if self._network is not None and self._pl_module is pl_module:  # a second fit(): already reduced
+            self._install(pl_module)
+            return
+        attr, net, name, container = self._locate(pl_module)
+        n = len(container)
+        full_name = f"{attr}.{name}".rstrip(".")
+        requested = self.keep_layers
+        if self._loaded is not None:
+            requested = self._loaded["keep_layers"]
+        if self._loaded is not None and self._loaded.get("num_layers") not in (None, n):
+            raise ValueError(
+                f"{_OWNER}: the checkpoint was made from a {self._loaded['num_layers']}-layer {full_name!r}, this "
+                f"model has {n}; load it into a model built like the original."
+            )
+        keep = resolve_keep_layers(requested, n, owner=_OWNER, stack=full_name)
+        if self.distilling or self._given_teacher:  # a given teacher also serves copy_modules without KD
+            if self.teacher is None:
+                self.teacher = unwrap_masking(copy.deepcopy(net))
+                t_name, t_stack = name, self.teacher.get_submodule(name) if name else self.teacher
+            else:
+                own = {id(p) for p in net.parameters()}
+                if self.teacher is net or any(id(p) in own for p in self.teacher.parameters()):
+                    raise ValueError(
+                        f"{_OWNER}: `teacher` is (or shares weights with) the LightningModule's network {attr!r}, "
+                        f"which is reduced in place. Pass teacher=None (a frozen copy is kept) or a separate model."
+                    )
+                try:
+                    t_name, t_stack = find_layer_stack(self.teacher, name if _has(self.teacher, name) else None, owner=_OWNER)
+                except ValueError as err:
+                    raise ValueError(f"{str(err)} (in the `teacher`)") from None
+            n_t = len(t_stack)
+            mapping = keep if n_t == n else evenly_spaced_layers(len(keep), n_t) if len(keep) <= n_t else None
+            if mapping is None:
+                raise ValueError(
+                    f"{_OWNER}: the `teacher` has {n_t} layers in {t_name!r}, fewer than the {len(keep)} the student "
+                    f"keeps; give a deeper teacher or keep fewer layers."
+                )
+            t_blocks = list(t_stack.children())
+            if self._given_teacher:
+                self._check_teacher(net, [t_blocks[j] for j in mapping], [list(container.children())[i] for i in keep])
+            if self.weights["attention"] > 0:
+                for who, m in (("student", net), ("teacher", self.teacher)):
+                    if not supports_attentions(m):
+                        raise ValueError(
+                            f"{_OWNER}: weights['attention'] > 0 but the {who} ({type(m).__name__}) does not return "
+                            f"attention maps: only Hugging Face models built with attn_implementation='eager' do "
+                            f"(e.g. BertConfig(..., attn_implementation='eager')). Set weights['attention']=0 otherwise."
+                        )
+        else:
+            mapping = list(keep)
+        shrink_layers_(net, name, keep)
+        self.keep, self.mapping, self.stack_name, self.num_layers = keep, list(mapping), full_name, n
+        self._network, self._pl_module, self._net_stack = net, pl_module, name
+        if self.teacher is not None:
+            if self.copy_modules:
+                self._copy_from_teacher(net, name)
+            self.teacher.eval()
+            self.teacher.requires_grad_(False)
+            self._teacher_blocks = [t_blocks[j] for j in mapping]
+        self._install(pl_module)
+
+    def _install(self, pl_module: LightningModule) -> None:
+        if not self.distilling:
+            return
+        net = self._network
+        assert net is not None and self.teacher is not None
+        name = self._net_stack
+        hidden = self.weights["hidden"] > 0
+        net_name = type(net).__name__
+        s_blocks = list((net.get_submodule(name) if name else net).children()) if hidden else []
+        self._recorder = DistillRecorder(
+            net,
+            self.teacher,
+            s_blocks,
+            self._teacher_blocks if hidden else [],
+            attentions=self.weights["attention"] > 0,
+            teacher_layers=self.mapping,
+        )
+        user_step = pl_module.training_step
+        recorder, w, T = self._recorder, self.weights, self.temperature
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            with recorder.recording():
+                out = user_step(*args, **kwargs)
+            calls = recorder.pop_calls()
+            if out is None:
+                return None
+            loss = out if isinstance(out, torch.Tensor) else out["loss"]
+            if not calls:
+                raise RuntimeError(
+                    f"{_OWNER}: training_step did not call the network {net_name}'s forward, so there are "
+                    f"no student outputs to distil. Call the network (self.<attr>(...)) in training_step."
+                )
+            terms = recorder.losses(calls, temperature=T, logits=w["logits"] > 0, hidden=w["hidden"] > 0)
+            total = w["labels"] * loss
+            for k, v in terms.items():
+                total = total + w[k] * v.to(total.dtype)
+                pl_module.log(f"kd/{k}", v.detach())
+            pl_module.log("kd/labels", loss.detach())
+            pl_module.log("kd/loss", total.detach())
+            if isinstance(out, torch.Tensor):
+                return total
+            out = dict(out)
+            out["loss"] = total
+            return out
+
+        training_step._lc_kd_original = user_step  # type: ignore[attr-defined]
+        pl_module.training_step = training_step  # type: ignore[method-assign]
+
+    def _uninstall(self, pl_module: LightningModule) -> None:
+        step = pl_module.__dict__.get("training_step")
+        if step is not None and hasattr(step, "_lc_kd_original"):
+            del pl_module.training_step
+        if self._recorder is not None:
+            self._recorder.detach()
+            self._recorder = None
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.teacher is None or not self.distilling:
+            return
+        dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
+        self.teacher.to(device=pl_module.device, dtype=dtype)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._uninstall(pl_module)
+
+    # ------------------------------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "keep_layers": list(self.keep) if self.keep is not None else self.keep_layers,
+            "teacher_layers": self.mapping,
+            "layers": self.stack_name,
+            "num_layers": self.num_layers,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.keep is not None:  # setup already reduced the model
+            if list(state_dict["keep_layers"]) != self.keep:
+                raise ValueError(
+                    f"{_OWNER}: the checkpoint kept layers {list(state_dict['keep_layers'])} but this run kept "
+                    f"{self.keep}; pass keep_layers={list(state_dict['keep_layers'])} to resume."
+                )
+            return
+        self._loaded = dict(state_dict)
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    if not name:
+        return False
+    try:
+        module.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
