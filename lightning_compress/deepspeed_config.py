@@ -40,7 +40,10 @@ weight quant ``start_bits`` /          ``WeightQuant(start_bits, bits)``; ``quan
 activation ``bits`` /                  ``ActQuant(bits, range, symmetric)``
 ``range_calibration``
 layer reduction                        ``LayerReductionKD(keep_layers=teacher_layer or keep_number_layer,
-                                       layers=module_name_prefix, copy_modules=other_module_name)``
+                                       layers=module_name_prefix)``; ``other_module_name``: the student is
+                                       the teacher's own network minus layers, so those modules keep the
+                                       teacher's weights anyway; numbered entries (``bert.encoder.layer.2``)
+                                       are read as kept layers, as DeepSpeed allowed
 =====================================  ======================================================================
 
 Keys that only steered DeepSpeed's kernels (``quantizer_kernel``, ``quantize_verbose``,
@@ -436,32 +439,42 @@ def _layer_reduction_specs(section: dict[str, Any], path: str) -> list[CallbackS
         return []
     keep_n = section.get("keep_number_layer")
     teacher_layer = section.get("teacher_layer")
+    prefix = section.get("module_name_prefix")
+    other = section.get("other_module_name")
     if keep_n is not None:
         keep_n = _int(keep_n, f"{path}.keep_number_layer", minimum=1)
+    if prefix is not None and not isinstance(prefix, str):
+        raise _err(f"{path}.module_name_prefix", f"{prefix!r} must be a module name like 'bert.encoder.layer'")
+    if other is not None and (not isinstance(other, list) or not all(isinstance(v, str) for v in other)):
+        raise _err(f"{path}.other_module_name", f"{other!r} must be a list of module names")
+    # other_module_name: modules whose weights the student takes from the teacher.  The student built
+    # here *is* the teacher's network with layers removed, so every such weight is the teacher's already;
+    # numbered entries ("bert.encoder.layer.2") are DeepSpeed's alternative spelling of kept layers.
+    numbered: list[tuple[str, int]] = []
+    for name in other or []:
+        m = re.fullmatch(r"(.+)\.(\d+)", name)
+        if m and (prefix is None or m.group(1) == prefix):
+            numbered.append((m.group(1), int(m.group(2))))
     if teacher_layer is not None:
         if not isinstance(teacher_layer, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in teacher_layer):
             raise _err(f"{path}.teacher_layer", f"{teacher_layer!r} must be a list of layer indices")
-        if keep_n is not None and keep_n != len(teacher_layer):
-            raise _err(
-                f"{path}.keep_number_layer",
-                f"{keep_n} differs from len(teacher_layer)={len(teacher_layer)}; they must agree",
-            )
         keep: Any = list(teacher_layer)
+    elif numbered:
+        stacks = sorted({stack for stack, _ in numbered})
+        if len(stacks) > 1:
+            raise _err(f"{path}.other_module_name", f"numbered layers of several stacks {stacks}; name one layer stack")
+        prefix = stacks[0]
+        keep = [i for _, i in numbered]
     elif keep_n is not None:
         keep = keep_n
     else:
         raise _err(path, "needs teacher_layer (the teacher layers the student keeps) or keep_number_layer")
+    if keep_n is not None and isinstance(keep, list) and keep_n != len(keep):
+        source = "teacher_layer" if teacher_layer is not None else "the numbered other_module_name entries"
+        raise _err(f"{path}.keep_number_layer", f"{keep_n} differs from len({source})={len(keep)}; they must agree")
     kwargs: dict[str, Any] = {"keep_layers": keep}
-    prefix = section.get("module_name_prefix")
     if prefix is not None:
-        if not isinstance(prefix, str):
-            raise _err(f"{path}.module_name_prefix", f"{prefix!r} must be a module name like 'bert.encoder.layer'")
         kwargs["layers"] = prefix
-    other = section.get("other_module_name")
-    if other is not None:
-        if not isinstance(other, list) or not all(isinstance(v, str) for v in other):
-            raise _err(f"{path}.other_module_name", f"{other!r} must be a list of module names")
-        kwargs["copy_modules"] = list(other)
     return [CallbackSpec(_CALLBACK["layer_reduction"], kwargs, path)]
 
 

@@ -224,13 +224,18 @@ def test_activation_quantization_group() -> None:
 def test_layer_reduction() -> None:
     spec = only(plan_from_deepspeed_config(LAYER))
     assert spec.callback == "LayerReductionKD"
-    assert spec.kwargs == dict(
-        keep_layers=[2, 4, 6, 8, 10], layers="bert.encoder.layer",
-        copy_modules=["bert.pooler", "bert.embeddings", "classifier"],
-    )
+    # other_module_name (embeddings, pooler, classifier) are the teacher's weights by construction
+    assert spec.kwargs == dict(keep_layers=[2, 4, 6, 8, 10], layers="bert.encoder.layer")
     cfg = copy.deepcopy(LAYER)
     del cfg["layer_reduction"]["teacher_layer"]
     assert only(plan_from_deepspeed_config(cfg)).kwargs["keep_layers"] == 5
+    # DeepSpeed's alternative spelling: numbered modules in other_module_name are the kept layers
+    alt = {"layer_reduction": {"enabled": True, "keep_number_layer": 2,
+                               "other_module_name": ["bert.encoder.layer.2", "bert.encoder.layer.4", "classifier"]}}
+    assert only(plan_from_deepspeed_config(alt)).kwargs == dict(keep_layers=[2, 4], layers="bert.encoder.layer")
+    (cb,) = from_deepspeed_config(LAYER)
+    assert isinstance(cb, lc_callbacks.LayerReductionKD)
+    assert (cb.keep_layers, cb.layers) == ([2, 4, 6, 8, 10], "bert.encoder.layer")
 
 
 def test_all_methods_in_deepspeed_order(tmp_path) -> None:

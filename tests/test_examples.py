@@ -242,6 +242,8 @@ def test_config_runs_a_few_steps(path: Path, tmp_path: Path, monkeypatch) -> Non
     wanted = [c["class_path"].rsplit(".", 1)[-1] for c in yaml.safe_load(path.read_text())["trainer"].get("callbacks") or []]
     have = [type(c).__name__ for c in cli.trainer.callbacks]
     assert all(name in have for name in wanted), (wanted, have)
+    if "LayerReductionKD" in wanted:
+        assert len(cli.model.model.bert.encoder.layer) == cli.model.model.config.num_hidden_layers == 3
     x = cli.model.example_input_array if path.parent.parent.name == "cifar" else None
     if x is not None:
         cli.model.eval()
