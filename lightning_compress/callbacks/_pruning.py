@@ -78,6 +78,7 @@ class PruneGroup:
     pattern: Pattern
     schedule: SparsitySchedule | None = None
     targets: list[PruneTarget] = field(default_factory=list)
+    events_done: int = 0
 
 
 class BasePruning(Callback):
@@ -186,7 +187,6 @@ class BasePruning(Callback):
             )
         self._owner = f"{name}#{id(self):x}"
         self._setup_done = False
-        self._events_done = 0
         self._resolved_end: int | None = self.end_step
         self._pending_state: dict[str, Any] | None = None
         self._in_engine = False
@@ -379,14 +379,14 @@ class BasePruning(Callback):
         for group in self.groups:
             assert group.schedule is not None, "on_train_start resolves the schedule"
             due = group.schedule.events_due(step)
-            if due <= self._events_done:
+            if due <= group.events_done:
                 continue
             if not all(t.score.ready() for t in group.targets):
                 continue  # gradient criteria: wait for the first scored optimizer step
             self.prune_group(group, group.schedule.target(due))
+            group.events_done = due
             changed = True
         if changed:
-            self._events_done = max(g.schedule.events_due(step) for g in self.groups if g.schedule is not None)
             stats = self.sparsity_stats()
             self.history.append({"step": step, **stats})
             if pl_module is not None and trainer.logger is not None:
@@ -445,7 +445,7 @@ class BasePruning(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "events_done": self._events_done,
+            "events_done": {g.name: g.events_done for g in self.groups},
             "resolved_end": self._resolved_end,
             "masks": self.masks(),
             "scores": {t.name: t.score.state_dict() for t in self.targets},
@@ -459,7 +459,9 @@ class BasePruning(Callback):
             self._pending_state = state_dict
 
     def _apply_state(self, state: dict[str, Any]) -> None:
-        self._events_done = int(state.get("events_done", 0))
+        events = state.get("events_done", {})
+        for g in self.groups:
+            g.events_done = int(events.get(g.name, 0))
         by_name = {t.name: t for t in self.targets}
         missing = set(state.get("masks", {})) - set(by_name)
         if missing:
