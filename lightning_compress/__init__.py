@@ -5,9 +5,10 @@ Importing the package registers the ``deepspeed_compression*`` strategy names wi
 
 from lightning_compress.callbacks import *  # noqa: F401,F403
 from lightning_compress.callbacks import __all__ as _callbacks_all
+from lightning_compress.export import clean
 from lightning_compress.strategies import DeepSpeedCompressionStrategy, register as _register_strategies
 
 _register_strategies()
 
 __version__ = "0.1.0"
-__all__ = [*_callbacks_all, "DeepSpeedCompressionStrategy"]
+__all__ = [*_callbacks_all, "DeepSpeedCompressionStrategy", "clean"]

@@ -23,6 +23,8 @@ def check_ranks(results):
         torch.testing.assert_close(r["slim_output"], r["masked_output"], atol=1e-5, rtol=1e-4)
     assert r0["slim_state"].keys() == r1["slim_state"].keys()
     for k in r0["slim_state"]:
+        if "running_" in k or "num_batches" in k:
+            continue  # BatchNorm statistics are per rank (no SyncBatchNorm); rank 0's are saved
         torch.testing.assert_close(r0["slim_state"][k], r1["slim_state"][k])
     assert "model.safetensors" in r0["files"] and "report.json" in r0["files"]
     return r0

@@ -1,6 +1,18 @@
 """Lightning callbacks, one compression method each; they compose on one Trainer."""
 
+from lightning_compress.callbacks.channel_pruning import ChannelPruning
+from lightning_compress.callbacks.head_pruning import HeadPruning
 from lightning_compress.callbacks.layer_reduction_kd import LayerReductionKD
+from lightning_compress.callbacks.redundancy_clean import RedundancyClean
+from lightning_compress.callbacks.row_pruning import RowPruning
 from lightning_compress.callbacks.sparse_pruning import SnipMomentumPruning, SparsePruning
 
-__all__ = ["SparsePruning", "SnipMomentumPruning", "LayerReductionKD"]
+__all__ = [
+    "SparsePruning",
+    "SnipMomentumPruning",
+    "RowPruning",
+    "HeadPruning",
+    "ChannelPruning",
+    "LayerReductionKD",
+    "RedundancyClean",
+]

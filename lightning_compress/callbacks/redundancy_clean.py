@@ -1,0 +1,153 @@
+"""``RedundancyClean``: at the end of fit, produce, save and report the slim model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import nn
+from typing_extensions import override
+
+from lightning_compress.core.dist import gathered
+from lightning_compress.core.surgery import strip
+from lightning_compress.export import FORMATS, bake, clean, pack_quantized, save_slim, write_json
+from lightning_compress.report import compression_report, format_table, log_report
+
+Format = Literal["torch_export", "safetensors", "onnx"]
+
+_HOOK_DICTS = (
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)
+
+
+def input_from_batch(batch: Any) -> Any:
+    """The forward input of a training batch: ``batch[0]`` of a tuple/list, a dict without labels."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    if isinstance(batch, dict):
+        return {k: v for k, v in batch.items() if k not in ("labels", "label", "y")}
+    return batch
+
+
+def _detach_cpu(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().clone()
+    if isinstance(x, dict):
+        return {k: _detach_cpu(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detach_cpu(v) for v in x)
+    return x
+
+
+@torch.no_grad()
+def full_copy(model: nn.Module) -> nn.Module:
+    """A CPU deep copy of ``model`` with full parameters (gathers ZeRO-3 partitions; collective)
+    and no hooks (DeepSpeed's module hooks stay with the original)."""
+    params = list(model.parameters())
+    with gathered(params):
+        memo: dict[int, Any] = {}
+        for p in params:
+            memo[id(p)] = nn.Parameter(p.data.detach().cpu().clone(), requires_grad=p.requires_grad)
+        for m in model.modules():
+            for attr in _HOOK_DICTS:
+                d = m.__dict__.get(attr)
+                if d is not None:
+                    memo[id(d)] = type(d)()
+        out = copy.deepcopy(model, memo)
+    return out.cpu()
+
+
+class RedundancyClean(Callback):
+    """At the end of ``fit``: bake masks, remove pruned rows/heads/channels, save and report.
+
+    The slim model is a plain ``nn.Module`` of your own classes (no wrappers, no mask buffers) with
+    every shape attribute updated (see :func:`lightning_compress.clean`).  Saved in ``output_dir``:
+
+    * ``model.pt2``: ``torch.export`` program; ``torch.export.load(p).module()(x)`` runs it in a
+      process without your model's code;
+    * ``model.safetensors``: the slim weights;
+    * ``model.onnx`` when ``"onnx"`` is in ``formats``;
+    * ``report.json``: per-layer shapes before/after, parameters, zeros, file sizes, CPU latency
+      before/after (median of interleaved runs on the example input).  The table is printed and the
+      totals logged to the Trainer's logger.
+
+    Under DeepSpeed ZeRO-3 the parameters are gathered on every rank in ``on_train_end`` (before
+    teardown); only rank 0 writes.  The slim model is kept as ``self.slim_model`` (every rank).
+
+    Args:
+        output_dir: folder for the files (created).
+        formats: any of ``"torch_export"``, ``"safetensors"``, ``"onnx"``.
+        example_input: forward input used for export and latency; default: the input of the first
+            training batch (``batch[0]`` of a tuple, a dict without ``labels``).
+        latency_runs: interleaved timed forwards per model for the report (0 = do not time).
+        save: write files (False: only build ``slim_model`` and the report).
+
+    Raises:
+        ValueError: at ``__init__`` for an unknown format or a negative ``latency_runs``.
+
+    Example::
+
+        Trainer(callbacks=[ChannelPruning(sparsity=0.5), RedundancyClean("slim/")]).fit(model, loader)
+        # later, anywhere: torch.export.load("slim/model.pt2").module()(x)
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        formats: Sequence[Format] = ("torch_export", "safetensors"),
+        example_input: Any = None,
+        latency_runs: int = 10,
+        save: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(formats, str):
+            formats = (formats,)
+        bad = [f for f in formats if f not in FORMATS]
+        if bad:
+            raise ValueError(f"RedundancyClean: `formats` has unknown entries {bad}; choose from {FORMATS}.")
+        if latency_runs < 0:
+            raise ValueError(f"RedundancyClean: `latency_runs`={latency_runs} must be >= 0.")
+        self.output_dir = Path(output_dir)
+        self.formats = tuple(formats)
+        self.example_input = example_input
+        self.latency_runs = int(latency_runs)
+        self.save = save
+        self._stashed: Any = None
+        self.slim_model: nn.Module | None = None
+        self.report: dict[str, Any] | None = None
+        self.files: dict[str, str] = {}
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._stashed is None and self.example_input is None:
+            self._stashed = _detach_cpu(input_from_batch(batch))
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        example = self.example_input if self.example_input is not None else self._stashed
+        model = full_copy(pl_module)  # collective under ZeRO-3: every rank
+        packed = pack_quantized(model)
+        before = copy.deepcopy(model)
+        bake(before)
+        strip(before)
+        slim = clean(model)
+        slim.eval()
+        before.eval()
+        self.slim_model = slim
+        if not trainer.is_global_zero:
+            return
+        if self.save:
+            self.files = save_slim(slim, self.output_dir, example, self.formats, packed=packed)
+        self.report = compression_report(
+            before, slim, example, self.files, latency_runs=self.latency_runs if example is not None else 0,
+            notes=list(getattr(slim, "lc_clean_notes", [])),
+        )
+        if self.save:
+            self.files["report"] = write_json(self.report, self.output_dir / "report.json")
+        print(format_table(self.report))
+        log_report(trainer.logger, self.report, step=trainer.global_step)

@@ -1,0 +1,130 @@
+"""``RowPruning``: remove output rows (neurons) of Linear layers and the matching consumer columns."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from torch import nn
+
+from lightning_compress.callbacks._pruning import PruneGroup
+from lightning_compress.callbacks._structured import StructuredPruning
+from lightning_compress.core.graph import ChannelSpace, channel_spaces, related_spaces
+from lightning_compress.core.surgery import Member, UnitGroup
+
+
+class RowPruning(StructuredPruning):
+    """Prune whole output rows of Linear layers (FFN neurons); the consumers' input columns go too.
+
+    Which layers read a Linear's outputs is found by tracing the model (``torch.fx``; for Hugging Face
+    BERT-family models, which fx cannot trace, the ``intermediate.dense -> output.dense`` structure),
+    see :mod:`lightning_compress.core.graph`.  The mask zeroes the row's weight and bias and the
+    consumers' columns, so the masked model computes exactly what the slim model from
+    :func:`lightning_compress.clean` computes.
+
+    Args:
+        sparsity: fraction of the rows (weighted by parameters per row) removed at ``end_step``, in [0, 1).
+        method: ``"l1"`` (mean ``|W|`` of the row) or ``"topk"`` (movement scores).
+        schedule, start_step, end_step, frequency, scope, max_sparsity_per_layer, exclude, groups:
+            as :class:`~lightning_compress.SparsePruning` (steps are optimizer steps).
+        modules: regexes of Linear layers whose rows are pruned; default: every Linear whose outputs
+            feed only other Linear layers (a transformer FFN's first projection; never the residual
+            stream or the model output).
+        related_modules: ``{producer regex: [consumer regexes]}`` naming the consumers by hand
+            (tracing is skipped for those producers).
+
+    Raises:
+        ValueError: at ``setup`` when a named layer's outputs go somewhere that cannot be narrowed
+            (the message names the layers and the op), when tracing fails and no BERT-style block is
+            found, or when ``sparsity`` would remove every row of a layer.
+
+    Example::
+
+        Trainer(callbacks=[RowPruning(sparsity=0.5), RedundancyClean("slim/")])
+    """
+
+    mask_kind = "row_mask"
+    unit_word = "row"
+    target_types = (nn.Linear,)
+
+    def __init__(
+        self,
+        sparsity: float | None = 0.5,
+        method: Literal["l1", "topk"] = "l1",
+        schedule: Literal["exp", "cos", "linear", "cubic"] = "exp",
+        start_step: int = 0,
+        end_step: int | None = None,
+        frequency: int = 1,
+        scope: Literal["global", "local"] = "local",
+        max_sparsity_per_layer: float = 0.98,
+        modules: list[str] | None = None,
+        exclude: list[str] | None = None,
+        groups: dict[str, dict[str, Any]] | None = None,
+        related_modules: dict[str, list[str]] | None = None,
+    ) -> None:
+        super().__init__(
+            sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,
+            frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer, modules=modules,
+            exclude=exclude, groups=groups,
+        )
+        if related_modules is not None and not isinstance(related_modules, dict):
+            raise ValueError("RowPruning: `related_modules` must be a dict {producer regex: [consumer regexes]}.")
+        self.related_modules = related_modules
+
+    def _spaces(self, model: nn.Module) -> list[ChannelSpace]:
+        if self.related_modules:
+            return related_spaces(model, self.related_modules, "RowPruning")
+        try:
+            spaces, _ = channel_spaces(model)
+        except ValueError as err:
+            raise ValueError(f"RowPruning: {err}") from None
+        return spaces
+
+    def find_groups(self, model: nn.Module, group: PruneGroup) -> list[UnitGroup]:
+        spaces = self._spaces(model)
+        by_producer = {n: sp for sp in spaces for n in sp.producers}
+        names = {id(m): n for n, m in model.named_modules()}
+
+        def usable(sp: ChannelSpace) -> bool:
+            return (
+                sp.ok and len(sp.producers) == 1 and bool(sp.consumers)
+                and all(isinstance(m, nn.Linear) for m in [*sp.producers.values(), *sp.consumers.values()])
+                and not sp.norms
+            )
+
+        if group.modules is None:
+            chosen = [n for n, sp in by_producer.items() if usable(sp)]
+            if not chosen:
+                raise ValueError(
+                    f"RowPruning: no Linear layer of {type(model).__name__} feeds only other Linear layers, so "
+                    f"nothing can be row-pruned safely; name layers with `modules` and their consumers with `related_modules`."
+                )
+        else:
+            rxs = [re.compile(r) for r in group.modules]
+            cands = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+            for rx in rxs:
+                if not any(rx.search(n) for n in cands):
+                    raise ValueError(f"RowPruning: `modules` regex {rx.pattern!r} matches no Linear layer; candidates: {cands[:6]}.")
+            chosen = [n for n in cands if any(rx.search(n) for rx in rxs)]
+            for n in chosen:
+                sp = by_producer.get(n)
+                if sp is None:
+                    raise ValueError(f"RowPruning: tracing found no consumer of {n!r}; name them with `related_modules`.")
+                if not usable(sp):
+                    why = "; ".join(sp.problems) or f"its outputs are shared or read by non-Linear layers ({sp.describe()})"
+                    raise ValueError(
+                        f"RowPruning: cannot prune the rows of {n!r}: {why}. Leave it out (`exclude`) or name its "
+                        f"consumers with `related_modules`."
+                    )
+        if group.exclude:
+            exc = [re.compile(r) for r in group.exclude]
+            chosen = [n for n in chosen if not any(rx.search(n) for rx in exc)]
+        out = []
+        for n in chosen:
+            sp = by_producer[n]
+            prod = sp.producers[n]
+            members = [Member(n, prod, "out", ("weight", "bias") if prod.bias is not None else ("weight",), 0)]
+            for cn, cm in sp.consumers.items():
+                members.append(Member(names.get(id(cm), cn), cm, "in", ("weight",), 1))
+            out.append(UnitGroup(name=n, kind=self.mask_kind, num_units=prod.out_features, members=members, holder=prod, unit="row"))
+        return out

@@ -1,0 +1,290 @@
+"""Structured units (rows, channels, heads): their masks in forward and their physical removal.
+
+A :class:`UnitGroup` is one set of prunable units (the outputs of an FFN projection, the channels of
+a residual stage, the heads of one attention) and every tensor slice that belongs to a unit:
+
+* ``"out"`` members: the producer's weight rows (dim 0) and bias, a BatchNorm's weight / bias /
+  running stats; masked to zero and, at removal, sliced away;
+* ``"in"`` members: the consumer's weight columns (dim 1: Linear ``in_features``, Conv2d
+  ``in_channels``); also masked (so the masked model equals the slim model whatever the activation
+  does to a zero) and sliced at removal.
+
+A unit spans ``width`` consecutive indices along the member's dim (1 for rows/channels, the head
+size for heads), repeated ``tiles`` times (3 for ``nn.MultiheadAttention``'s packed ``in_proj``).
+
+Masks are bool buffers (``persistent=False``): the group's unit mask ``_lc_<kind>_units`` on the
+group's holder module, and per member module one expanded vector per dim ``_lc_<kind>_d<dim>``.
+The forward transform (kind ``<kind>``, via :mod:`lightning_compress.core.masking`) multiplies each
+involved parameter by the vectors of its dims.
+
+:func:`remove_units` slices every member and updates the shape attributes (``in_features``,
+``out_features``, ``in_channels``, ``out_channels``, ``num_features``; for Hugging Face BERT-family
+self-attention ``num_attention_heads``, ``all_head_size`` and ``config.pruned_heads``).
+
+``torch.nn.MultiheadAttention`` cannot be made narrower and stay an ``nn.MultiheadAttention``: its
+projection width is tied to ``embed_dim`` (``head_dim = embed_dim // num_heads`` and ``kdim/vdim`` are
+input sizes, not projection sizes), and its forward reads ``out_proj.weight`` directly.  Its head groups
+are therefore *masked* (q/k/v rows + biases of ``in_proj``; a zero value row makes the head's output
+zero, so ``out_proj`` columns need no mask in forward) and, at clean, the zeros are baked in
+(``out_proj`` columns too) but nothing is removed; :func:`remove_units` reports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lightning_compress.core import masking
+
+Role = Literal["out", "in"]
+
+
+@dataclass
+class Member:
+    name: str
+    module: nn.Module
+    role: Role
+    params: tuple[str, ...]
+    dim: int
+    width: int = 1
+    tiles: int = 1
+    masked: bool = True  # False: only baked/sliced at clean (MHA out_proj)
+
+
+@dataclass
+class UnitGroup:
+    """One set of prunable units and every tensor slice that belongs to them."""
+
+    name: str
+    kind: str
+    num_units: int
+    members: list[Member]
+    holder: nn.Module
+    unit: Literal["row", "channel", "head"] = "row"
+    attention: nn.Module | None = None  # head groups: the attention module whose attributes change
+    attention_kind: Literal["hf", "mha"] | None = None
+    removable: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unit_buffer(self) -> str:
+        return f"_lc_{self.kind}_units"
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return getattr(self.holder, self.unit_buffer)
+
+    def params_per_unit(self) -> int:
+        total = 0
+        for m in self.members:
+            for p in m.params:
+                t = _param_or_buffer(m.module, p)
+                shape = tuple(getattr(t, "ds_shape", t.shape))
+                other = 1
+                for i, s in enumerate(shape):
+                    if i != m.dim:
+                        other *= s
+                if isinstance(t, nn.Parameter):
+                    total += other * m.width * m.tiles
+        return total
+
+
+def _param_or_buffer(module: nn.Module, name: str) -> torch.Tensor:
+    t = module._parameters.get(name)
+    if t is None:
+        t = module._buffers.get(name)
+    assert t is not None, f"{type(module).__name__} has no tensor {name!r}"
+    return t
+
+
+def _full_len(t: torch.Tensor, dim: int) -> int:
+    return int(tuple(getattr(t, "ds_shape", t.shape))[dim])
+
+
+def dim_buffer(kind: str, dim: int) -> str:
+    return f"_lc_{kind}_d{dim}"
+
+
+def expand(units: torch.Tensor, width: int, tiles: int) -> torch.Tensor:
+    out = units.repeat_interleave(width) if width > 1 else units
+    return out.repeat(tiles) if tiles > 1 else out
+
+
+def _dim_transform(kind: str, param: str) -> masking.TransformFn:
+    def fn(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+        for dim in module._lc_unit_dims[kind].get(param, ()):  # type: ignore[attr-defined]
+            vec = getattr(module, dim_buffer(kind, dim))
+            shape = [1] * tensor.dim()
+            shape[dim] = -1
+            tensor = tensor * vec.view(shape).to(tensor.dtype)
+        return tensor
+
+    fn.__qualname__ = f"unit_mask[{kind}.{param}]"
+    return fn
+
+
+def attach_group(group: UnitGroup, owner: str) -> None:
+    """Register the unit mask (all ones) and the forward transforms of every member."""
+    device = next((p.device for m in group.members for p in m.module.parameters()), torch.device("cpu"))
+    if group.unit_buffer not in group.holder._buffers:
+        group.holder.register_buffer(group.unit_buffer, torch.ones(group.num_units, dtype=torch.bool, device=device), persistent=False)
+    groups = group.holder.__dict__.setdefault("_lc_unit_groups", {})
+    groups[group.kind] = group
+    for m in group.members:
+        if not m.masked:
+            continue
+        t = _param_or_buffer(m.module, m.params[0])
+        length = _full_len(t, m.dim)
+        if length != group.num_units * m.width * m.tiles:
+            raise ValueError(
+                f"module {m.name!r}: dim {m.dim} of {m.params[0]!r} has {length} entries, expected "
+                f"{group.num_units} units x {m.width} x {m.tiles} for {group.name!r}"
+            )
+        buf = dim_buffer(group.kind, m.dim)
+        if buf not in m.module._buffers:
+            m.module.register_buffer(buf, torch.ones(length, dtype=torch.bool, device=device), persistent=False)
+        dims = m.module.__dict__.setdefault("_lc_unit_dims", {}).setdefault(group.kind, {})
+        for p in m.params:
+            if not isinstance(m.module._parameters.get(p), nn.Parameter):
+                continue  # buffers (running stats) are not masked
+            if m.dim not in dims.setdefault(p, []):
+                dims[p].append(m.dim)
+            masking.add_param_transform(
+                m.module, p, owner, _dim_transform(group.kind, p), kind=group.kind,
+                priority=masking.MASK_PRIORITY, module_name=m.name,
+            )
+
+
+@torch.no_grad()
+def sync_group(group: UnitGroup) -> None:
+    """Copy the group's unit mask into every member's expanded dim vector."""
+    units = group.mask
+    for m in group.members:
+        if not m.masked:
+            continue
+        vec = getattr(m.module, dim_buffer(group.kind, m.dim))
+        # one vector per (kind, dim): a module is an "out" member (dim 0) of at most one group and an
+        # "in" member (dim 1) of at most one group of a kind
+        vec.copy_(expand(units.to(vec.device), m.width, m.tiles))
+
+
+def detach_group(group: UnitGroup, owner: str) -> None:
+    for m in group.members:
+        masking.remove_owner(m.module, owner)
+
+
+# ---------------------------------------------------------------------------- removal
+
+
+def _keep_index(mask: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(mask.bool().cpu(), as_tuple=False).flatten()
+
+
+def unit_groups(model: nn.Module) -> list[UnitGroup]:
+    """Every :class:`UnitGroup` attached in ``model``."""
+    out = []
+    for module in model.modules():
+        groups = module.__dict__.get("_lc_unit_groups")
+        if groups:
+            out.extend(groups.values())
+    return out
+
+
+@torch.no_grad()
+def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> list[str]:
+    """Physically remove the pruned units of ``groups`` (default: all attached). Returns notes.
+
+    Parameters must hold their final values (masks baked); the modules may still be wrapped.
+    """
+    groups = unit_groups(model) if groups is None else groups
+    notes: list[str] = []
+    # keep vectors per (module, dim), AND-ed over groups
+    keep: dict[int, tuple[nn.Module, dict[int, torch.Tensor], set[str]]] = {}
+    for g in groups:
+        units = g.mask.detach().bool().cpu()
+        if not g.removable:
+            notes.append(
+                f"{g.name}: {int((~units).sum())} of {g.num_units} heads zeroed but kept: nn.MultiheadAttention "
+                f"cannot be narrowed and remain nn.MultiheadAttention (projection width is embed_dim)."
+            )
+            for m in g.members:  # bake zeros of the pruned heads everywhere, incl. out_proj columns
+                vec = expand(units, m.width, m.tiles)
+                for p in m.params:
+                    t = _param_or_buffer(m.module, p)
+                    if isinstance(t, nn.Parameter) and t.dim() > m.dim:
+                        shape = [1] * t.dim()
+                        shape[m.dim] = -1
+                        t.data.mul_(vec.view(shape).to(t.dtype))
+            continue
+        if units.all():
+            continue
+        for m in g.members:
+            vec = expand(units, m.width, m.tiles)
+            entry = keep.setdefault(id(m.module), (m.module, {}, set()))
+            prev = entry[1].get(m.dim)
+            entry[1][m.dim] = vec if prev is None else (prev & vec)
+            entry[2].update(m.params)
+    for module, dims, params in keep.values():
+        names = set(params)
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            names |= {"weight", "bias", "running_mean", "running_var"}
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            names |= {"weight"} | ({"bias"} if module.bias is not None else set())
+        for name in sorted(names):
+            t = module._parameters.get(name) if name in module._parameters else module._buffers.get(name)
+            if t is None:
+                continue
+            new = t.data
+            for dim, vec in dims.items():
+                if dim == 1 and new.dim() < 2:
+                    continue  # bias / BN vectors have no input dim
+                if new.shape[dim] != vec.numel():
+                    raise ValueError(f"surgery: {type(module).__name__}.{name} dim {dim} has {new.shape[dim]} entries, mask has {vec.numel()}")
+                new = new.index_select(dim, _keep_index(vec).to(new.device))
+            new = new.contiguous().clone()
+            if name in module._parameters:
+                module._parameters[name] = nn.Parameter(new, requires_grad=t.requires_grad)
+            else:
+                module._buffers[name] = new
+        w = module._parameters.get("weight")
+        if isinstance(module, nn.Linear):
+            module.out_features, module.in_features = int(w.shape[0]), int(w.shape[1])
+        elif isinstance(module, nn.Conv2d):
+            module.out_channels = int(w.shape[0])
+            module.in_channels = int(w.shape[1]) * module.groups
+        elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            module.num_features = int((w if w is not None else module.running_mean).shape[0])
+    for g in groups:
+        if g.unit != "head" or not g.removable or g.attention is None:
+            continue
+        units = g.mask.detach().bool().cpu()
+        attn = g.attention
+        kept = int(units.sum())
+        attn.num_attention_heads = kept
+        attn.all_head_size = kept * attn.attention_head_size
+        pruned_now = [i for i, k in enumerate(units.tolist()) if not k]
+        config = getattr(attn, "config", None)
+        layer = g.extra.get("layer_index")
+        if config is not None and pruned_now:
+            # the original head indices of this layer that are gone (like transformers' prune_heads did)
+            ph = dict(getattr(config, "pruned_heads", None) or {})
+            key = layer if layer is not None else g.name
+            ph[key] = sorted(set(ph.get(key, [])) | set(pruned_now))
+            config.pruned_heads = ph
+            per = dict(getattr(config, "num_attention_heads_per_layer", None) or {})
+            per[key] = kept
+            config.num_attention_heads_per_layer = per
+    return notes
+
+
+def strip(model: nn.Module) -> None:
+    """Remove all masking machinery: unwrap every module, delete ``_lc_*`` buffers and attributes."""
+    for module in model.modules():
+        masking.unwrap(module)
+        for name in [b for b in module._buffers if b.startswith("_lc_")]:
+            del module._buffers[name]
+        for name in [a for a in module.__dict__ if a.startswith("_lc_")]:
+            del module.__dict__[name]

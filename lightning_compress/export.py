@@ -1,0 +1,207 @@
+"""Slim models: bake masks, remove pruned units, strip the masking machinery, save.
+
+* :func:`clean` (``lightning_compress.clean``) -> a plain ``nn.Module`` of the user's own classes:
+  every ``*mask`` transform (``"sparse_mask"`` of SparsePruning, ``"row_mask"``, ``"channel_mask"``,
+  ``"head_mask"``, any other kind ending in ``mask``) is baked into the weights (zeros), pruned rows /
+  channels / heads are removed physically with every shape attribute updated
+  (:mod:`lightning_compress.core.surgery`), and all wrappers, ``_lc_*`` buffers and attributes go.
+* :func:`save_slim`: ``torch.export`` program (``.pt2``: loads and runs with ``torch.export.load``
+  in a process that does not have the model's class code), ``safetensors`` weights, optionally ONNX.
+
+Quantized weights: transforms of other kinds (e.g. issue 4's ``"weight_quant"``) are baked as their
+fake-quantized (dequantized float) values by :func:`clean`; :func:`pack_quantized` is the extension
+point that stores them packed in low bits when ``lightning_compress.core.quantize.pack_state`` exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from lightning_compress.core import masking
+from lightning_compress.core.surgery import remove_units, strip, unit_groups
+
+FORMATS = ("torch_export", "safetensors", "onnx")
+
+
+def _is_mask_kind(kind: str) -> bool:
+    return kind.endswith("mask")
+
+
+@torch.no_grad()
+def bake(model: nn.Module, kinds: str = "all") -> dict[str, list[str]]:
+    """Write every transformed parameter's effective value into the parameter (in place).
+
+    ``kinds="mask"``: only mask kinds; ``"all"``: masks and quantizers.  Returns
+    ``{qualified module name: [kinds baked]}``.
+    """
+    baked: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if not masking.is_wrapped(module):
+            continue
+        for pname, transforms in list(module._lc_param_transforms.items()):  # type: ignore[attr-defined]
+            sel = tuple(t.kind for t in transforms if kinds == "all" or _is_mask_kind(t.kind))
+            if not sel:
+                continue
+            value = masking.effective_param(module, pname, kinds=sel)
+            module._parameters[pname].data.copy_(value.detach().to(module._parameters[pname].dtype))  # type: ignore[union-attr]
+            baked.setdefault(name, []).extend(sel)
+    return baked
+
+
+def pack_quantized(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Extension point for low-bit storage of quantized weights (issue 4).
+
+    Calls ``lightning_compress.core.quantize.pack_state(model)`` when that function exists and some
+    module carries a ``"weight_quant"`` transform; returns its ``{name: tensor}`` (saved next to the
+    float weights), else None.  Must run BEFORE :func:`clean` strips the quantizers.
+    """
+    has_quant = any(
+        masking.is_wrapped(m) and any(t.kind == "weight_quant" for ts in m._lc_param_transforms.values() for t in ts)  # type: ignore[attr-defined]
+        for m in model.modules()
+    )
+    if not has_quant:
+        return None
+    try:
+        from lightning_compress.core.quantize import pack_state  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return pack_state(model)
+
+
+def clean(model: nn.Module, inplace: bool = True) -> nn.Module:
+    """Bake masks (and fake-quant values), remove pruned rows/channels/heads, strip the machinery.
+
+    Args:
+        model: a model carrying lightning-compress transforms (or none: then only stripped).
+        inplace: edit ``model`` itself (default) or a deep copy.
+
+    Returns:
+        The plain model (the user's own classes; ``model.lc_clean_notes`` lists what could not be
+        removed, e.g. heads of ``nn.MultiheadAttention``).
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    bake(model, kinds="all")
+    notes = remove_units(model, unit_groups(model))
+    strip(model)
+    model.__dict__["lc_clean_notes"] = notes
+    return model
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def _call(model: nn.Module, example: Any) -> Any:
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, tuple):
+        return model(*example)
+    return model(example)
+
+
+def _args_kwargs(example: Any) -> tuple[tuple, dict]:
+    if isinstance(example, dict):
+        return (), dict(example)
+    if isinstance(example, tuple):
+        return example, {}
+    return (example,), {}
+
+
+def state_for_safetensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with shared tensors stored once (tied embeddings) and contiguous CPU tensors."""
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[tuple[int, int, tuple], str] = {}
+    for k, v in model.state_dict().items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.numel() else (id(v), 0, ())
+        if key in seen:
+            continue
+        seen[key] = k
+        out[k] = v.detach().cpu().contiguous().clone()
+    return out
+
+
+def save_slim(
+    model: nn.Module,
+    output_dir: str | os.PathLike,
+    example_input: Any = None,
+    formats: Sequence[str] = ("torch_export", "safetensors"),
+    packed: dict[str, torch.Tensor] | None = None,
+) -> dict[str, str]:
+    """Save a clean model. Returns ``{format: path}``.
+
+    * ``"torch_export"``: ``model.pt2`` via ``torch.export.export`` + ``torch.export.save`` (needs
+      ``example_input``: a tensor, a tuple of positional inputs, or a dict of keyword inputs).  Load
+      with ``torch.export.load(path).module()(*inputs)``: no class code needed.
+    * ``"safetensors"``: ``model.safetensors`` (weights + buffers; metadata has the class name).
+    * ``"onnx"``: ``model.onnx`` (``torch.onnx.export(..., dynamo=False)``, opset 17).
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"`formats` has unknown entries {unknown}; choose from {FORMATS}.")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        if "safetensors" in formats:
+            from safetensors.torch import save_file
+
+            state = state_for_safetensors(model)
+            if packed:
+                state.update({f"lc_packed.{k}": v.contiguous() for k, v in packed.items()})
+            p = out / "model.safetensors"
+            save_file(state, str(p), metadata={"class": f"{type(model).__module__}.{type(model).__qualname__}"})
+            paths["safetensors"] = str(p)
+        if "torch_export" in formats or "onnx" in formats:
+            if example_input is None:
+                raise ValueError(
+                    "save_slim: formats 'torch_export'/'onnx' need `example_input` (the first training batch's "
+                    "input, or pass example_input=...)."
+                )
+            args, kwargs = _args_kwargs(example_input)
+        if "torch_export" in formats:
+            ep = _export(model, args, kwargs)
+            p = out / "model.pt2"
+            torch.export.save(ep, str(p))
+            paths["torch_export"] = str(p)
+        if "onnx" in formats:
+            p = out / "model.onnx"
+            torch.onnx.export(model, args, str(p), kwargs=kwargs or None, dynamo=False, opset_version=17)
+            paths["onnx"] = str(p)
+    finally:
+        model.train(was_training)
+    return paths
+
+
+def _dynamic_batch(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return {0: torch.export.Dim.AUTO} if value.dim() >= 1 else None
+    if isinstance(value, dict):
+        return {k: _dynamic_batch(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_dynamic_batch(v) for v in value)
+    return None
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """``torch.export.export`` with a dynamic batch dimension (``Dim.AUTO``) where the model allows it."""
+    dyn: Any = _dynamic_batch(kwargs) if kwargs and not args else _dynamic_batch(args)
+    try:
+        return torch.export.export(model, args, kwargs, dynamic_shapes=dyn)
+    except Exception:  # a model that cannot have a symbolic batch: export the example's shapes
+        return torch.export.export(model, args, kwargs)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> str:
+    Path(path).write_text(json.dumps(obj, indent=2, default=str))
+    return str(path)
