@@ -28,10 +28,15 @@ DeepSpeed                              lightning-compress
 sparse ``method`` l1|topk              ``SparsePruning(method, scope="local")`` (each layer pruned to its
                                        group's ratio, as DeepSpeed); unstructured unless ``block_pattern``
 sparse ``method`` snip_momentum        ``SparsePruning(method="snip_momentum", scope="global")`` (INC's default)
-row / head / channel pruning           ``RowPruning`` / ``HeadPruning`` / ``ChannelPruning``, one per group;
-                                       ``related_modules`` (list of lists) -> ``related_modules`` (flat list)
-head ``num_heads``                     checked against the model by ``HeadPruning`` when it takes it,
-                                       otherwise read from the model (a warning says so)
+row / head / channel pruning           ``RowPruning`` / ``HeadPruning`` / ``ChannelPruning``, one per group
+                                       (each layer pruned to the group's ratio, one shot at the offset)
+row ``related_modules``                one list of consumer regexes per ``modules`` entry ->
+                                       ``related_modules={producer: [consumers]}``
+head ``modules``                       ``...attention.output.dense`` -> ``...attention.self`` (HeadPruning
+                                       takes the attention and finds q/k/v/output itself, so the usual
+                                       ``related_modules`` q/k/v are implied); ``num_heads`` is read from
+                                       the model (a warning says so)
+channel ``related_modules``            found by tracing (a warning says they are not needed)
 weight quant ``start_bits`` /          ``WeightQuant(start_bits, bits)``; ``quantization_period`` p (DeepSpeed:
 ``target_bits`` / period               one bit less every p steps) -> ``period = p * (start_bits - bits)``
 ``quantize_groups`` G                  G == 1: ``granularity="tensor"``; G > 1: ``groups=G`` when the
@@ -215,6 +220,28 @@ def _related(value: Any, path: str) -> list[str] | None:
     return _modules(flat, path)
 
 
+def _row_related(mods: list[str] | None, related: Any, path: str) -> dict[str, list[str]]:
+    """DeepSpeed's ``related_modules`` (one list of consumer regexes per ``modules`` entry) ->
+    RowPruning's ``{producer regex: [consumer regexes]}``."""
+    lists = [[r] if isinstance(r, str) else list(r) for r in related]
+    if not mods:
+        raise _err(path, "related_modules needs the group's `modules` (the producers they belong to)")
+    if len(lists) == len(mods):
+        return {m: lst for m, lst in zip(mods, lists)}
+    if len(lists) == 1:
+        return {m: lists[0] for m in mods}
+    raise _err(path, f"{len(lists)} lists for {len(mods)} modules; give one list of consumers per entry of `modules`")
+
+
+def _attention_regex(regex: str) -> str:
+    """``attention.output.dense`` (DeepSpeed: the output projection) -> ``attention.self`` (the module
+    HeadPruning takes); other regexes are kept (they already name attention modules)."""
+    for tail in ("output\\.dense", "output.dense"):
+        if regex.endswith(tail):
+            return regex[: -len(tail)] + "self"
+    return regex
+
+
 def _enabled(d: dict[str, Any], path: str) -> bool:
     if "enabled" not in d:
         warnings.warn(
@@ -329,11 +356,23 @@ def _pruning_specs(method: str, section: dict[str, Any], path: str) -> list[Call
         )
         optional: dict[str, str] = {}
         rel = _related(related, f"{gp}.related_modules")
-        if rel is not None:
+        if method == "row_pruning":
+            if rel is not None:
+                kwargs["related_modules"] = _row_related(mods, related, f"{gp}.related_modules")
+        elif method == "head_pruning":
+            # DeepSpeed named the output projection (`attention.output.dense`) and its q/k/v as related
+            # modules; HeadPruning takes the self-attention module and finds q/k/v/output itself.
+            if mods is not None:
+                kwargs["modules"] = [_attention_regex(m) for m in mods]
+            if rel is not None and sorted(r.rsplit(".", 1)[-1] for r in rel) != ["key", "query", "value"]:
+                kwargs["related_modules"] = rel
+                optional["related_modules"] = "HeadPruning finds query/key/value and the output projection itself"
+            if "num_heads" in shared:
+                kwargs["num_heads"] = _int(shared["num_heads"], f"{sp}.num_heads", minimum=1)
+                optional["num_heads"] = "HeadPruning reads the number of heads from the model"
+        elif rel is not None:  # channel pruning: BatchNorms and consumer convs are found by tracing
             kwargs["related_modules"] = rel
-        if method == "head_pruning" and "num_heads" in shared:
-            kwargs["num_heads"] = _int(shared["num_heads"], f"{sp}.num_heads", minimum=1)
-            optional["num_heads"] = "the number of heads is read from the model"
+            optional["related_modules"] = "ChannelPruning finds the coupled BatchNorms and convs by tracing the model"
         specs.append(CallbackSpec(cls, kwargs, gp, optional))
     return specs
 

@@ -175,8 +175,24 @@ def test_row_pruning_group_with_related_modules() -> None:
     assert spec.path == "compression_training.row_pruning.different_groups.rp1"
     assert spec.kwargs == dict(
         sparsity=0.5, method="topk", start_step=20, end_step=20, modules=["intermediate.dense"],
-        related_modules=["layer.\\w+.output.dense"],
+        related_modules={"intermediate.dense": ["layer.\\w+.output.dense"]},
     )
+    (cb,) = from_deepspeed_config(ROW)
+    assert isinstance(cb, lc_callbacks.RowPruning)
+    assert cb.related_modules == {"intermediate.dense": ["layer.\\w+.output.dense"]}
+    assert (cb.method, cb.start_step, cb.end_step) == ("topk", 20, 20)
+    assert [(g.sparsity, g.modules) for g in cb.groups] == [(0.5, ["intermediate.dense"])]
+
+
+def test_row_related_modules_one_list_per_module() -> None:
+    cfg = copy.deepcopy(ROW)
+    group = cfg["row_pruning"]["different_groups"]["rp1"]
+    group["modules"] = ["fc1", "fc3"]
+    group["related_modules"] = [["fc2"], ["fc4"]]
+    assert only(plan_from_deepspeed_config(cfg)).kwargs["related_modules"] == {"fc1": ["fc2"], "fc3": ["fc4"]}
+    group["related_modules"] = [["fc2"], ["fc4"], ["fc5"]]
+    with pytest.raises(ValueError, match=r"rp1\.related_modules`: 3 lists for 2 modules"):
+        plan_from_deepspeed_config(cfg)
 
 
 def test_head_pruning_group() -> None:
@@ -184,15 +200,27 @@ def test_head_pruning_group() -> None:
     assert spec.callback == "HeadPruning"
     assert spec.kwargs["sparsity"] == 0.5 and spec.kwargs["method"] == "topk"
     assert (spec.kwargs["start_step"], spec.kwargs["end_step"]) == (10, 10)
-    assert spec.kwargs["modules"] == ["attention.output.dense"]
-    assert spec.kwargs["related_modules"] == ["self.query", "self.key", "self.value"]
+    # DeepSpeed names the output projection; HeadPruning takes the self-attention (q/k/v found by itself)
+    assert spec.kwargs["modules"] == ["attention.self"]
+    assert "related_modules" not in spec.kwargs
     assert spec.kwargs["num_heads"] == 12 and "num_heads" in spec.optional
+    with pytest.warns(UserWarning, match=r"head_pruning\.different_groups\.rp1`: num_heads=12 not passed: HeadPruning reads"):
+        (cb,) = from_deepspeed_config(HEAD)
+    assert isinstance(cb, lc_callbacks.HeadPruning)
+    assert [(g.sparsity, g.modules) for g in cb.groups] == [(0.5, ["attention.self"])]
 
 
 def test_channel_pruning_group() -> None:
     spec = only(plan_from_deepspeed_config(CHANNEL))
     assert spec.callback == "ChannelPruning"
     assert spec.kwargs == dict(sparsity=0.5, method="l1", start_step=0, end_step=0, modules=["conv"])
+    (cb,) = from_deepspeed_config(CHANNEL)
+    assert isinstance(cb, lc_callbacks.ChannelPruning)
+    assert [(g.sparsity, g.modules) for g in cb.groups] == [(0.5, ["conv"])]
+    cfg = copy.deepcopy(CHANNEL)
+    cfg["channel_pruning"]["different_groups"]["cp1"]["related_modules"] = [["bn"]]
+    with pytest.warns(UserWarning, match=r"related_modules=\['bn'\] not passed: ChannelPruning finds"):
+        from_deepspeed_config(cfg)
 
 
 def test_weight_quantization_groups_and_bit_schedule() -> None:
