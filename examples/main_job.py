@@ -114,12 +114,12 @@ def measure(name: str, model: nn.Module, dm: CifarDataModule, x: torch.Tensor) -
 
 
 def print_report(rows: list[dict[str, Any]], batch: int) -> None:
-    head = f"{'model':<34}{'test acc':>9}{'params':>10}{'non-zero':>10}{'size (KB)':>11}{f'latency b{batch} (ms)':>20}"
+    head = f"{'model':<40}{'test acc':>9}{'params':>10}{'non-zero':>10}{'size (KB)':>11}{f'latency b{batch} (ms)':>20}"
     print("\n" + head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['model']:<34}{r['test_acc']:>9.4f}{r['params']:>10,}{r['nonzero_params']:>10,}"
+            f"{r['model']:<40}{r['test_acc']:>9.4f}{r['params']:>10,}{r['nonzero_params']:>10,}"
             f"{r['size_bytes'] / 1024:>11.1f}{r['latency_ms']:>20.2f}"
         )
     if len(rows) >= 2:
