@@ -101,7 +101,7 @@ def accuracy(model: nn.Module, loader: Any) -> float:
     return correct / max(1, total)
 
 
-def measure(name: str, model: nn.Module, dm: CifarDataModule, x: torch.Tensor) -> dict[str, Any]:
+def measure(name: str, model: nn.Module, dm: CifarDataModule, x: torch.Tensor, repeats: int = 15) -> dict[str, Any]:
     total, nonzero = count_params(model)
     return {
         "model": name,
@@ -109,7 +109,7 @@ def measure(name: str, model: nn.Module, dm: CifarDataModule, x: torch.Tensor) -
         "params": total,
         "nonzero_params": nonzero,
         "size_bytes": saved_size(model),
-        "latency_ms": latency_ms(model, x),
+        "latency_ms": latency_ms(model, x, repeats),
     }
 
 
@@ -133,7 +133,9 @@ def print_report(rows: list[dict[str, Any]], batch: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-def compression_callbacks(recipe: str, sparsity: float, steps: int, out_dir: Path) -> list[pl.Callback]:
+def compression_callbacks(
+    recipe: str, sparsity: float, steps: int, out_dir: Path, formats: list[str], latency_runs: int
+) -> list[pl.Callback]:
     """Prune over the first 60% of the fine-tuning steps, then let the model recover."""
     import lightning_compress.callbacks as cbs
 
@@ -142,7 +144,7 @@ def compression_callbacks(recipe: str, sparsity: float, steps: int, out_dir: Pat
     if recipe == "channel":
         return [
             cbs.ChannelPruning(sparsity=sparsity, method="l1", start_step=0, end_step=end, frequency=frequency),
-            cbs.RedundancyClean(output_dir=str(out_dir)),
+            cbs.RedundancyClean(output_dir=str(out_dir), formats=formats, latency_runs=latency_runs),
         ]
     return [
         cbs.SnipMomentumPruning(
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=16, help="ResNet first-stage channels (16 = ResNet-20)")
     parser.add_argument("--latency-batch", type=int, default=32)
+    parser.add_argument("--latency-runs", type=int, default=15, help="timed forwards per model (median reported)")
+    parser.add_argument("--formats", default="torch_export,safetensors",
+                        help="what RedundancyClean saves (comma-separated: torch_export, safetensors, onnx)")
     parser.add_argument("--out-dir", default="out/main_job")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -218,18 +223,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     model = CifarResNet("resnet20", width=args.width, lr=0.1)
     trainer(args.dense_epochs, [], out_dir).fit(model, dm)
-    rows = [measure("ResNet-20 dense", model.model, dm, x)]
+    rows = [measure("ResNet-20 dense", model.model, dm, x, args.latency_runs)]
     print(f"dense done in {time.time() - t0:.0f}s: test acc {rows[0]['test_acc']:.4f}")
 
     steps = args.compress_epochs * (len(dm.train_set) // args.batch_size)
-    callbacks = compression_callbacks(recipe, args.sparsity, steps, out_dir / "slim")
+    formats = [f for f in args.formats.split(",") if f]
+    callbacks = compression_callbacks(recipe, args.sparsity, steps, out_dir / "slim", formats, args.latency_runs)
     model.hparams.lr = 0.05  # fine-tune from the dense weights with a fresh cosine cycle
     trainer(args.compress_epochs, callbacks, out_dir).fit(model, dm)
     label = {"channel": f"channel-pruned {args.sparsity:.0%}", "snip_momentum": f"snip_momentum 4x1 {args.sparsity:.0%}"}[recipe]
-    rows.append(measure(f"{label} (masked)", model.model, dm, x))
+    rows.append(measure(f"{label} (masked)", model.model, dm, x, args.latency_runs))
     slim = slim_model(model, callbacks) if recipe == "channel" else None
     if slim is not None:
-        rows.append(measure(f"{label} + RedundancyClean", slim, dm, x))
+        rows.append(measure(f"{label} + RedundancyClean", slim, dm, x, args.latency_runs))
     print_report(rows, args.latency_batch)
     print(f"\ntotal time {time.time() - t0:.0f}s; torch threads {torch.get_num_threads()}")
     (out_dir / "report.json").write_text(json.dumps({"recipe": recipe, "args": vars(args), "rows": rows}, indent=2))
