@@ -1,0 +1,142 @@
+"""Activation (layer input) fake quantizer riding on a module's forward (``add_input_transform``).
+
+Shared by the ``ActQuant`` callback and post-training :func:`lightning_compress.quantize`.
+Pure PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from lightning_compress.core import masking
+from lightning_compress.core.quantize import (
+    ACT_QUANT_KIND,
+    RangeObserver,
+    affine_params,
+    fake_quant_dynamic,
+    fake_quant_static,
+)
+
+LO, HI, INIT = "_lc_act_lo", "_lc_act_hi", "_lc_act_init"
+
+
+def dynamic_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+    """Per token for Linear (last dim), per image for Conv (all but the batch dim)."""
+    if isinstance(module, nn.Linear) or x.dim() < 2:
+        return (-1,)
+    return tuple(range(1, x.dim()))
+
+
+class ActFakeQuant:
+    """Input transform ``fn(module, x)``.
+
+    ``range="dynamic"``: ranges per token (Linear) / per image (Conv) at every call.
+    ``range="static"``: one per-tensor range kept in the module's non-persistent buffers
+    ``_lc_act_lo`` / ``_lc_act_hi`` / ``_lc_act_init``.  In training mode (and not ``frozen``) each
+    call first updates it by an exponential moving average of the batch min / max
+    (``r <- momentum * r + (1 - momentum) * batch``; the first batch sets it), then quantizes with it;
+    in eval mode it is used as is.  Until a range exists (e.g. Lightning's sanity-check validation
+    before any training), the call's own per-tensor min / max is used.
+
+    ``observer`` (a :class:`RangeObserver`, post-training calibration) when set: the call only
+    records the input and returns it unchanged.
+    """
+
+    def __init__(self, bits: int = 8, symmetric: bool = True, range: str = "dynamic", momentum: float = 0.95) -> None:
+        self.bits = bits
+        self.symmetric = symmetric
+        self.range = range
+        self.momentum = momentum
+        self.frozen = False
+        self.enabled = True
+        self.observer: RangeObserver | None = None
+
+    @staticmethod
+    def init_buffers(module: nn.Module) -> None:
+        ref = next(iter(module.parameters()), None)
+        device = ref.device if ref is not None else None
+        for name, value in ((LO, 0.0), (HI, 0.0)):
+            if name not in module._buffers:
+                module.register_buffer(name, torch.tensor(value, dtype=torch.float32, device=device), persistent=False)
+        if INIT not in module._buffers:
+            module.register_buffer(INIT, torch.tensor(False, device=device), persistent=False)
+
+    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or not torch.is_tensor(x) or not x.is_floating_point():
+            return x
+        if self.observer is not None:
+            self.observer.update(x)
+            return x
+        if self.range == "dynamic":
+            return fake_quant_dynamic(x, self.bits, self.symmetric, dynamic_dims(module, x))
+        lo_b: torch.Tensor = getattr(module, LO)
+        hi_b: torch.Tensor = getattr(module, HI)
+        init: torch.Tensor = getattr(module, INIT)
+        if module.training and not self.frozen:
+            with torch.no_grad():
+                xd = x.detach().float()
+                b_lo, b_hi = xd.amin(), xd.amax()
+                if bool(init):
+                    lo_b.mul_(self.momentum).add_((1 - self.momentum) * b_lo)
+                    hi_b.mul_(self.momentum).add_((1 - self.momentum) * b_hi)
+                else:
+                    lo_b.copy_(b_lo)
+                    hi_b.copy_(b_hi)
+                    init.fill_(True)
+        if bool(init):
+            lo, hi = lo_b, hi_b
+        else:
+            xd = x.detach().float()
+            lo, hi = xd.amin(), xd.amax()
+        scale, zp = affine_params(lo.reshape(1), hi.reshape(1), self.bits, self.symmetric)
+        return fake_quant_static(x, scale, zp, self.bits, self.symmetric)
+
+    def __repr__(self) -> str:
+        return f"ActFakeQuant(bits={self.bits}, symmetric={self.symmetric}, range={self.range!r}, frozen={self.frozen})"
+
+
+def attach(module: nn.Module, quantizer: ActFakeQuant, owner: str, module_name: str) -> None:
+    if quantizer.range == "static":
+        ActFakeQuant.init_buffers(module)
+    masking.add_input_transform(module, owner, quantizer, kind=ACT_QUANT_KIND, priority=masking.QUANT_PRIORITY, module_name=module_name)
+
+
+def act_quantizer(module: nn.Module) -> ActFakeQuant | None:
+    for t in getattr(module, "_lc_input_transforms", []):
+        if t.kind == ACT_QUANT_KIND and isinstance(t.fn, ActFakeQuant):
+            return t.fn
+    return None
+
+
+def static_range(module: nn.Module) -> tuple[float, float] | None:
+    """The (lo, hi) static range of a module (None when none was learned)."""
+    if INIT not in module._buffers or not bool(module._buffers[INIT]):
+        return None
+    return float(module._buffers[LO]), float(module._buffers[HI])
+
+
+def set_static_range(module: nn.Module, lo: float, hi: float) -> None:
+    ActFakeQuant.init_buffers(module)
+    module._buffers[LO].fill_(lo)  # type: ignore[union-attr]
+    module._buffers[HI].fill_(hi)  # type: ignore[union-attr]
+    module._buffers[INIT].fill_(True)  # type: ignore[union-attr]
+
+
+def sync_static_ranges(modules: list[nn.Module]) -> None:
+    """Average the static ranges over all ranks (no-op without a process group) so every rank
+    quantizes with the same range.  Collective: call on every rank with the same module list."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() < 2 or not modules:
+        return
+    lo = [m._buffers[LO] for m in modules]
+    hi = [m._buffers[HI] for m in modules]
+    init = [m._buffers[INIT] for m in modules]
+    flat = torch.stack([torch.stack(lo), torch.stack(hi), torch.stack(init).float()]).float()  # type: ignore[arg-type]
+    torch_dist.all_reduce(flat)
+    world = torch_dist.get_world_size()
+    flat[:2] /= world
+    for i, m in enumerate(modules):  # tensor copies: no host synchronisation
+        m._buffers[LO].copy_(flat[0, i])  # type: ignore[union-attr]
+        m._buffers[HI].copy_(flat[1, i])  # type: ignore[union-attr]
+        m._buffers[INIT].copy_(flat[2, i] > 0)  # type: ignore[union-attr]

@@ -1,0 +1,239 @@
+"""Post-training quantization: :func:`quantize` (static with a calibration loader, else dynamic) and
+the :func:`zeroquant` preset.  No training step; the model comes back fake-quantized (weights and
+layer inputs), ready for :mod:`lightning_compress.export_onnx`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lightning_compress.core import act_quant as aq
+from lightning_compress.core import masking
+from lightning_compress.core.quantize import (
+    GRANULARITIES,
+    OBSERVERS,
+    SUPPORTED_ACT_BITS,
+    SUPPORTED_WEIGHT_BITS,
+    WEIGHT_QUANT_KIND,
+    QuantSpec,
+    RangeObserver,
+    WeightFakeQuant,
+    check_bits,
+    check_group_size,
+    pre_quant_weight,
+    weight_quantizer,
+)
+from lightning_compress.core.select import select_modules
+
+OWNER = "quantize"
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """dict -> ``model(**batch)``; tuple / list -> ``model(batch[0])`` (an ``(x, y)`` pair); tensor -> ``model(batch)``."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (list, tuple)):
+        return model(batch[0])
+    return model(batch)
+
+
+def quantize(
+    model: nn.Module,
+    calib_dataloader: Iterable[Any] | None = None,
+    weight_bits: int | None = 8,
+    act_bits: int | None = 8,
+    observer: Literal["minmax", "percentile", "mse"] = "minmax",
+    granularity: Literal["tensor", "channel", "group"] = "channel",
+    group_size: int | None = None,
+    symmetric: bool = True,
+    act_symmetric: bool | None = None,
+    modules: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    num_batches: int | None = None,
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Post-training quantization: returns a fake-quantized copy of ``model`` (no training step).
+
+    Weights: fake-quantized with ``weight_bits`` / ``granularity`` / ``symmetric``; their clipping
+    ranges are fixed once from the weights by ``observer`` (``minmax``; ``percentile``: the 99.99th
+    percentile of each row; ``mse``: the clipping ratio minimizing the squared error per row).
+
+    Activations (the input of each targeted Linear / Conv2d):
+
+    * with ``calib_dataloader``: **static** per-tensor ranges, from running the model (eval mode, no
+      grad, weights already quantized) over the loader (at most ``num_batches`` batches) with
+      ``observer``; asymmetric by default (``act_symmetric=None``), i.e. uint8 QDQ in ONNX.
+    * without: **dynamic** ranges per token (Linear) / per image (Conv) at every call; symmetric by
+      default.
+
+    Args:
+        model: a torch model (not modified unless ``inplace``).
+        calib_dataloader: iterable of batches (see ``forward_fn``); None for dynamic activations.
+        weight_bits: 8, 4, 3, 2 (ternary), 1 (binary); None leaves weights in full precision.
+        act_bits: 8 or 4; None leaves activations in full precision.
+        observer: ``"minmax"``, ``"percentile"`` or ``"mse"`` (weights and static activations).
+        granularity: weight scales per ``"tensor"``, ``"channel"`` or ``"group"`` (of ``group_size``).
+        group_size: input values per weight group (``granularity="group"``).
+        symmetric: symmetric weight quantization.
+        act_symmetric: symmetric activation quantization (None: static asymmetric, dynamic symmetric).
+        modules: regexes of modules to quantize (Linear, Conv2d; Embedding weights when named);
+            None: every Linear / Conv2d except the last one.
+        exclude: regexes of modules to leave alone.
+        num_batches: calibration batches to use (None: the whole loader).
+        forward_fn: ``fn(model, batch)`` running one batch (default :func:`default_forward`).
+        inplace: quantize ``model`` itself instead of a deep copy.
+
+    Raises:
+        ValueError: unsupported bits / observer / granularity, a group size that does not divide a
+            module's input dimension, no quantizable layer, or a calibration loader that yields nothing.
+
+    Example::
+
+        qmodel = lightning_compress.quantize(model, calib_loader, weight_bits=8, act_bits=8, observer="percentile")
+        lightning_compress.export_onnx.export_qdq(qmodel, (x,), "model_qdq.onnx")
+    """
+    if weight_bits is not None:
+        check_bits(weight_bits, SUPPORTED_WEIGHT_BITS, "weight_bits", "quantize")
+    if act_bits is not None:
+        check_bits(act_bits, SUPPORTED_ACT_BITS, "act_bits", "quantize")
+    if weight_bits is None and act_bits is None:
+        raise ValueError("quantize: `weight_bits` and `act_bits` are both None: nothing to quantize; set one of them.")
+    if observer not in OBSERVERS:
+        raise ValueError(f"quantize: `observer`={observer!r} must be one of {list(OBSERVERS)}.")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"quantize: `granularity`={granularity!r} must be one of {list(GRANULARITIES)}.")
+    if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
+        raise ValueError(f"quantize: `num_batches`={num_batches!r} must be a positive integer or None.")
+    spec = QuantSpec(weight_bits or 8, granularity, group_size, symmetric).validate("quantize")
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    static = calib_dataloader is not None
+    if act_symmetric is None:
+        act_symmetric = not static
+
+    if modules is None:
+        wtargets = select_modules(model, None, exclude, (nn.Linear, nn.Conv2d), owner="quantize", exclude_last=True)
+    else:
+        wtargets = select_modules(model, modules, exclude, (nn.Linear, nn.Conv2d, nn.Embedding), owner="quantize")
+    atargets = {n: m for n, m in wtargets.items() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    if act_bits is not None and not atargets:
+        raise ValueError("quantize: `act_bits` is set but no Linear / Conv2d module is selected; set act_bits=None or widen `modules`.")
+
+    if weight_bits is not None:
+        for name, module in wtargets.items():
+            mspec = spec
+            if isinstance(module, nn.Embedding) and spec.granularity == "tensor":
+                mspec = replace(spec, granularity="channel")
+            check_group_size(tuple(module.weight.shape), mspec, name, "quantize")
+            q = WeightFakeQuant(mspec, observer=observer)
+            q.calibrate(masking.effective_param(module, "weight"))
+            masking.add_param_transform(module, "weight", OWNER, q, kind=WEIGHT_QUANT_KIND, priority=masking.QUANT_PRIORITY, module_name=name)
+
+    if act_bits is not None:
+        quantizers = {}
+        for name, module in atargets.items():
+            q = aq.ActFakeQuant(act_bits, act_symmetric, "static" if static else "dynamic")
+            aq.attach(module, q, OWNER, name)
+            quantizers[name] = q
+        if static:
+            _calibrate(model, atargets, quantizers, calib_dataloader, observer, act_bits, act_symmetric, num_batches, forward_fn)
+    return model
+
+
+def _calibrate(model, targets, quantizers, loader, observer, bits, symmetric, num_batches, forward_fn) -> None:
+    for q in quantizers.values():
+        q.observer = RangeObserver(observer, bits, symmetric)
+    was_training = model.training
+    model.eval()
+    fwd = forward_fn or default_forward
+    ref = next(iter(model.parameters()), None)
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                if ref is not None:
+                    batch = _to_device(batch, ref.device)
+                fwd(model, batch)
+                seen += 1
+                if num_batches is not None and seen >= num_batches:
+                    break
+        if seen == 0:
+            raise ValueError(
+                "quantize: `calib_dataloader` yielded no batch; give it at least one batch or pass "
+                "calib_dataloader=None for dynamic activation quantization."
+            )
+        for name, q in quantizers.items():
+            assert q.observer is not None
+            if q.observer.lo is None:
+                raise ValueError(
+                    f"quantize: module {name!r} was never called during calibration; exclude it (`exclude`) "
+                    f"or make `forward_fn` run it."
+                )
+            lo, hi = q.observer.compute()
+            aq.set_static_range(targets[name], lo, hi)
+            q.frozen = True
+    finally:
+        for q in quantizers.values():
+            q.observer = None
+        model.train(was_training)
+
+
+def zeroquant(
+    model: nn.Module,
+    weight_bits: Literal[8, 4] = 8,
+    group_size: int = 64,
+    int4_modules: Sequence[str] | None = None,
+    act_bits: int | None = 8,
+    modules: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """ZeroQuant (Yao et al. 2022) without training: group-wise symmetric weights + token-wise
+    dynamic symmetric activations.
+
+    * W8A8: ``zeroquant(model)`` (weights INT8 in groups of ``group_size``, activations INT8 per token);
+    * W4/8 mixed: ``zeroquant(model, int4_modules=[r"intermediate\\.dense", r"output\\.dense"])``
+      puts the named modules (regexes; e.g. a BERT's FFN) at 4 bits and the rest at 8;
+      ``weight_bits=4`` puts every targeted module at 4 bits.
+
+    Raises:
+        ValueError: as :func:`quantize`; an ``int4_modules`` regex that matches no quantized module.
+    """
+    if weight_bits not in (8, 4):
+        raise ValueError(f"zeroquant: `weight_bits`={weight_bits!r} must be 8 or 4.")
+    qmodel = quantize(
+        model, None, weight_bits=weight_bits, act_bits=act_bits, granularity="group", group_size=group_size,
+        symmetric=True, act_symmetric=True, modules=modules, exclude=exclude, inplace=inplace,
+    )
+    for rx in int4_modules or []:
+        pattern = re.compile(rx)
+        hits = [(n, m) for n, m in qmodel.named_modules() if n and pattern.search(n) and weight_quantizer(m) is not None]
+        if not hits:
+            raise ValueError(f"zeroquant: `int4_modules` regex {rx!r} matches no quantized module; fix the regex.")
+        for _, m in hits:
+            q = weight_quantizer(m)
+            assert q is not None
+            q.spec = replace(q.spec, bits=4)
+            q.bits = 4
+            q.ranges = None
+            q.calibrate(pre_quant_weight(m))
+    return qmodel
