@@ -38,9 +38,12 @@ head ``modules``                       ``...attention.output.dense`` -> ``...att
                                        the model (a warning says so)
 channel ``related_modules``            found by tracing (a warning says they are not needed)
 weight quant ``start_bits`` /          ``WeightQuant(start_bits, bits)``; ``quantization_period`` p (DeepSpeed:
-``target_bits`` / period               one bit less every p steps) -> ``period = p * (start_bits - bits)``
-``quantize_groups`` G                  G == 1: ``granularity="tensor"``; G > 1: ``groups=G`` when the
-                                       callback takes it, otherwise a ValueError naming the key
+``target_bits`` / period               one bit less every p steps, so ``target_bits`` is reached after
+                                       p * (start - target) steps) -> ``period`` per supported width (8, 4,
+                                       3, 2, 1) such that ``bits`` is reached at that same step
+``quantize_groups``                    1: ``granularity="tensor"``; > 1: ValueError (use WeightQuant's
+                                       ``"channel"`` or ``"group"`` + ``group_size``)
+activation ``schedule_offset``         ActQuant starts at step 0: a non-zero offset warns
 ``quantization_type``                  ``symmetric`` True/False
 activation ``bits`` /                  ``ActQuant(bits, range, symmetric)``
 ``range_calibration``
@@ -82,6 +85,8 @@ METHODS = (
     "weight_quantization",
     "activation_quantization",
 )
+#: widths WeightQuant steps through (lightning_compress.core.quantize.SUPPORTED_WEIGHT_BITS)
+_WEIGHT_LEVELS = (8, 4, 3, 2, 1)
 #: DeepSpeed's code defaults for ``schedule_offset`` (deepspeed/compression/constants.py)
 _OFFSET_DEFAULT = {
     "sparse_pruning": 1000,
@@ -411,6 +416,12 @@ def _weight_quant_specs(section: dict[str, Any], path: str) -> list[CallbackSpec
         raise _err(f"{sp}.quantization_type", f"{qtype!r} must be 'symmetric' or 'asymmetric'")
     start = _int(shared.get("schedule_offset", _OFFSET_DEFAULT[method]), f"{sp}.schedule_offset")
     n_groups = _int(shared.get("quantize_groups", 1), f"{sp}.quantize_groups", minimum=1)
+    if n_groups != 1:
+        raise _err(
+            f"{sp}.quantize_groups",
+            f"{n_groups} groups per weight matrix is not supported; use WeightQuant(granularity='channel') (one "
+            "scale per output row) or granularity='group' with group_size=<values per group> instead, or set 1",
+        )
     groups = _groups(method, section, path)
     if not groups:
         raise _err(f"{path}.different_groups", "weight quantization is enabled but has no group (params.start_bits/target_bits)")
@@ -428,12 +439,12 @@ def _weight_quant_specs(section: dict[str, Any], path: str) -> list[CallbackSpec
         period = _int(params.get("quantization_period", 1), f"{gp}.params.quantization_period", minimum=1)
         kwargs: dict[str, Any] = dict(bits=bits, symmetric=qtype == "symmetric", modules=mods, start_step=start)
         if start_bits != bits:
-            kwargs.update(start_bits=start_bits, period=period * (start_bits - bits))
-        if n_groups == 1:
-            kwargs["granularity"] = "tensor"
-        else:
-            kwargs["granularity"] = "group"
-            kwargs["num_groups"] = n_groups
+            # DeepSpeed: one bit less every `period` steps, so `bits` is reached after
+            # period * (start_bits - bits) steps.  WeightQuant steps through the widths it supports
+            # (8, 4, 3, 2, 1) with one period per width: reach `bits` at the same step.
+            steps_down = len([b for b in _WEIGHT_LEVELS if bits <= b <= start_bits]) - 1
+            kwargs.update(start_bits=start_bits, period=max(1, round(period * (start_bits - bits) / max(1, steps_down))))
+        kwargs["granularity"] = "tensor"
         specs.append(CallbackSpec(_CALLBACK[method], kwargs, gp))
     return specs
 
@@ -461,14 +472,21 @@ def _act_quant_specs(section: dict[str, Any], path: str) -> list[CallbackSpec]:
         _warn_unused_related(related, f"{gp}.related_modules")
         if "bits" not in params:
             raise _err(f"{gp}.params", "bits is missing")
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             bits=_int(params["bits"], f"{gp}.params.bits", minimum=1),
             range=rng,
             symmetric=qtype == "symmetric",
             modules=mods,
-            start_step=start,
         )
-        specs.append(CallbackSpec(_CALLBACK[method], kwargs, gp))
+        optional: dict[str, str] = {}
+        if start:
+            kwargs["start_step"] = start
+            optional["start_step"] = (
+                f"ActQuant quantizes activations from the first step (DeepSpeed's schedule_offset={start}"
+                f"{' (its default)' if 'schedule_offset' not in shared else ''} has no equivalent); set "
+                "schedule_offset to 0 to silence this"
+            )
+        specs.append(CallbackSpec(_CALLBACK[method], kwargs, gp, optional))
     return specs
 
 
@@ -580,9 +598,24 @@ def plan_from_deepspeed_config(path_or_dict: str | os.PathLike | dict[str, Any])
     return specs
 
 
+_CALLBACK_MODULES = {
+    "SparsePruning": "sparse_pruning",
+    "RowPruning": "row_pruning",
+    "HeadPruning": "head_pruning",
+    "ChannelPruning": "channel_pruning",
+    "WeightQuant": "weight_quant",
+    "ActQuant": "act_quant",
+    "LayerReductionKD": "layer_reduction_kd",
+}
+
+
 def _callback_class(name: str, path: str) -> type:
-    module = importlib.import_module("lightning_compress.callbacks")
-    cls = getattr(module, name, None)
+    cls = getattr(importlib.import_module("lightning_compress.callbacks"), name, None)
+    if cls is None and name in _CALLBACK_MODULES:
+        try:
+            cls = getattr(importlib.import_module(f"lightning_compress.callbacks.{_CALLBACK_MODULES[name]}"), name, None)
+        except ImportError:
+            cls = None
     if cls is None:
         raise _err(path, f"needs the callback {name}, which this installation of lightning_compress does not provide")
     return cls

@@ -9,6 +9,8 @@ import warnings
 import pytest
 
 import lightning_compress.callbacks as lc_callbacks
+from lightning_compress.callbacks.act_quant import ActQuant
+from lightning_compress.callbacks.weight_quant import WeightQuant
 from lightning_compress.deepspeed_config import (
     CallbackSpec,
     build_callback,
@@ -236,17 +238,47 @@ def test_weight_quantization_groups_and_bit_schedule() -> None:
     )
 
 
-def test_weight_quantization_groups_count() -> None:
+def test_weight_quantization_callbacks() -> None:
+    cb1, cb2 = from_deepspeed_config(WEIGHT)
+    assert isinstance(cb1, WeightQuant) and isinstance(cb2, WeightQuant)
+    assert (cb1.bits, cb1.start_bits, cb1.modules) == (8, 8, ["attention.self", "intermediate"])
+    assert (cb2.bits, cb2.start_bits, cb2.period) == (4, 8, 200)
+    # DeepSpeed reaches 4 bits after 4 periods of 50 steps; WeightQuant steps 8 -> 4 at that same step
+    assert [cb2.bits_at(s) for s in (0, 199, 200)] == [8, 8, 4]
+    cfg = copy.deepcopy(WEIGHT)
+    cfg["weight_quantization"]["different_groups"]["wq2"]["params"].update(start_bits=8, target_bits=2)
+    cb2 = from_deepspeed_config(cfg)[1]
+    assert cb2.levels == [8, 4, 3, 2] and cb2.period == 100  # 2 bits at step 6 * 50 = 300, as DeepSpeed
+    assert cb2.bits_at(299) == 3 and cb2.bits_at(300) == 2
+
+
+def test_weight_quantization_groups_count_is_refused() -> None:
     cfg = copy.deepcopy(WEIGHT)
     cfg["weight_quantization"]["shared_parameters"]["quantize_groups"] = 64
-    spec = plan_from_deepspeed_config(cfg)[0]
-    assert spec.kwargs["granularity"] == "group" and spec.kwargs["num_groups"] == 64
+    with pytest.raises(ValueError, match=r"shared_parameters\.quantize_groups`: 64 groups per weight matrix is not supported"):
+        plan_from_deepspeed_config(cfg)
+
+
+def test_unsupported_bit_width_names_the_group() -> None:
+    cfg = copy.deepcopy(WEIGHT)
+    cfg["weight_quantization"]["different_groups"]["wq1"]["params"].update(start_bits=12, target_bits=8)
+    with pytest.raises(ValueError, match=r"different_groups\.wq1` -> WeightQuant: .*start_bits"):
+        from_deepspeed_config(cfg)
 
 
 def test_activation_quantization_group() -> None:
     spec = only(plan_from_deepspeed_config(ACT))
     assert spec.callback == "ActQuant"
     assert spec.kwargs == dict(bits=8, range="dynamic", symmetric=False, modules=["attention.output"], start_step=50)
+    with pytest.warns(UserWarning, match=r"aq1`: start_step=50 not passed: ActQuant quantizes activations from the first step"):
+        (cb,) = from_deepspeed_config(ACT)
+    assert isinstance(cb, ActQuant)
+    assert (cb.bits, cb.range, cb.symmetric, cb.modules) == (8, "dynamic", False, ["attention.output"])
+    cfg = copy.deepcopy(ACT)
+    cfg["activation_quantization"]["shared_parameters"]["schedule_offset"] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (cb,) = from_deepspeed_config(cfg)  # no offset: nothing to warn about
 
 
 def test_layer_reduction() -> None:
@@ -388,17 +420,3 @@ def test_missing_callback_class_is_named() -> None:
     spec = CallbackSpec("NoSuchPruning", {}, "compression_training.x")
     with pytest.raises(ValueError, match=r"needs the callback NoSuchPruning"):
         build_callback(spec)
-
-
-@pytest.mark.parametrize(
-    ("cfg", "cls_name"),
-    [(ROW, "RowPruning"), (HEAD, "HeadPruning"), (CHANNEL, "ChannelPruning"), (WEIGHT, "WeightQuant"),
-     (ACT, "ActQuant"), (LAYER, "LayerReductionKD")],
-)
-def test_builds_every_method_callback(cfg: dict, cls_name: str) -> None:
-    if not hasattr(lc_callbacks, cls_name):
-        pytest.skip(f"{cls_name} is not on this branch yet")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        callbacks = from_deepspeed_config(cfg)
-    assert callbacks and all(isinstance(cb, getattr(lc_callbacks, cls_name)) for cb in callbacks)
