@@ -8,9 +8,16 @@
 * :func:`save_slim`: ``torch.export`` program (``.pt2``: loads and runs with ``torch.export.load``
   in a process that does not have the model's class code), ``safetensors`` weights, optionally ONNX.
 
-Quantized weights: transforms of other kinds (e.g. issue 4's ``"weight_quant"``) are baked as their
-fake-quantized (dequantized float) values by :func:`clean`; :func:`pack_quantized` is the extension
-point that stores them packed in low bits when ``lightning_compress.core.quantize.pack_state`` exists.
+Quantized weights (``"weight_quant"`` transforms of WeightQuant / :func:`lightning_compress.quantize`):
+:func:`clean` bakes their fake-quantized (dequantized float) values, so the plain model computes what
+the quantized one did.  :func:`clean_for_storage` also returns them packed in low bits
+(:func:`lightning_compress.core.quantize.pack_model`: int8, or 4/2/1-bit codes packed in uint8, with
+scales), taken *after* pruned units are removed so the packed shapes are the slim ones, and a twin of
+the slim model whose quantized Linear / Conv2d layers hold integer codes
+(:class:`lightning_compress.export_onnx.StoredInt8`), which is what ``torch.export`` saves: the
+files hold integers, not fp32.  Masks run before quantizers, and structured masks zero the
+consumer's columns too, so per-tensor / per-channel scales do not change when units are removed;
+group-wise scales of a consumer whose columns are removed are recomputed on the slim shape.
 """
 
 from __future__ import annotations
@@ -75,6 +82,16 @@ def pack_quantized(model: nn.Module) -> dict[str, torch.Tensor] | None:
     return pack_state(model)
 
 
+def _drop_mask_transforms(model: nn.Module) -> None:
+    for module in model.modules():
+        if not masking.is_wrapped(module):
+            continue
+        for pname, transforms in list(module._lc_param_transforms.items()):  # type: ignore[attr-defined]
+            transforms[:] = [t for t in transforms if not _is_mask_kind(t.kind)]
+            if not transforms:
+                del module._lc_param_transforms[pname]  # type: ignore[attr-defined]
+
+
 def clean(model: nn.Module, inplace: bool = True) -> nn.Module:
     """Bake masks (and fake-quant values), remove pruned rows/channels/heads, strip the machinery.
 
@@ -86,13 +103,36 @@ def clean(model: nn.Module, inplace: bool = True) -> nn.Module:
         The plain model (the user's own classes; ``model.lc_clean_notes`` lists what could not be
         removed, e.g. heads of ``nn.MultiheadAttention``).
     """
+    return clean_for_storage(model, inplace)[0]
+
+
+def clean_for_storage(
+    model: nn.Module, inplace: bool = True
+) -> tuple[nn.Module, dict[str, torch.Tensor], nn.Module | None]:
+    """:func:`clean`, plus what real low-bit storage needs.
+
+    Returns ``(slim, packed, stored)``: the plain slim model; ``{f"{module}.{param}.{key}": tensor}``
+    packed low-bit weights of the slim shapes (empty when nothing is quantized); and, when something
+    is quantized, a twin of ``slim`` whose quantized layers hold integer codes (for ``torch.export``),
+    else None.
+    """
     if not inplace:
         model = copy.deepcopy(model)
+    bake(model, kinds="mask")
+    groups = unit_groups(model)
+    _drop_mask_transforms(model)  # their values are in the weights now
+    notes = remove_units(model, groups)
+    packed = pack_quantized(model) or {}
+    stored = None
+    if packed:
+        from lightning_compress.export_onnx import int8_model
+
+        stored, _ = int8_model(model, storage_only=True)
+        strip(stored)
     bake(model, kinds="all")
-    notes = remove_units(model, unit_groups(model))
     strip(model)
     model.__dict__["lc_clean_notes"] = notes
-    return model
+    return model, packed, stored
 
 
 # ---------------------------------------------------------------------------- saving
@@ -135,8 +175,14 @@ def save_slim(
     example_input: Any = None,
     formats: Sequence[str] = ("torch_export", "safetensors"),
     packed: dict[str, torch.Tensor] | None = None,
+    stored: nn.Module | None = None,
 ) -> dict[str, str]:
     """Save a clean model. Returns ``{format: path}``.
+
+    With ``packed`` (from :func:`clean_for_storage`) the safetensors file holds the packed low-bit
+    weights under ``lc_packed.<module>.<param>.<key>`` *instead of* their float values (read it back
+    with :func:`load_slim_state`), and with ``stored`` the ``torch.export`` / ONNX files are made from
+    that integer-storage twin.
 
     * ``"torch_export"``: ``model.pt2`` via ``torch.export.export`` + ``torch.export.save`` (needs
       ``example_input``: a tensor, a tuple of positional inputs, or a dict of keyword inputs).  Load
@@ -158,6 +204,8 @@ def save_slim(
 
             state = state_for_safetensors(model)
             if packed:
+                prefixes = {k.rsplit(".", 1)[0] for k in packed}
+                state = {k: v for k, v in state.items() if k not in prefixes}
                 state.update({f"lc_packed.{k}": v.contiguous() for k, v in packed.items()})
             p = out / "model.safetensors"
             save_file(state, str(p), metadata={"class": f"{type(model).__module__}.{type(model).__qualname__}"})
@@ -169,14 +217,16 @@ def save_slim(
                     "input, or pass example_input=...)."
                 )
             args, kwargs = _args_kwargs(example_input)
+        runnable = stored if stored is not None else model
+        runnable.eval()
         if "torch_export" in formats:
-            ep = _export(model, args, kwargs)
+            ep = _export(runnable, args, kwargs)
             p = out / "model.pt2"
             torch.export.save(ep, str(p))
             paths["torch_export"] = str(p)
         if "onnx" in formats:
             p = out / "model.onnx"
-            torch.onnx.export(model, args, str(p), kwargs=kwargs or None, dynamo=False, opset_version=17)
+            torch.onnx.export(runnable, args, str(p), kwargs=kwargs or None, dynamo=False, opset_version=17, do_constant_folding=stored is None)
             paths["onnx"] = str(p)
     finally:
         model.train(was_training)
@@ -200,6 +250,20 @@ def _export(model: nn.Module, args: tuple, kwargs: dict) -> Any:
         return torch.export.export(model, args, kwargs, dynamic_shapes=dyn)
     except Exception:  # a model that cannot have a symbolic batch: export the example's shapes
         return torch.export.export(model, args, kwargs)
+
+
+def load_slim_state(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A float ``state_dict`` from a ``model.safetensors`` written by :func:`save_slim` (packed low-bit
+    weights dequantized), for ``slim_model.load_state_dict``."""
+    from safetensors.torch import load_file
+
+    from lightning_compress.core.quantize import unpack_model
+
+    raw = load_file(str(path))
+    packed = {k[len("lc_packed.") :]: v for k, v in raw.items() if k.startswith("lc_packed.")}
+    state = {k: v for k, v in raw.items() if not k.startswith("lc_packed.")}
+    state.update(unpack_model(packed, dtype))
+    return state
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> str:

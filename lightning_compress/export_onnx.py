@@ -234,7 +234,9 @@ def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def int8_model(model: nn.Module, conv: Literal["float", "integer"] = "float") -> tuple[nn.Module, dict[str, list[str]]]:
+def int8_model(
+    model: nn.Module, conv: Literal["float", "integer"] = "float", storage_only: bool = False
+) -> tuple[nn.Module, dict[str, list[str]]]:
     """A copy of ``model`` ready for the integer CPU export.
 
     Weight-quantized layers become :class:`Int8Linear` (per tensor / channel), :class:`Int8Conv2d`
@@ -242,6 +244,9 @@ def int8_model(model: nn.Module, conv: Literal["float", "integer"] = "float") ->
     Conv2d with ``conv="float"``: integer storage, float kernel).  Quantizers that are disabled
     (before a schedule's ``start_step``) leave their layer in float.  Activation quantizers are
     dropped (ONNX Runtime quantizes activations dynamically).
+
+    ``storage_only``: every quantized Linear / Conv2d becomes :class:`StoredInt8` (integer codes in
+    the file, float kernels): the form ``RedundancyClean`` saves with ``torch.export``.
 
     Returns ``(model, {"integer": [...], "int8 storage": [...], "float": [...]})`` (module names).
     """
@@ -257,7 +262,7 @@ def int8_model(model: nn.Module, conv: Literal["float", "integer"] = "float") ->
             continue
         if isinstance(module, nn.Embedding):
             how = "integer" if spec.granularity != "group" else "float"
-        elif spec.granularity == "group" or (isinstance(module, nn.Conv2d) and conv == "float"):
+        elif storage_only or spec.granularity == "group" or (isinstance(module, nn.Conv2d) and conv == "float"):
             how = "int8 storage"
         else:
             how = "integer"

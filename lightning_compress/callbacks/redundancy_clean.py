@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lightning_compress.core.dist import gathered
 from lightning_compress.core.surgery import strip
-from lightning_compress.export import FORMATS, bake, clean, pack_quantized, save_slim, write_json
+from lightning_compress.export import FORMATS, bake, clean_for_storage, save_slim, write_json
 from lightning_compress.report import compression_report, format_table, log_report
 
 Format = Literal["torch_export", "safetensors", "onnx"]
@@ -131,18 +131,17 @@ class RedundancyClean(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         example = self.example_input if self.example_input is not None else self._stashed
         model = full_copy(pl_module)  # collective under ZeRO-3: every rank
-        packed = pack_quantized(model)
         before = copy.deepcopy(model)
         bake(before)
         strip(before)
-        slim = clean(model)
+        slim, packed, stored = clean_for_storage(model)
         slim.eval()
         before.eval()
         self.slim_model = slim
         if not trainer.is_global_zero:
             return
         if self.save:
-            self.files = save_slim(slim, self.output_dir, example, self.formats, packed=packed)
+            self.files = save_slim(slim, self.output_dir, example, self.formats, packed=packed, stored=stored)
         self.report = compression_report(
             before, slim, example, self.files, latency_runs=self.latency_runs if example is not None else 0,
             notes=list(getattr(slim, "lc_clean_notes", [])),
