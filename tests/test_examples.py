@@ -258,6 +258,7 @@ def test_config_runs_a_few_steps(path: Path, tmp_path: Path, monkeypatch) -> Non
                 with safe_open(str(saved), "pt") as f:
                     int8 = [k for k in f.keys() if f.get_slice(k).get_dtype() == "I8"]
                 assert int8, "no int8 tensors in the saved quantized model"
+                assert saved.stat().st_size < 0.4 * 4 * params  # int8 weights: well under the fp32 size
             else:  # pruning removes parameters
                 assert slim_params < params, (slim_params, params)
     if "LayerReductionKD" in wanted:
