@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     formats = [f for f in args.formats.split(",") if f]
     callbacks = compression_callbacks(recipe, args.sparsity, steps, out_dir / "slim", formats, args.latency_runs)
     model.hparams.lr = 0.05  # fine-tune from the dense weights with a fresh cosine cycle
+    model.train()  # measuring left it in eval mode; Lightning keeps the modes it finds
     trainer(args.compress_epochs, callbacks, out_dir).fit(model, dm)
     label = {"channel": f"channel-pruned {args.sparsity:.0%}", "snip_momentum": f"snip_momentum 4x1 {args.sparsity:.0%}"}[recipe]
     rows.append(measure(f"{label} (masked)", model.model, dm, x, args.latency_runs))

@@ -186,7 +186,7 @@ def _cli(kind: str):  # noqa: ANN202
     return cli_main
 
 
-def tiny_config(path: Path, out_dir: Path, steps: int = 3) -> dict:
+def tiny_config(path: Path, out_dir: Path, steps: int = 2) -> dict:
     """The config with data on tests/data, a tiny model, a few steps, schedules squeezed into them."""
     cfg = yaml.safe_load(path.read_text())
     kind = path.parent.parent.name
@@ -242,7 +242,7 @@ def test_config_runs_a_few_steps(path: Path, tmp_path: Path, monkeypatch) -> Non
     cfg_path = tmp_path / path.name
     cfg_path.write_text(yaml.safe_dump(tiny_config(path, tmp_path)))
     cli = _cli(path.parent.parent.name)(["fit", "--config", str(cfg_path)])
-    assert cli.trainer.global_step == 3
+    assert cli.trainer.global_step == 2
     wanted = [c["class_path"].rsplit(".", 1)[-1] for c in yaml.safe_load(path.read_text())["trainer"].get("callbacks") or []]
     have = [type(c).__name__ for c in cli.trainer.callbacks]
     assert all(name in have for name in wanted), (wanted, have)
