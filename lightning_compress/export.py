@@ -18,6 +18,16 @@ the slim model whose quantized Linear / Conv2d layers hold integer codes
 files hold integers, not fp32.  Masks run before quantizers, and structured masks zero the
 consumer's columns too, so per-tensor / per-channel scales do not change when units are removed;
 group-wise scales of a consumer whose columns are removed are recomputed on the slim shape.
+
+BatchNorm folding (``fold_batchnorm=True`` of :func:`clean` / :func:`clean_for_storage`, or
+:func:`fold_batchnorm` on any model): every ``Conv2d -> BatchNorm2d`` pair whose BatchNorm reads only
+that conv, and whose conv output nothing else reads, is folded into the conv's weight and bias
+(running statistics, i.e. eval-mode semantics) and the BatchNorm becomes ``nn.Identity``.  Off by
+default: the folded model computes the same outputs in ``eval()`` but is no longer the model you
+trained (no BatchNorm in ``train()``, BatchNorm keys gone from the ``state_dict``, convs gain a bias),
+which is right for deployment and wrong for further fine-tuning.  A slim model's narrow convs make the
+per-channel BatchNorm a larger share of its run time than in the dense model, so folding matters more
+after channel pruning.
 """
 
 from __future__ import annotations
@@ -63,23 +73,16 @@ def bake(model: nn.Module, kinds: str = "all") -> dict[str, list[str]]:
 
 
 def pack_quantized(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """Extension point for low-bit storage of quantized weights (issue 4).
-
-    Calls ``lightning_compress.core.quantize.pack_state(model)`` when that function exists and some
-    module carries a ``"weight_quant"`` transform; returns its ``{name: tensor}`` (saved next to the
-    float weights), else None.  Must run BEFORE :func:`clean` strips the quantizers.
+    """Packed low-bit storage of every weight quantized by a :class:`~lightning_compress.core.quantize.WeightFakeQuant`
+    (WeightQuant, :func:`lightning_compress.quantize`): ``{f"{module}.{param}.{key}": tensor}`` as
+    :func:`lightning_compress.core.quantize.pack_model` lays it out, or None when there is none.
+    Other ``"weight_quant"`` transforms (hand-written functions) cannot be packed; :func:`clean`
+    bakes their values as floats.  Must run before the quantizers are stripped.
     """
-    has_quant = any(
-        masking.is_wrapped(m) and any(t.kind == "weight_quant" for ts in m._lc_param_transforms.values() for t in ts)  # type: ignore[attr-defined]
-        for m in model.modules()
-    )
-    if not has_quant:
-        return None
-    try:
-        from lightning_compress.core.quantize import pack_state  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return pack_state(model)
+    from lightning_compress.core.quantize import pack_model
+
+    packed = pack_model(model)
+    return packed or None
 
 
 def _drop_mask_transforms(model: nn.Module) -> None:
@@ -92,32 +95,133 @@ def _drop_mask_transforms(model: nn.Module) -> None:
                 del module._lc_param_transforms[pname]  # type: ignore[attr-defined]
 
 
-def clean(model: nn.Module, inplace: bool = True) -> nn.Module:
+# ---------------------------------------------------------------------------- BatchNorm folding
+
+
+def _fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    w = conv.weight
+    mean = bn.running_mean.detach().double()  # type: ignore[union-attr]
+    var = bn.running_var.detach().double()  # type: ignore[union-attr]
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
+    new_w = (w.detach().double() * scale.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
+    new_b = ((b - mean) * scale + beta).to(w.dtype)
+    conv.weight = nn.Parameter(new_w.contiguous(), requires_grad=w.requires_grad)
+    conv.bias = nn.Parameter(new_b.to(w.device), requires_grad=w.requires_grad)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, skip: Sequence[str] = ()) -> list[str]:
+    """Fold every ``Conv2d -> BatchNorm2d`` pair into the conv (eval semantics), in place.
+
+    A pair is folded when, in the ``torch.fx`` graph of ``model``, the BatchNorm2d's only input is
+    the output of one Conv2d, that output has no other reader, each module is called exactly once,
+    and the BatchNorm tracks running statistics.  The conv's weight is scaled per output channel by
+    ``gamma / sqrt(running_var + eps)``, its bias becomes ``(bias - running_mean) * scale + beta``
+    (computed in float64, stored in the conv's dtype), and the BatchNorm is replaced by
+    ``nn.Identity``.  In ``eval()`` the model computes the same outputs; in ``train()`` it no longer
+    normalises (fold only for inference).
+
+    Args:
+        model: any ``nn.Module`` (plain: call after :func:`clean`, not on a wrapped model).
+        skip: qualified names of convs not to fold (e.g. weight-quantized convs, whose weights would
+            leave the quantization grid).
+
+    Returns:
+        Notes (strings): what was folded (one summary line) and every BatchNorm left alone with the
+        reason; a model fx cannot trace, or without such pairs, is left unchanged and says so.
+    """
+    import torch.fx as fx
+
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as err:  # fx raises many kinds of errors on dynamic code
+        return [f"fold_batchnorm: torch.fx could not trace {type(model).__name__} ({type(err).__name__}); no BatchNorm folded."]
+    modules = dict(model.named_modules())
+    calls: dict[int, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            m = modules.get(str(node.target))
+            if m is not None:
+                calls[id(m)] = calls.get(id(m), 0) + 1
+    notes: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.BatchNorm2d):
+            continue
+        bn_name = str(node.target)
+        bn = modules[bn_name]
+        src = node.args[0] if node.args else None
+        conv = modules.get(str(src.target)) if isinstance(src, fx.Node) and src.op == "call_module" else None
+        why = None
+        if len(node.args) != 1 or node.kwargs or not isinstance(conv, nn.Conv2d):
+            what = f"{src.op} {src.target}" if isinstance(src, fx.Node) else repr(src)
+            why = f"its input is not a Conv2d output ({what})"
+        elif len(src.users) != 1:
+            others = sorted(u.name for u in src.users if u is not node)
+            why = f"the output of Conv2d {str(src.target)!r} is also read by {others}"
+        elif calls.get(id(conv), 0) != 1 or calls.get(id(bn), 0) != 1:
+            why = f"Conv2d {str(src.target)!r} or the BatchNorm is called more than once"
+        elif not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+            why = "it has no running statistics (track_running_stats=False)"
+        elif str(src.target) in skip:
+            why = f"Conv2d {str(src.target)!r} is weight-quantized (folding would move its weights off the quantization grid)"
+        if why is not None:
+            notes.append(f"fold_batchnorm: {bn_name!r} not folded: {why}.")
+            continue
+        pairs.append((str(src.target), bn_name))
+    for conv_name, bn_name in pairs:
+        _fold_into_conv(modules[conv_name], modules[bn_name])  # type: ignore[arg-type]
+        parent_name, _, leaf = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, nn.Identity())
+    if pairs:
+        notes.insert(0, f"fold_batchnorm: folded {len(pairs)} BatchNorm2d into the preceding Conv2d (eval semantics).")
+    elif not notes:
+        notes.append("fold_batchnorm: no Conv2d -> BatchNorm2d pair found; nothing folded.")
+    return notes
+
+
+def _weight_quantized(model: nn.Module) -> list[str]:
+    return [
+        name for name, m in model.named_modules()
+        if masking.is_wrapped(m) and any(t.kind == "weight_quant" for ts in m._lc_param_transforms.values() for t in ts)  # type: ignore[attr-defined]
+    ]
+
+
+def clean(model: nn.Module, inplace: bool = True, fold_batchnorm: bool = False) -> nn.Module:
     """Bake masks (and fake-quant values), remove pruned rows/channels/heads, strip the machinery.
 
     Args:
         model: a model carrying lightning-compress transforms (or none: then only stripped).
         inplace: edit ``model`` itself (default) or a deep copy.
+        fold_batchnorm: also fold ``Conv2d -> BatchNorm2d`` pairs into the convs (eval semantics;
+            see :func:`lightning_compress.export.fold_batchnorm`).  Off by default: the result then
+            keeps the trained model's structure and can be fine-tuned; turn it on for deployment.
 
     Returns:
         The plain model (the user's own classes; ``model.lc_clean_notes`` lists what could not be
-        removed, e.g. heads of ``nn.MultiheadAttention``).
+        removed, e.g. heads of ``nn.MultiheadAttention``, and with ``fold_batchnorm`` what was
+        folded and which BatchNorms were left alone, with the reason).
     """
-    return clean_for_storage(model, inplace)[0]
+    return clean_for_storage(model, inplace, fold_batchnorm=fold_batchnorm)[0]
 
 
 def clean_for_storage(
-    model: nn.Module, inplace: bool = True
+    model: nn.Module, inplace: bool = True, fold_batchnorm: bool = False
 ) -> tuple[nn.Module, dict[str, torch.Tensor], nn.Module | None]:
     """:func:`clean`, plus what real low-bit storage needs.
 
     Returns ``(slim, packed, stored)``: the plain slim model; ``{f"{module}.{param}.{key}": tensor}``
     packed low-bit weights of the slim shapes (empty when nothing is quantized); and, when something
     is quantized, a twin of ``slim`` whose quantized layers hold integer codes (for ``torch.export``),
-    else None.
+    else None.  With ``fold_batchnorm`` the same pairs are folded in ``slim`` and ``stored``
+    (weight-quantized convs are not folded: their packed codes stay exact).
     """
     if not inplace:
         model = copy.deepcopy(model)
+    quantized = _weight_quantized(model)
     bake(model, kinds="mask")
     groups = unit_groups(model)
     _drop_mask_transforms(model)  # their values are in the weights now
@@ -131,8 +235,15 @@ def clean_for_storage(
         strip(stored)
     bake(model, kinds="all")
     strip(model)
+    if fold_batchnorm:
+        notes += _fold(model, quantized)
+        if stored is not None:
+            _fold(stored, quantized)
     model.__dict__["lc_clean_notes"] = notes
     return model, packed, stored
+
+
+_fold = fold_batchnorm  # the argument of clean() shadows the function's name there
 
 
 # ---------------------------------------------------------------------------- saving

@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lightning_compress.core.dist import gathered
 from lightning_compress.core.surgery import strip
-from lightning_compress.export import FORMATS, bake, clean_for_storage, save_slim, write_json
+from lightning_compress.export import FORMATS, bake, clean_for_storage, fold_batchnorm, save_slim, write_json
 from lightning_compress.report import compression_report, format_table, log_report
 
 Format = Literal["torch_export", "safetensors", "onnx"]
@@ -86,6 +86,12 @@ class RedundancyClean(Callback):
             training batch (``batch[0]`` of a tuple, a dict without ``labels``).
         latency_runs: interleaved timed forwards per model for the report (0 = do not time).
         save: write files (False: only build ``slim_model`` and the report).
+        fold_batchnorm: fold every ``Conv2d -> BatchNorm2d`` pair into the conv (running statistics,
+            eval-mode semantics; BatchNorms become ``nn.Identity``, see
+            :func:`lightning_compress.export.fold_batchnorm`).  Off by default so the saved model
+            keeps the trained structure and can be fine-tuned; turn it on for inference-only
+            deployment.  The report's "before" model is folded too, so its latency comparison stays
+            fair; pairs left alone are listed in the report's notes.
 
     Raises:
         ValueError: at ``__init__`` for an unknown format or a negative ``latency_runs``.
@@ -103,6 +109,7 @@ class RedundancyClean(Callback):
         example_input: Any = None,
         latency_runs: int = 10,
         save: bool = True,
+        fold_batchnorm: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(formats, str):
@@ -117,6 +124,7 @@ class RedundancyClean(Callback):
         self.example_input = example_input
         self.latency_runs = int(latency_runs)
         self.save = save
+        self.fold_batchnorm = bool(fold_batchnorm)
         self._stashed: Any = None
         self.slim_model: nn.Module | None = None
         self.report: dict[str, Any] | None = None
@@ -134,7 +142,9 @@ class RedundancyClean(Callback):
         before = copy.deepcopy(model)
         bake(before)
         strip(before)
-        slim, packed, stored = clean_for_storage(model)
+        if self.fold_batchnorm:
+            fold_batchnorm(before)  # fair latency comparison: both folded
+        slim, packed, stored = clean_for_storage(model, fold_batchnorm=self.fold_batchnorm)
         slim.eval()
         before.eval()
         self.slim_model = slim

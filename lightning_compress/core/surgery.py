@@ -249,6 +249,7 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
                 module._parameters[name] = nn.Parameter(new, requires_grad=t.requires_grad)
             else:
                 module._buffers[name] = new
+        _slice_quant_ranges(module, dims)
         w = module._parameters.get("weight")
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = int(w.shape[0]), int(w.shape[1])
@@ -278,6 +279,33 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
             per[key] = kept
             config.num_attention_heads_per_layer = per
     return notes
+
+
+def _slice_quant_ranges(module: nn.Module, dims: dict[int, torch.Tensor]) -> None:
+    """Keep a weight quantizer's fixed per-row ranges (post-training calibration) in step with removed
+    output rows.  Per-tensor ranges and ranges recomputed from the weight need nothing.
+
+    Raises:
+        ValueError: input columns removed under fixed group-wise ranges (the groups would shift).
+    """
+    from lightning_compress.core.quantize import weight_quantizer
+
+    q = weight_quantizer(module)
+    if q is None or q.ranges is None or q.current_spec.granularity == "tensor":
+        return
+    lo, hi = q.ranges
+    out = module._parameters["weight"].shape[0] if 0 not in dims else dims[0].numel()
+    if 1 in dims and q.current_spec.granularity == "group":
+        raise ValueError(
+            f"surgery: {type(module).__name__} has fixed group-wise quantization ranges and input columns to "
+            f"remove; the groups would shift. Quantize after clean(), or use per-channel / per-tensor ranges."
+        )
+    if 0 in dims:
+        keep = _keep_index(dims[0]).to(lo.device)
+        per_row = lo.numel() // out
+        lo = lo.reshape(out, per_row, *lo.shape[1:]).index_select(0, keep).reshape(-1, *lo.shape[1:])
+        hi = hi.reshape(out, per_row, *hi.shape[1:]).index_select(0, keep).reshape(-1, *hi.shape[1:])
+        q.ranges = (lo, hi)
 
 
 def strip(model: nn.Module) -> None:
