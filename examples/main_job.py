@@ -15,14 +15,16 @@ Steps (no network needed):
      a smaller, faster model.
    * ``snip_momentum``: 4x1 blocks pruned to 50% by SNIP-momentum scores (weights zeroed in place:
      half the non-zeros, same dense shapes, so latency does not change without sparse kernels).
-4. Report: test accuracy, parameters (total and non-zero), saved size and CPU latency before and after.
+4. Report: test accuracy, parameters (total and non-zero), saved size (``torch.save`` of the state dict)
+   and CPU latency (median of interleaved forwards on one test batch) before and after.
 
-About 3 minutes on 2 idle CPU cores with the defaults (longer on a busy machine).
+About 5 minutes on 2 CPU cores with the defaults (measured 4 min 48 s on a shared, loaded machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import statistics
@@ -79,16 +81,20 @@ def saved_size(model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int = 15) -> float:
-    model.eval()
-    for _ in range(3):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - t) * 1000.0)
-    return statistics.median(times)
+def interleaved_latency_ms(models: list[nn.Module], x: torch.Tensor, repeats: int = 15) -> list[float]:
+    """Median forward time of each model, runs interleaved (A B C A B C ...) so that load changes on a
+    shared machine hit every model alike."""
+    for m in models:
+        m.eval()
+        for _ in range(2):
+            m(x)
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(max(1, repeats)):
+        for i, m in enumerate(models):
+            t = time.perf_counter()
+            m(x)
+            times[i].append((time.perf_counter() - t) * 1000.0)
+    return [statistics.median(t) for t in times]
 
 
 @torch.inference_mode()
@@ -101,7 +107,7 @@ def accuracy(model: nn.Module, loader: Any) -> float:
     return correct / max(1, total)
 
 
-def measure(name: str, model: nn.Module, dm: CifarDataModule, x: torch.Tensor, repeats: int = 15) -> dict[str, Any]:
+def measure(name: str, model: nn.Module, dm: CifarDataModule) -> dict[str, Any]:
     total, nonzero = count_params(model)
     return {
         "model": name,
@@ -109,7 +115,6 @@ def measure(name: str, model: nn.Module, dm: CifarDataModule, x: torch.Tensor, r
         "params": total,
         "nonzero_params": nonzero,
         "size_bytes": saved_size(model),
-        "latency_ms": latency_ms(model, x, repeats),
     }
 
 
@@ -223,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     model = CifarResNet("resnet20", width=args.width, lr=0.1)
     trainer(args.dense_epochs, [], out_dir).fit(model, dm)
-    rows = [measure("ResNet-20 dense", model.model, dm, x, args.latency_runs)]
+    rows = [measure("ResNet-20 dense", model.model, dm)]
+    models = [copy.deepcopy(model.model)]  # the dense network, for the latency comparison at the end
     print(f"dense done in {time.time() - t0:.0f}s: test acc {rows[0]['test_acc']:.4f}")
 
     steps = args.compress_epochs * (len(dm.train_set) // args.batch_size)
@@ -233,10 +239,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model.train()  # measuring left it in eval mode; Lightning keeps the modes it finds
     trainer(args.compress_epochs, callbacks, out_dir).fit(model, dm)
     label = {"channel": f"channel-pruned {args.sparsity:.0%}", "snip_momentum": f"snip_momentum 4x1 {args.sparsity:.0%}"}[recipe]
-    rows.append(measure(f"{label} (masked)", model.model, dm, x, args.latency_runs))
+    rows.append(measure(f"{label} (masked)", model.model, dm))
+    models.append(model.model)
     slim = slim_model(model, callbacks) if recipe == "channel" else None
     if slim is not None:
-        rows.append(measure(f"{label} + RedundancyClean", slim, dm, x, args.latency_runs))
+        rows.append(measure(f"{label} + RedundancyClean", slim, dm))
+        models.append(slim)
+    for row, ms in zip(rows, interleaved_latency_ms(models, x, args.latency_runs)):
+        row["latency_ms"] = ms
     print_report(rows, args.latency_batch)
     print(f"\ntotal time {time.time() - t0:.0f}s; torch threads {torch.get_num_threads()}")
     (out_dir / "report.json").write_text(json.dumps({"recipe": recipe, "args": vars(args), "rows": rows}, indent=2))
