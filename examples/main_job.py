@@ -18,7 +18,7 @@ Steps (no network needed):
 4. Report: test accuracy, parameters (total and non-zero), saved size (``torch.save`` of the state dict)
    and CPU latency (median of interleaved forwards on one test batch) before and after.
 
-About 5 minutes on 2 CPU cores with the defaults (measured 4 min 48 s on a shared, loaded machine).
+About 4-5 minutes on 2 CPU cores with the defaults (4 min 7 s measured on a shared, loaded 2-core box).
 """
 
 from __future__ import annotations
