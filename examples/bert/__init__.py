@@ -1,0 +1,1 @@
+"""GLUE BERT example."""
