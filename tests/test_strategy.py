@@ -48,3 +48,42 @@ def test_stock_strategy_still_refuses_cpu():
 
     with pytest.raises(RuntimeError, match="only supported on CUDA"):
         trainer.fit(TinyMLP(), mlp_loader())
+
+
+COMPRESSION = {
+    "sparse_pruning": {
+        "shared_parameters": {"enabled": True, "schedule_offset": 1, "method": "l1"},
+        "different_groups": {"sp1": {"params": {"dense_ratio": 0.25}, "modules": [r"net\.0"]}},
+    }
+}
+
+
+def test_config_with_compression_training_adds_callbacks():
+    """An existing DeepSpeed user changes nothing but the strategy."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_compress import SparsePruning
+    from tests.models import TinyMLP, mlp_loader
+
+    config = {"zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "compression_training": COMPRESSION}
+    strategy = DeepSpeedCompressionStrategy(config=config)
+    assert "compression_training" in config, "the user's dict is left whole"
+    ckpt = ModelCheckpoint(save_top_k=0)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, strategy=strategy, max_steps=3, logger=False, callbacks=[ckpt],
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(TinyMLP(), mlp_loader())
+    added = [c for c in trainer.callbacks if isinstance(c, SparsePruning)]
+    assert len(added) == 1
+    assert trainer.callbacks.index(added[0]) < trainer.callbacks.index(ckpt)
+    (cb,) = added
+    assert [t.name for t in cb.targets] == ["net.0"]
+    assert cb.sparsity_stats()["sparsity"] == pytest.approx(0.75, abs=1e-3)
+    assert [h["step"] for h in cb.history] == [1]
+
+
+def test_bad_compression_section_fails_at_construction():
+    bad = {"sparse_pruning": {"shared_parameters": {"enabled": True, "methd": "l1"}, "different_groups": {}}}
+    with pytest.raises(ValueError, match="methd"):
+        DeepSpeedCompressionStrategy(config={"zero_optimization": {"stage": 2}, "compression_training": bad})

@@ -43,27 +43,37 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # DeepSpeed itself no longer reads `compression_training`: take it out of the engine's
-        # config and turn it into callbacks at setup_environment (before the callbacks' setup).
+        # DeepSpeed 0.19 no longer knows `compression_training` (and rejects it): take it out of a
+        # copy of the config (the user's dict stays whole) and build the callbacks now, so a bad
+        # section fails at construction, not at fit.
         self.compression_config: dict[str, Any] | None = None
-        if isinstance(self.config, dict) and "compression_training" in self.config:
-            self.compression_config = self.config.pop("compression_training")
         self._compression_callbacks: list[Any] = []
+        self._compression_callbacks_attached = False
+        if isinstance(self.config, dict) and "compression_training" in self.config:
+            self.config = dict(self.config)
+            self.compression_config = self.config.pop("compression_training")
+            from lightning_compress.deepspeed_config import from_deepspeed_config
+
+            self._compression_callbacks = from_deepspeed_config({"compression_training": self.compression_config})
 
     @property
     def _on_cuda(self) -> bool:
         return isinstance(self.accelerator, CUDAAccelerator)
 
     def _add_compression_callbacks(self) -> None:
-        if self.compression_config is None or self._compression_callbacks:
+        """Put the callbacks built from ``compression_training`` on the Trainer (once), before its
+        checkpoint callbacks, as Lightning orders user callbacks."""
+        if not self._compression_callbacks or self._compression_callbacks_attached:
             return
-        from lightning_compress.deepspeed_config import from_deepspeed_config
+        from lightning.pytorch.callbacks import Checkpoint
 
         trainer = self.lightning_module.trainer if self.lightning_module is not None else None
         if trainer is None:
             return
-        self._compression_callbacks = from_deepspeed_config({"compression_training": self.compression_config})
-        trainer.callbacks.extend(self._compression_callbacks)
+        callbacks = trainer.callbacks
+        idx = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
+        callbacks[idx:idx] = self._compression_callbacks
+        self._compression_callbacks_attached = True
 
     @override
     def setup_environment(self) -> None:
