@@ -249,14 +249,6 @@ _fold = fold_batchnorm  # the argument of clean() shadows the function's name th
 # ---------------------------------------------------------------------------- saving
 
 
-def _call(model: nn.Module, example: Any) -> Any:
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, tuple):
-        return model(*example)
-    return model(example)
-
-
 def _args_kwargs(example: Any) -> tuple[tuple, dict]:
     if isinstance(example, dict):
         return (), dict(example)
