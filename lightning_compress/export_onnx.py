@@ -33,8 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lightning_compress.core import masking
 from lightning_compress.core.quantize import pre_quant_weight, weight_quantizer
+from lightning_compress.core.surgery import strip
 
 
 class _OutputAdapter(nn.Module):
@@ -214,17 +214,12 @@ class StoredInt8(nn.Module):
 
 def _strip(model: nn.Module, bake: bool) -> nn.Module:
     """Deep copy without any transform; ``bake``: weights replaced by their effective value."""
+    from lightning_compress.export import bake as bake_params
+
     model = copy.deepcopy(model)
-    for _, module in model.named_modules():
-        if masking.is_wrapped(module):
-            effective = {}
-            if bake:
-                with torch.no_grad():
-                    for pname in list(module._lc_param_transforms):  # type: ignore[attr-defined]
-                        effective[pname] = masking.effective_param(module, pname).detach().clone()
-            masking.unwrap(module)
-            for pname, value in effective.items():
-                getattr(module, pname).data.copy_(value)
+    if bake:
+        bake_params(model, kinds="all")
+    strip(model)
     return model
 
 

@@ -16,7 +16,6 @@ Timeline (steps = optimizer steps, see :mod:`lightning_compress.callbacks._steps
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,10 +32,10 @@ from lightning_compress.callbacks._steps import (
 )
 from lightning_compress.core import masking
 from lightning_compress.core.criteria import ScoreState, TopKMaskSTE, check_method
-from lightning_compress.core.dist import broadcast_, all_reduce_mean_, full_grad, full_param, gathered
+from lightning_compress.core.dist import all_reduce_mean_, broadcast_, full_grad, full_param
 from lightning_compress.core.patterns import LayerScores, Pattern, as_2d, parse_pattern, select_pruned_units
 from lightning_compress.core.schedule import SCHEDULES, SparsitySchedule
-from lightning_compress.core.select import select_modules
+from lightning_compress.core.select import apply_exclude, select_modules
 
 Scope = Literal["global", "local"]
 ScheduleName = Literal["exp", "cos", "linear", "cubic"]
@@ -227,7 +226,7 @@ class BasePruning(Callback):
         if group.modules is None:
             chosen = self.default_modules(model)
             if group.exclude:
-                chosen = self._apply_exclude(model, chosen, group.exclude, owner)
+                chosen = apply_exclude(model, chosen, group.exclude, owner)
         else:
             chosen = select_modules(model, group.modules, group.exclude, self.target_types, owner=owner)
         targets = []
@@ -247,20 +246,6 @@ class BasePruning(Callback):
                 )
             )
         return targets
-
-    @staticmethod
-    def _apply_exclude(
-        model: nn.Module, chosen: dict[str, nn.Module], exclude: list[str], owner: str
-    ) -> dict[str, nn.Module]:
-        import re
-
-        rxs = [re.compile(p) for p in exclude]
-        for rx in rxs:
-            if not any(rx.search(n) for n, _ in model.named_modules() if n):
-                raise ValueError(
-                    f"{owner}: `exclude` regex {rx.pattern!r} matches no module of {type(model).__name__}. Fix the regex or remove it."
-                )
-        return {n: m for n, m in chosen.items() if not any(rx.search(n) for rx in rxs)}
 
     def attach(self, target: PruneTarget) -> None:
         """Register the mask buffer and the forward transform on a target."""

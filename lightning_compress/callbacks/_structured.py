@@ -31,6 +31,7 @@ from lightning_compress.callbacks._steps import is_accumulation_boundary
 from lightning_compress.core.criteria import ScoreState
 from lightning_compress.core.dist import broadcast_, full_grad, full_param
 from lightning_compress.core.patterns import LayerScores, select_pruned_units
+from lightning_compress.core.select import apply_exclude
 from lightning_compress.core.surgery import UnitGroup, attach_group, expand, sync_group
 
 
@@ -71,7 +72,7 @@ class StructuredPruning(BasePruning):
     @override
     def build_targets(self, model: nn.Module, group: PruneGroup) -> list[PruneTarget]:
         if group.exclude:  # same check as BasePruning: an exclude regex must match some module
-            self._apply_exclude(model, {}, group.exclude, type(self).__name__)
+            apply_exclude(model, {}, group.exclude, type(self).__name__)
         ugroups = self.find_groups(model, group)
         self._check_reachable(group, ugroups)
         targets: list[PruneTarget] = []

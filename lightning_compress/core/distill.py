@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -46,6 +45,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lightning_compress.core.masking import cached_subclass
 
 __all__ = [
     "DistillRecorder",
@@ -362,13 +363,7 @@ _REGISTRY: "weakref.WeakKeyDictionary[nn.Module, tuple[DistillRecorder, str, int
 
 
 def _recording_class(cls: type) -> type:
-    if cls in _RECORDING_CLASSES:
-        return _RECORDING_CLASSES[cls]
-    name = f"Recording{cls.__name__}_{abs(hash((cls.__module__, cls.__qualname__))) % 10**8}"
-    new_cls = type(name, (_RecordingMixin, cls), {"__module__": __name__})
-    new_cls.__qualname__ = name
-    setattr(sys.modules[__name__], name, new_cls)  # picklable
-    _RECORDING_CLASSES[cls] = new_cls
+    new_cls = cached_subclass(_RecordingMixin, cls, "Recording", __name__, _RECORDING_CLASSES)
     _RECORDING_BASE[new_cls] = cls
     return new_cls
 

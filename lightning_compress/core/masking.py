@@ -84,16 +84,22 @@ class CompressedModuleMixin:
 _CLASS_CACHE: dict[type, type] = {}
 
 
-def _compressed_class(cls: type) -> type:
-    if cls in _CLASS_CACHE:
-        return _CLASS_CACHE[cls]
-    name = f"Compressed{cls.__name__}_{abs(hash((cls.__module__, cls.__qualname__))) % 10**8}"
-    new_cls = type(name, (CompressedModuleMixin, cls), {"__module__": __name__})
+def cached_subclass(mixin: type, cls: type, prefix: str, home: str, cache: dict[type, type]) -> type:
+    """``type(f"{prefix}{cls.__name__}_<hash>", (mixin, cls), {})``, created once per ``cls`` and
+    registered as an attribute of module ``home`` so pickle finds it (a whole model can be
+    ``torch.save``-d while swapped)."""
+    if cls in cache:
+        return cache[cls]
+    name = f"{prefix}{cls.__name__}_{abs(hash((cls.__module__, cls.__qualname__))) % 10**8}"
+    new_cls = type(name, (mixin, cls), {"__module__": home})
     new_cls.__qualname__ = name
-    # make the class findable by pickle (torch.save of a whole wrapped model)
-    setattr(sys.modules[__name__], name, new_cls)
-    _CLASS_CACHE[cls] = new_cls
+    setattr(sys.modules[home], name, new_cls)
+    cache[cls] = new_cls
     return new_cls
+
+
+def _compressed_class(cls: type) -> type:
+    return cached_subclass(CompressedModuleMixin, cls, "Compressed", __name__, _CLASS_CACHE)
 
 
 def is_wrapped(module: nn.Module) -> bool:

@@ -39,6 +39,25 @@ def last_module_of_types(model: nn.Module, types: tuple[type[nn.Module], ...] = 
     return last
 
 
+def apply_exclude(
+    model: nn.Module, chosen: dict[str, nn.Module], exclude: Sequence[str] | None, owner: str
+) -> dict[str, nn.Module]:
+    """``chosen`` without the modules whose name matches an ``exclude`` regex.
+
+    Raises:
+        ValueError: a regex is invalid or matches no module of ``model`` at all.
+    """
+    excl = _compile(exclude, "exclude", owner)
+    names = [n for n, _ in model.named_modules() if n]
+    for rx in excl:
+        if not any(rx.search(n) for n in names):
+            raise ValueError(
+                f"{owner}: `exclude` regex {rx.pattern!r} matches no module of {type(model).__name__}. "
+                f"Fix the regex or remove it."
+            )
+    return {n: m for n, m in chosen.items() if not any(rx.search(n) for rx in excl)}
+
+
 def select_modules(
     model: nn.Module,
     modules: Sequence[str] | None = None,
@@ -64,7 +83,6 @@ def select_modules(
     """
     types = tuple(types)
     include = _compile(modules, "modules", owner)
-    excl = _compile(exclude, "exclude", owner)
     candidates = [(n, m) for n, m in model.named_modules() if n and isinstance(m, types)]
     type_names = ", ".join(t.__name__ for t in types)
     if include:
@@ -86,13 +104,7 @@ def select_modules(
         if exclude_last and chosen:
             last = last_module_of_types(model, types)
             chosen = [(n, m) for n, m in chosen if n != last]
-    for rx in excl:
-        if not any(rx.search(n) for n, _ in model.named_modules() if n):
-            raise ValueError(
-                f"{owner}: `exclude` regex {rx.pattern!r} matches no module of {type(model).__name__}. "
-                f"Fix the regex or remove it."
-            )
-    chosen = [(n, m) for n, m in chosen if not any(rx.search(n) for rx in excl)]
+    chosen = list(apply_exclude(model, dict(chosen), exclude, owner).items())
     if not chosen:
         raise ValueError(
             f"{owner}: no {type_names} module of {type(model).__name__} is left to compress after "
