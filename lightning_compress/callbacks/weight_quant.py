@@ -21,16 +21,12 @@ from lightning_compress.core.quantize import (
     check_bits,
     check_group_size,
 )
+from lightning_compress.core.quantize import bit_levels
 from lightning_compress.core.select import select_modules
 
 from lightning_compress.callbacks._steps import optimizer_step_count
 
 _COUNTER = itertools.count()
-
-
-def bit_levels(start_bits: int, bits: int) -> list[int]:
-    """Supported widths from ``start_bits`` down to ``bits`` (e.g. 8 -> 2: ``[8, 4, 3, 2]``)."""
-    return [b for b in sorted(SUPPORTED_WEIGHT_BITS, reverse=True) if bits <= b <= start_bits]
 
 
 class WeightQuant(Callback):

@@ -21,6 +21,17 @@ Contract used by every compression method:
 * :func:`remove_owner` removes everything an owner registered; :func:`unwrap` restores the
   original class once nothing is left.
 * :func:`effective_param` returns the parameter as forward sees it (for baking / export).
+
+These functions are the only way code outside this file reads or removes transforms (no other file
+names the ``_lc_*`` attributes of a wrapped module):
+
+* :func:`param_transforms` / :func:`input_transforms`: the registered :class:`Transform` objects
+  (a copy of the list, in the order forward applies them); :func:`transformed_params`: which
+  parameters of a module carry any.
+* :func:`find_transform`: the first transform of a kind (and optionally a type of ``fn``).
+* :func:`drop` removes the transforms that match ``kinds`` / ``owner`` / ``predicate`` (unwrapping a
+  module left with none); :func:`bake` first writes their effective value into the parameter.
+* :func:`original_class`: the user's class under the swap; :func:`unwrap_all` strips a whole model.
 """
 
 from __future__ import annotations
@@ -225,3 +236,109 @@ def mask_transform(buffer_name: str) -> TransformFn:
 
     fn.__qualname__ = f"mask_transform[{buffer_name}]"
     return fn
+
+
+# ---------------------------------------------------------------------------------------- public reading API
+KindSelector = Callable[[str], bool]
+
+
+def _matches(t: Transform, kinds: "tuple[str, ...] | KindSelector | None", owner: str | None) -> bool:
+    if owner is not None and t.owner != owner:
+        return False
+    if kinds is None:
+        return True
+    if callable(kinds):
+        return bool(kinds(t.kind))
+    return t.kind in kinds
+
+
+def param_transforms(module: nn.Module, param_name: str) -> list[Transform]:
+    """The transforms on ``module.<param_name>`` in the order forward applies them (a copy)."""
+    if not is_wrapped(module):
+        return []
+    return list(module._lc_param_transforms.get(param_name, []))  # type: ignore[attr-defined]
+
+
+def input_transforms(module: nn.Module) -> list[Transform]:
+    """The transforms on the first positional input of ``module.forward`` (a copy)."""
+    if not is_wrapped(module):
+        return []
+    return list(module._lc_input_transforms)  # type: ignore[attr-defined]
+
+
+def transformed_params(module: nn.Module) -> list[str]:
+    """Names of ``module``'s own parameters that carry at least one transform."""
+    if not is_wrapped(module):
+        return []
+    return [n for n, ts in module._lc_param_transforms.items() if ts]  # type: ignore[attr-defined]
+
+
+def find_transform(
+    module: nn.Module, param_name: str | None, kind: str, fn_type: type | None = None
+) -> Transform | None:
+    """The first transform of ``kind`` on ``module.<param_name>`` (on the input when ``param_name``
+    is None) whose ``fn`` is an instance of ``fn_type`` (any when None)."""
+    ts = input_transforms(module) if param_name is None else param_transforms(module, param_name)
+    for t in ts:
+        if t.kind == kind and (fn_type is None or isinstance(t.fn, fn_type)):
+            return t
+    return None
+
+
+def original_class(module: nn.Module) -> type:
+    """The user's class of ``module`` (its own class when it is not wrapped)."""
+    return module.__dict__.get("_lc_original_class", type(module))
+
+
+def drop(
+    module: nn.Module,
+    kinds: "tuple[str, ...] | KindSelector | None" = None,
+    *,
+    owner: str | None = None,
+    inputs: bool = True,
+) -> int:
+    """Remove the transforms of ``module`` that match ``kinds`` (a tuple of kinds, a predicate on the
+    kind, or None for all) and ``owner`` (None: any owner); parameter transforms always, input
+    transforms when ``inputs``.  Unwraps the module when nothing is left.  Returns how many went."""
+    if not is_wrapped(module):
+        return 0
+    gone = 0
+    for name, transforms in list(module._lc_param_transforms.items()):  # type: ignore[attr-defined]
+        keep = [t for t in transforms if not _matches(t, kinds, owner)]
+        gone += len(transforms) - len(keep)
+        transforms[:] = keep
+        if not transforms:
+            del module._lc_param_transforms[name]  # type: ignore[attr-defined]
+    if inputs:
+        its = module._lc_input_transforms  # type: ignore[attr-defined]
+        keep = [t for t in its if not _matches(t, kinds, owner)]
+        gone += len(its) - len(keep)
+        its[:] = keep
+    if not module._lc_param_transforms and not module._lc_input_transforms:  # type: ignore[attr-defined]
+        unwrap(module)
+    return gone
+
+
+@torch.no_grad()
+def bake(module: nn.Module, kinds: "tuple[str, ...] | KindSelector | None" = None) -> dict[str, list[str]]:
+    """Write the effective value of each parameter of ``module`` through the transforms that match
+    ``kinds`` (in forward order) into the parameter itself, in place.  The transforms stay registered
+    (call :func:`drop` to take them off).  Returns ``{param name: [kinds baked]}``."""
+    baked: dict[str, list[str]] = {}
+    for pname in transformed_params(module):
+        sel = tuple(t.kind for t in param_transforms(module, pname) if _matches(t, kinds, None))
+        if not sel:
+            continue
+        value = effective_param(module, pname, kinds=sel)
+        param = module._parameters[pname]
+        assert param is not None
+        param.data.copy_(value.detach().to(param.dtype))
+        baked[pname] = list(sel)
+    return baked
+
+
+def unwrap_all(model: nn.Module) -> nn.Module:
+    """Unwrap every module of ``model`` (all transforms dropped; added buffers stay)."""
+    for m in model.modules():
+        unwrap(m)
+    return model

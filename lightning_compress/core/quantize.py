@@ -60,6 +60,12 @@ ACT_QUANT_KIND = "act_quant"
 # --------------------------------------------------------------------------------------------
 # specs and validation
 # --------------------------------------------------------------------------------------------
+def bit_levels(start_bits: int, bits: int) -> list[int]:
+    """Supported weight widths from ``start_bits`` down to ``bits``, descending (8 -> 2: ``[8, 4, 3, 2]``):
+    the widths a bit schedule steps through."""
+    return [b for b in sorted(SUPPORTED_WEIGHT_BITS, reverse=True) if bits <= b <= start_bits]
+
+
 def check_bits(bits: int, supported: tuple[int, ...], argument: str, owner: str) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in supported:
         raise ValueError(
