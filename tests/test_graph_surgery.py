@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_compress.core.graph import channel_spaces, related_spaces, trace_channel_spaces
+from lightning_compress.core.families import channel_spaces
+from lightning_compress.core.graph import related_spaces, trace_channel_spaces
 from lightning_compress.core.surgery import Member, UnitGroup, attach_group, remove_units, strip, sync_group
 from tests.models import TinyMLP
 from tests.structured_models import TinyBert, TinyResNet, randomize_bn

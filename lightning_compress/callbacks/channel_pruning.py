@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from torch import nn
 
 from lightning_compress.callbacks._pruning import PruneGroup
 from lightning_compress.callbacks._structured import StructuredPruning
-from lightning_compress.core.graph import ChannelSpace, channel_spaces
+from lightning_compress.core.graph import ChannelSpace, TracingError, trace_channel_spaces
+from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import Member, UnitGroup
 
 
@@ -69,39 +69,33 @@ class ChannelPruning(StructuredPruning):
         )
 
     def find_groups(self, model: nn.Module, group: PruneGroup) -> list[UnitGroup]:
-        try:
-            spaces, how = channel_spaces(model)
-        except ValueError as err:
-            raise ValueError(f"ChannelPruning: {err}") from None
-        if how != "fx":
-            from lightning_compress.core.graph import TracingError, trace_channel_spaces
-
-            try:
-                trace_channel_spaces(model)
-            except TracingError as err:
-                raise ValueError(
-                    f"ChannelPruning: needs torch.fx to trace {type(model).__name__} to find the convs' BatchNorms, "
-                    f"consumers and residual groups, and tracing failed: {err}"
-                ) from None
+        try:  # fx only: the model families know Linear FFN blocks, never convs with their BatchNorms
+            spaces = trace_channel_spaces(model)
+        except TracingError as err:
+            raise ValueError(
+                f"ChannelPruning: needs torch.fx to trace {type(model).__name__} to find the convs' BatchNorms, "
+                f"consumers and residual groups, and tracing failed: {err}"
+            ) from None
         conv_spaces = [sp for sp in spaces if sp.producers and all(isinstance(m, nn.Conv2d) for m in sp.producers.values())]
         names = {id(m): n for n, m in model.named_modules()}
+        # a space is left out when any of its producers matches an `exclude` regex
+        kept = set(filter_names([n for sp in conv_spaces for n in sp.producers], None, group.exclude, owner="ChannelPruning"))
+        allowed = [sp for sp in conv_spaces if all(n in kept for n in sp.producers)]
         if group.modules is None:
-            chosen = [sp for sp in conv_spaces if sp.ok and sp.consumers]
-            if not chosen:
+            default = [sp for sp in conv_spaces if sp.ok and sp.consumers]
+            if not default:
                 problems = "; ".join(p for sp in conv_spaces for p in sp.problems[:1])
                 raise ValueError(
                     f"ChannelPruning: no Conv2d of {type(model).__name__} can be channel-pruned safely"
                     + (f" ({problems})" if problems else "") + "."
                 )
+            chosen = [sp for sp in default if any(sp is a for a in allowed)]
         else:
-            rxs = [re.compile(r) for r in group.modules]
             cands = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n]
-            for rx in rxs:
-                if not any(rx.search(n) for n in cands):
-                    raise ValueError(f"ChannelPruning: `modules` regex {rx.pattern!r} matches no Conv2d; candidates: {cands[:6]}.")
+            named = set(filter_names(cands, group.modules, None, owner="ChannelPruning", what="Conv2d"))
             chosen = []
-            for sp in conv_spaces:
-                hit = [n for n in sp.producers if any(rx.search(n) for rx in rxs)]
+            for sp in allowed:
+                hit = [n for n in sp.producers if n in named]
                 if not hit:
                     continue
                 if not sp.ok:
@@ -110,9 +104,6 @@ class ChannelPruning(StructuredPruning):
                         f"resolve: {'; '.join(sp.problems)}. Leave these convs out (`exclude`)."
                     )
                 chosen.append(sp)
-        if group.exclude:
-            exc = [re.compile(r) for r in group.exclude]
-            chosen = [sp for sp in chosen if not any(rx.search(n) for rx in exc for n in sp.producers)]
         return [self._group(sp, names) for sp in chosen]
 
     def _group(self, sp: ChannelSpace, names: dict[int, str]) -> UnitGroup:

@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from torch import nn
 
 from lightning_compress.callbacks._pruning import PruneGroup
 from lightning_compress.callbacks._structured import StructuredPruning
-from lightning_compress.core.surgery import Member, UnitGroup
-
-
-def find_attentions(model: nn.Module) -> dict[str, tuple[str, nn.Module, Any]]:
-    """``{name: (kind, module, output projection)}`` for every attention HeadPruning understands.
-
-    * ``"hf"``: a module with Linear ``query``, ``key``, ``value`` and int ``num_attention_heads`` /
-      ``attention_head_size`` (BERT, RoBERTa, ELECTRA, ... self-attention), whose parent has
-      ``output.dense`` (the output projection).
-    * ``"mha"``: ``torch.nn.MultiheadAttention`` with a packed ``in_proj_weight``.
-    """
-    named = dict(model.named_modules())
-    found: dict[str, tuple[str, nn.Module, Any]] = {}
-    for name, m in named.items():
-        if isinstance(m, nn.MultiheadAttention):
-            if m.in_proj_weight is not None:
-                found[name] = ("mha", m, m.out_proj)
-            continue
-        if all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value")) and isinstance(
-            getattr(m, "num_attention_heads", None), int
-        ) and isinstance(getattr(m, "attention_head_size", None), int):
-            parent = named.get(name.rsplit(".", 1)[0] if "." in name else "")
-            out = getattr(getattr(parent, "output", None), "dense", None)
-            if isinstance(out, nn.Linear) and getattr(parent, "self", None) is m:
-                found[name] = ("hf", m, out)
-    return found
+from lightning_compress.core.families import find_attentions
+from lightning_compress.core.select import filter_names
+from lightning_compress.core.surgery import UnitGroup
 
 
 class HeadPruning(StructuredPruning):
@@ -94,49 +70,22 @@ class HeadPruning(StructuredPruning):
         )
 
     def find_groups(self, model: nn.Module, group: PruneGroup) -> list[UnitGroup]:
-        found = find_attentions(model)
+        found = find_attentions(model)  # asks the model families (lightning_compress.core.families)
         if not found:
             raise ValueError(
                 f"HeadPruning: {type(model).__name__} has no attention HeadPruning understands (Hugging Face "
                 f"BERT-family self-attention with query/key/value + output.dense, or torch.nn.MultiheadAttention "
-                f"with a packed in_proj_weight). Remove HeadPruning or use RowPruning on the projections."
+                f"with a packed in_proj_weight). Remove HeadPruning, use RowPruning on the projections, or "
+                f"register a model family for it (lightning_compress.core.families)."
             )
-        names = list(found)
-        if group.modules is not None:
-            rxs = [re.compile(r) for r in group.modules]
-            for rx in rxs:
-                if not any(rx.search(n) for n in names):
-                    raise ValueError(f"HeadPruning: `modules` regex {rx.pattern!r} matches no attention; attentions: {names[:6]}.")
-            names = [n for n in names if any(rx.search(n) for rx in rxs)]
-        if group.exclude:
-            exc = [re.compile(r) for r in group.exclude]
-            names = [n for n in names if not any(rx.search(n) for rx in exc)]
-        all_names = {id(m): n for n, m in model.named_modules()}
+        names = filter_names(list(found), group.modules, group.exclude, owner="HeadPruning", what="attention")
         out = []
         for n in names:
-            kind, m, proj = found[n]
-            if kind == "hf":
-                heads, d = int(m.num_attention_heads), int(m.attention_head_size)
-                members = [
-                    Member(f"{n}.{a}", getattr(m, a), "out", ("weight", "bias") if getattr(m, a).bias is not None else ("weight",), 0, width=d)
-                    for a in ("query", "key", "value")
-                ]
-                members.append(Member(all_names[id(proj)], proj, "in", ("weight",), 1, width=d))
-                out.append(UnitGroup(
-                    name=n, kind=self.mask_kind, num_units=heads, members=members, holder=m, unit="head",
-                    attention=m, attention_kind="hf", extra={"layer_index": getattr(m, "layer_idx", None)},
-                ))
-            else:
-                heads, d = int(m.num_heads), int(m.head_dim)
-                params = ("in_proj_weight", "in_proj_bias") if m.in_proj_bias is not None else ("in_proj_weight",)
-                members = [
-                    Member(n, m, "out", params, 0, width=d, tiles=3),
-                    Member(f"{n}.out_proj", proj, "in", ("weight",), 1, width=d, masked=False),
-                ]
-                out.append(UnitGroup(
-                    name=n, kind=self.mask_kind, num_units=heads, members=members, holder=m, unit="head",
-                    attention=m, attention_kind="mha", removable=False,
-                ))
-            if heads < 2:
-                raise ValueError(f"HeadPruning: attention {n!r} has {heads} head; at least 1 must stay, so nothing can be pruned. Exclude it.")
+            info = found[n]
+            if info.num_heads < 2:
+                raise ValueError(
+                    f"HeadPruning: attention {n!r} has {info.num_heads} head; at least 1 must stay, so nothing can "
+                    f"be pruned. Exclude it."
+                )
+            out.append(info.unit_group(self.mask_kind))
         return out

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from torch import nn
 
 from lightning_compress.callbacks._pruning import PruneGroup
 from lightning_compress.callbacks._structured import StructuredPruning
-from lightning_compress.core.graph import ChannelSpace, channel_spaces, related_spaces
+from lightning_compress.core.families import channel_spaces
+from lightning_compress.core.graph import ChannelSpace, related_spaces
+from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import Member, UnitGroup
 
 
@@ -74,7 +75,7 @@ class RowPruning(StructuredPruning):
     def _spaces(self, model: nn.Module) -> list[ChannelSpace]:
         if self.related_modules:
             return related_spaces(model, self.related_modules, "RowPruning")
-        try:
+        try:  # fx tracing, else what the model families know (a BERT FFN block)
             spaces, _ = channel_spaces(model)
         except ValueError as err:
             raise ValueError(f"RowPruning: {err}") from None
@@ -93,19 +94,16 @@ class RowPruning(StructuredPruning):
             )
 
         if group.modules is None:
-            chosen = [n for n, sp in by_producer.items() if usable(sp)]
-            if not chosen:
+            default = [n for n, sp in by_producer.items() if usable(sp)]
+            if not default:
                 raise ValueError(
                     f"RowPruning: no Linear layer of {type(model).__name__} feeds only other Linear layers, so "
                     f"nothing can be row-pruned safely; name layers with `modules` and their consumers with `related_modules`."
                 )
+            chosen = filter_names(default, None, group.exclude, owner="RowPruning")
         else:
-            rxs = [re.compile(r) for r in group.modules]
             cands = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
-            for rx in rxs:
-                if not any(rx.search(n) for n in cands):
-                    raise ValueError(f"RowPruning: `modules` regex {rx.pattern!r} matches no Linear layer; candidates: {cands[:6]}.")
-            chosen = [n for n in cands if any(rx.search(n) for rx in rxs)]
+            chosen = filter_names(cands, group.modules, group.exclude, owner="RowPruning", what="Linear layer")
             for n in chosen:
                 sp = by_producer.get(n)
                 if sp is None:
@@ -116,9 +114,6 @@ class RowPruning(StructuredPruning):
                         f"RowPruning: cannot prune the rows of {n!r}: {why}. Leave it out (`exclude`) or name its "
                         f"consumers with `related_modules`."
                     )
-        if group.exclude:
-            exc = [re.compile(r) for r in group.exclude]
-            chosen = [n for n in chosen if not any(rx.search(n) for rx in exc)]
         out = []
         for n in chosen:
             sp = by_producer[n]

@@ -7,7 +7,8 @@ Pieces (each usable from a plain training loop; the ``LayerReductionKD`` callbac
 * :func:`evenly_spaced_layers` / :func:`resolve_keep_layers` turn ``keep_layers`` (an int or a list)
   into checked layer indices.
 * :func:`shrink_layers_` keeps only the listed layers of a model's stack, in place (the kept layer
-  objects are reused, so their weights are the teacher's), and updates a Hugging Face config
+  objects are reused, so their weights are the teacher's); the model families
+  (:mod:`lightning_compress.core.families`) update what they know, e.g. a Hugging Face config
   (``num_hidden_layers``, ``layer_types``) and the ``layer_idx`` attributes of the kept layers.
   :func:`build_student` does the same on a deep copy.
 * :func:`kd_logits_loss`, :func:`hidden_mse_loss`, :func:`attention_mse_loss`: the loss terms.
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_compress.core import families
+from lightning_compress.core.families import supports_attentions
 from lightning_compress.core.masking import cached_subclass
 
 __all__ = [
@@ -133,8 +135,8 @@ def find_layer_stack(
             f"layers, e.g. layers='bert.encoder.layer' (Hugging Face BERT), 'model.layers' (Llama), "
             f"'transformer.h' (GPT-2), or put your blocks in an nn.ModuleList / nn.Sequential."
         )
-    n_cfg = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    if isinstance(n_cfg, int):
+    n_cfg = families.layer_count(model)  # e.g. a Hugging Face config.num_hidden_layers
+    if n_cfg is not None:
         matching = [(n, m) for n, m in cands if len(m) == n_cfg]
         if matching:
             cands = matching
@@ -220,17 +222,7 @@ def shrink_layers_(model: nn.Module, stack_name: str, keep: Sequence[int]) -> nn
     layers = list(container.children())
     kept = [layers[i] for i in keep]
     _set_stack(container, kept)
-    for new_idx, layer in enumerate(kept):
-        for m in layer.modules():
-            if isinstance(getattr(m, "layer_idx", None), int) and not isinstance(m.layer_idx, bool):
-                m.layer_idx = new_idx
-    config = getattr(model, "config", None)
-    if config is not None and isinstance(getattr(config, "num_hidden_layers", None), int):
-        if config.num_hidden_layers == len(layers):
-            config.num_hidden_layers = len(keep)
-            types = getattr(config, "layer_types", None)
-            if isinstance(types, (list, tuple)) and len(types) == len(layers):
-                config.layer_types = [types[i] for i in keep]
+    families.after_layer_reduction(model, kept, len(layers), keep)  # config / layer_idx (Hugging Face)
     return model
 
 
@@ -376,14 +368,6 @@ def _swap_in(module: nn.Module) -> None:
 def _swap_out(module: nn.Module) -> None:
     if isinstance(module, _RecordingMixin) and type(module) in _RECORDING_BASE:
         module.__class__ = _RECORDING_BASE[type(module)]
-
-
-def _accepts_kwarg(module: nn.Module, name: str) -> bool:
-    try:
-        params = inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 @dataclass
@@ -551,16 +535,6 @@ class DistillRecorder:
                 t_sel = [t_att[j].detach() for j in self.teacher_layers]
                 out.setdefault("attention", []).append(attention_mse_loss(list(s_att), t_sel))
         return {k: torch.stack(v).mean() for k, v in out.items()}
-
-
-def supports_attentions(model: nn.Module) -> bool:
-    """Whether ``model`` returns attention maps for ``output_attentions=True`` (a Hugging Face model with
-    eager attention)."""
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "output_attentions"):
-        return False
-    impl = getattr(config, "_attn_implementation", None) or "eager"
-    return impl == "eager" and _accepts_kwarg(model, "output_attentions")
 
 
 def unwrap_masking(model: nn.Module) -> nn.Module:

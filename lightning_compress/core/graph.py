@@ -7,20 +7,16 @@ is exact only when it is removed from every member of its space at once.  A resi
 spaces of its two operands (a ResNet stage: stem conv, every block's last conv and the downsample
 convs share one space, hence one channel mask).
 
-How it is found, in order:
-
-1. :func:`torch.fx.symbolic_trace` of the whole model, then a forward walk over the graph
-   (:func:`trace_channel_spaces`).  Ops known to act per channel keep the space (activations,
-   dropout, pooling, BatchNorm, scalar arithmetic, ``flatten``/``view(n, -1)``/``mean`` only once the
-   spatial size is 1 after global pooling); ``add`` of two spaces merges them.  Anything else that
-   reads a space (``cat``, ``LayerNorm``, ``softmax``, a reshape of a spatial map, an add with an
-   untracked tensor, the model output, a module fx does not enter) makes the space *unresolvable*;
-   the reason names the layers and the op.
-2. When fx cannot trace the model (Hugging Face models use data-dependent control flow), a documented
-   heuristic (:func:`hf_ffn_spaces`): for every module with children ``intermediate.dense`` and
-   ``output.dense`` (the BERT-family feed-forward block), ``intermediate.dense``'s outputs are read
-   only by ``output.dense`` (through the activation), so they form one space.  Nothing else is
-   assumed; explicit ``related_modules`` override both.
+How it is found: :func:`torch.fx.symbolic_trace` of the whole model, then a forward walk over the
+graph (:func:`trace_channel_spaces`).  Ops known to act per channel keep the space (activations,
+dropout, pooling, BatchNorm, scalar arithmetic, ``flatten``/``view(n, -1)``/``mean`` only once the
+spatial size is 1 after global pooling); ``add`` of two spaces merges them.  Anything else that reads
+a space (``cat``, ``LayerNorm``, ``softmax``, a reshape of a spatial map, an add with an untracked
+tensor, the model output, a module fx does not enter) makes the space *unresolvable*; the reason
+names the layers and the op.  When fx cannot trace the model (Hugging Face models use data-dependent
+control flow) it raises :class:`TracingError`; the model families then say what they know
+(:func:`lightning_compress.core.families.channel_spaces`).  :func:`related_spaces` builds spaces from
+explicit ``related_modules``, which override both.
 """
 
 from __future__ import annotations
@@ -280,43 +276,6 @@ def _keeps_batch_flat(node) -> bool:
     if len(rest) == 1 and isinstance(rest[0], list | tuple):
         rest = list(rest[0])
     return len(rest) == 2 and rest[1] == -1
-
-
-def hf_ffn_spaces(model: nn.Module) -> list[ChannelSpace]:
-    """Heuristic for models fx cannot trace: BERT-family ``intermediate.dense -> output.dense``."""
-    out = []
-    for name, module in model.named_modules():
-        inter = getattr(module, "intermediate", None)
-        output = getattr(module, "output", None)
-        a = getattr(inter, "dense", None)
-        b = getattr(output, "dense", None)
-        if isinstance(a, nn.Linear) and isinstance(b, nn.Linear) and a.out_features == b.in_features:
-            prefix = f"{name}." if name else ""
-            out.append(
-                ChannelSpace(producers={f"{prefix}intermediate.dense": a}, consumers={f"{prefix}output.dense": b})
-            )
-    return out
-
-
-def channel_spaces(model: nn.Module) -> tuple[list[ChannelSpace], str]:
-    """Channel spaces by fx, or by the Hugging Face heuristic when fx fails.
-
-    Returns ``(spaces, how)`` with ``how`` in ``{"fx", "hf_heuristic"}``.
-
-    Raises:
-        ValueError: fx fails and the heuristic finds nothing (message has fx's error).
-    """
-    try:
-        return trace_channel_spaces(model), "fx"
-    except TracingError as err:
-        spaces = hf_ffn_spaces(model)
-        if spaces:
-            return spaces, "hf_heuristic"
-        raise ValueError(
-            f"could not find which layers are coupled in {type(model).__name__}: {err}. No BERT-style "
-            f"'intermediate.dense -> output.dense' block was found either. Pass `related_modules` "
-            f"({{producer regex: [consumer regexes]}}) to name the consumers by hand."
-        ) from None
 
 
 def related_spaces(model: nn.Module, related: dict[str, list[str]], owner: str) -> list[ChannelSpace]:

@@ -58,6 +58,40 @@ def apply_exclude(
     return {n: m for n, m in chosen.items() if not any(rx.search(n) for rx in excl)}
 
 
+def filter_names(
+    candidates: Sequence[str],
+    modules: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    owner: str = "lightning_compress",
+    what: str = "module",
+) -> list[str]:
+    """The ``candidates`` (kept in order) that match a ``modules`` regex (every one when ``modules`` is
+    None) and no ``exclude`` regex, by the rules in the module docstring.
+
+    For callers whose candidates are not simply "modules of some types" (attentions found by a model
+    family, the producers of coupled layers).  ``exclude`` regexes need not match a candidate here:
+    check them against the whole model with :func:`apply_exclude`.
+
+    Args:
+        what: what a candidate is, for the error message (``"Linear layer"``, ``"attention"``).
+
+    Raises:
+        ValueError: a regex is invalid, or a ``modules`` regex matches no candidate.
+    """
+    include = _compile(modules, "modules", owner)
+    excl = _compile(exclude, "exclude", owner)
+    for rx in include:
+        if not any(rx.search(n) for n in candidates):
+            raise ValueError(
+                f"{owner}: `modules` regex {rx.pattern!r} matches no {what}; candidates: {list(candidates[:6])}."
+            )
+    return [
+        n for n in candidates
+        if (not include or any(rx.search(n) for rx in include)) and not any(rx.search(n) for rx in excl)
+    ]
+
+
 def select_modules(
     model: nn.Module,
     modules: Sequence[str] | None = None,

@@ -18,26 +18,29 @@ The forward transform (kind ``<kind>``, via :mod:`lightning_compress.core.maskin
 involved parameter by the vectors of its dims.
 
 :func:`remove_units` slices every member and updates the shape attributes (``in_features``,
-``out_features``, ``in_channels``, ``out_channels``, ``num_features``; for Hugging Face BERT-family
-self-attention ``num_attention_heads``, ``all_head_size`` and ``config.pruned_heads``).
+``out_features``, ``in_channels``, ``out_channels``, ``num_features``); a head group's attention
+(:class:`~lightning_compress.core.families.AttentionInfo`, from the model family that recognised it)
+then has its family update the module / config (for Hugging Face BERT: ``num_attention_heads``,
+``all_head_size``, ``config.pruned_heads``).
 
-``torch.nn.MultiheadAttention`` cannot be made narrower and stay an ``nn.MultiheadAttention``: its
-projection width is tied to ``embed_dim`` (``head_dim = embed_dim // num_heads`` and ``kdim/vdim`` are
-input sizes, not projection sizes), and its forward reads ``out_proj.weight`` directly.  Its head groups
-are therefore *masked* (q/k/v rows + biases of ``in_proj``; a zero value row makes the head's output
-zero, so ``out_proj`` columns need no mask in forward) and, at clean, the zeros are baked in
-(``out_proj`` columns too) but nothing is removed; :func:`remove_units` reports it.
+A group whose attention is not ``removable`` (``torch.nn.MultiheadAttention``: its projection width is
+tied to ``embed_dim``) is only masked; at clean its zeros are baked into every member (the output
+projection's columns too) and nothing is removed; :func:`remove_units` reports it with the family's
+reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from lightning_compress.core import masking
+
+if TYPE_CHECKING:
+    from lightning_compress.core.families.base import AttentionInfo
 
 Role = Literal["out", "in"]
 
@@ -51,7 +54,7 @@ class Member:
     dim: int
     width: int = 1
     tiles: int = 1
-    masked: bool = True  # False: only baked/sliced at clean (MHA out_proj)
+    masked: bool = True  # False: only baked/sliced at clean (nn.MultiheadAttention's out_proj)
 
 
 @dataclass
@@ -64,10 +67,13 @@ class UnitGroup:
     members: list[Member]
     holder: nn.Module
     unit: Literal["row", "channel", "head"] = "row"
-    attention: nn.Module | None = None  # head groups: the attention module whose attributes change
-    attention_kind: Literal["hf", "mha"] | None = None
-    removable: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: head groups: the attention as its model family described it (who updates it after removal)
+    attention: AttentionInfo | None = None
+
+    @property
+    def removable(self) -> bool:
+        """Whether :func:`remove_units` may slice the units away (False: zeros are baked in, shapes stay)."""
+        return self.attention is None or self.attention.removable
 
     @property
     def unit_buffer(self) -> str:
@@ -171,11 +177,6 @@ def sync_group(group: UnitGroup) -> None:
         vec.copy_(expand(units.to(vec.device), m.width, m.tiles))
 
 
-def detach_group(group: UnitGroup, owner: str) -> None:
-    for m in group.members:
-        masking.remove_owner(m.module, owner)
-
-
 # ---------------------------------------------------------------------------- removal
 
 
@@ -206,11 +207,12 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
     for g in groups:
         units = g.mask.detach().bool().cpu()
         if not g.removable:
+            why = g.attention.kept_reason if g.attention is not None else ""
             notes.append(
-                f"{g.name}: {int((~units).sum())} of {g.num_units} heads zeroed but kept: nn.MultiheadAttention "
-                f"cannot be narrowed and remain nn.MultiheadAttention (projection width is embed_dim)."
+                f"{g.name}: {int((~units).sum())} of {g.num_units} {g.unit}s zeroed but kept"
+                + (f": {why}." if why else ".")
             )
-            for m in g.members:  # bake zeros of the pruned heads everywhere, incl. out_proj columns
+            for m in g.members:  # bake zeros of the pruned units everywhere, incl. unmasked members
                 vec = expand(units, m.width, m.tiles)
                 for p in m.params:
                     t = _param_or_buffer(m.module, p)
@@ -259,25 +261,8 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
         elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
             module.num_features = int((w if w is not None else module.running_mean).shape[0])
     for g in groups:
-        if g.unit != "head" or not g.removable or g.attention is None:
-            continue
-        units = g.mask.detach().bool().cpu()
-        attn = g.attention
-        kept = int(units.sum())
-        attn.num_attention_heads = kept
-        attn.all_head_size = kept * attn.attention_head_size
-        pruned_now = [i for i, k in enumerate(units.tolist()) if not k]
-        config = getattr(attn, "config", None)
-        layer = g.extra.get("layer_index")
-        if config is not None and pruned_now:
-            # the original head indices of this layer that are gone (like transformers' prune_heads did)
-            ph = dict(getattr(config, "pruned_heads", None) or {})
-            key = layer if layer is not None else g.name
-            ph[key] = sorted(set(ph.get(key, [])) | set(pruned_now))
-            config.pruned_heads = ph
-            per = dict(getattr(config, "num_attention_heads_per_layer", None) or {})
-            per[key] = kept
-            config.num_attention_heads_per_layer = per
+        if g.attention is not None and g.removable:  # the family fixes head counts / config
+            g.attention.family.update_after_head_removal(g.attention, g.mask.detach().bool().cpu().tolist())
     return notes
 
 

@@ -1,0 +1,156 @@
+"""The :class:`Family` interface and the records a family returns (pure PyTorch).
+
+A *family* is one body of knowledge about how a kind of model is built: which modules are attentions
+and how their heads are laid out, which layers form a feed-forward block when ``torch.fx`` cannot
+trace the model, which config fields and attributes change when heads or layers are removed.  Every
+method has a do-nothing default, so a family implements only what it knows.
+
+Records:
+
+* :class:`Projection`: one module whose parameters are sliced per head along one dimension.
+* :class:`AttentionInfo`: one attention: its head count and head size, the projections whose output
+  rows are head-major (q / k / v, or one packed ``in_proj``), the output projection whose input
+  columns are head-major, whether the heads can be physically removed, and the family that updates
+  the module / config after removal.  :meth:`AttentionInfo.unit_group` turns it into the
+  :class:`~lightning_compress.core.surgery.UnitGroup` that head pruning masks and ``clean`` removes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from torch import nn
+
+from lightning_compress.core.surgery import Member, UnitGroup
+
+if TYPE_CHECKING:
+    from lightning_compress.core.graph import ChannelSpace
+
+
+@dataclass
+class Projection:
+    """A module whose tensors ``params`` hold one slice per head along one dimension.
+
+    Attributes:
+        name: qualified module name (``model.named_modules()``), used in messages and by masking.
+        module: the module.
+        params: names of the sliced tensors (``("weight", "bias")``; ``("in_proj_weight", "in_proj_bias")``
+            for a packed projection).  For an output projection only the weight (its bias is per feature).
+        tiles: how many head-major blocks the dimension holds one after the other (3 for a packed
+            q/k/v ``in_proj``: rows ``[q heads | k heads | v heads]``), 1 otherwise.
+    """
+
+    name: str
+    module: nn.Module
+    params: tuple[str, ...]
+    tiles: int = 1
+
+    @classmethod
+    def linear(cls, name: str, module: nn.Linear, *, with_bias: bool = True) -> Projection:
+        """A Linear layer's ``weight`` (and ``bias`` when it has one and ``with_bias``)."""
+        params = ("weight", "bias") if with_bias and module.bias is not None else ("weight",)
+        return cls(name, module, params)
+
+
+@dataclass
+class AttentionInfo:
+    """One multi-head attention as a family sees it.
+
+    Head ``h`` owns rows ``[h * head_size, (h + 1) * head_size)`` of every tile of each input
+    projection (dim 0 of its ``params``) and the same range of input columns (dim 1) of the output
+    projection's weight.
+
+    Attributes:
+        family: the :class:`Family` that recognised it (called back by :meth:`Family.update_after_head_removal`).
+        name: qualified name of the attention module.
+        module: the attention module; it holds the head mask and its attributes change at removal.
+        num_heads: heads before pruning.
+        head_size: features per head in the projections.
+        inputs: the projections whose output rows are head-major (q, k, v; or one packed in_proj).
+        output: the output projection, whose input columns are head-major.
+        mask_output: whether the output projection's columns are masked in forward too (False when a
+            zero value row already makes the head's output zero and the forward reads the output
+            weight directly, as ``nn.MultiheadAttention`` does); its columns are zeroed at clean anyway.
+        removable: whether ``clean`` may physically remove heads; False keeps the module's width and
+            bakes the zeros in.
+        kept_reason: why heads are kept when not ``removable`` (goes into ``clean``'s notes).
+        layer_index: the attention's layer index where the model knows it (config keys use it).
+    """
+
+    family: Family
+    name: str
+    module: nn.Module
+    num_heads: int
+    head_size: int
+    inputs: list[Projection]
+    output: Projection
+    mask_output: bool = True
+    removable: bool = True
+    kept_reason: str = ""
+    layer_index: int | None = None
+
+    def unit_group(self, kind: str) -> UnitGroup:
+        """The head :class:`~lightning_compress.core.surgery.UnitGroup` of this attention (mask buffers
+        named after ``kind``, held by :attr:`module`)."""
+        d = self.head_size
+        members = [Member(p.name, p.module, "out", p.params, 0, width=d, tiles=p.tiles) for p in self.inputs]
+        o = self.output
+        members.append(Member(o.name, o.module, "in", o.params, 1, width=d, tiles=o.tiles, masked=self.mask_output))
+        return UnitGroup(
+            name=self.name, kind=kind, num_units=self.num_heads, members=members, holder=self.module,
+            unit="head", attention=self,
+        )
+
+
+class Family:
+    """Knowledge about one family of models; subclass, set :attr:`name`, override what you know, and
+    decorate with :func:`lightning_compress.core.families.register_family`.
+
+    Every method is asked by the registry for every model; return ``None`` / ``[]`` / ``False`` for a
+    model or module that is not yours.
+    """
+
+    #: short unique name (``"hf_bert"``); registering another family with the same name replaces it
+    name: ClassVar[str] = ""
+    #: what it recognises, one phrase for error messages
+    description: ClassVar[str] = ""
+    #: tag that :func:`~lightning_compress.core.families.channel_spaces` reports for spaces from this
+    #: family (default ``"<name>_heuristic"``)
+    heuristic: ClassVar[str] = ""
+
+    # ------------------------------------------------------------------ attention heads
+    def attention(self, name: str, module: nn.Module, named: Mapping[str, nn.Module]) -> AttentionInfo | None:
+        """An :class:`AttentionInfo` when ``module`` (qualified ``name``) is an attention of this
+        family, else ``None``.  ``named`` is ``dict(model.named_modules())`` (to reach a parent or a
+        sibling, e.g. an output projection that lives outside the attention module)."""
+        return None
+
+    def update_after_head_removal(self, info: AttentionInfo, keep: Sequence[bool]) -> None:
+        """Fix the module's attributes and the model config after ``clean`` sliced the heads.
+
+        Called once per attention with ``keep[h]`` = whether original head ``h`` (of ``info.num_heads``)
+        stayed, after every tensor has its new shape (also when nothing was removed)."""
+
+    # ------------------------------------------------------------------ coupled layers
+    def channel_spaces(self, model: nn.Module, named: Mapping[str, nn.Module]) -> list[ChannelSpace]:
+        """Coupled layers this family knows without tracing, used when ``torch.fx`` cannot trace
+        ``model`` (each a :class:`~lightning_compress.core.graph.ChannelSpace`: producers whose output
+        features are read only by the consumers, through elementwise ops)."""
+        return []
+
+    # ------------------------------------------------------------------ layer stacks (distillation)
+    def layer_count(self, model: nn.Module) -> int | None:
+        """The number of layers ``model`` declares (e.g. a config field), or ``None``; used to prefer
+        the layer stack of that length."""
+        return None
+
+    def after_layer_reduction(self, model: nn.Module, kept_layers: Sequence[nn.Module], num_before: int,
+                              keep: Sequence[int]) -> None:
+        """Fix attributes / config after ``model``'s layer stack went from ``num_before`` layers to the
+        ``kept_layers`` (original indices ``keep``, now numbered ``0..len(keep)-1``)."""
+
+    def returns_attentions(self, model: nn.Module) -> bool:
+        """Whether ``model`` returns attention probabilities for ``output_attentions=True``."""
+        return False
