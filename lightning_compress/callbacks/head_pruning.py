@@ -8,9 +8,9 @@ from torch import nn
 
 from lightning_compress.callbacks._pruning import PruneGroup
 from lightning_compress.callbacks._structured import StructuredPruning
-from lightning_compress.core.families import find_attentions
+from lightning_compress.core.families import describe, find_attentions
 from lightning_compress.core.select import filter_names
-from lightning_compress.core.surgery import UnitGroup
+from lightning_compress.core.surgery import UnitGroup, attention_group
 
 
 class HeadPruning(StructuredPruning):
@@ -73,10 +73,9 @@ class HeadPruning(StructuredPruning):
         found = find_attentions(model)  # asks the model families (lightning_compress.core.families)
         if not found:
             raise ValueError(
-                f"HeadPruning: {type(model).__name__} has no attention HeadPruning understands (Hugging Face "
-                f"BERT-family self-attention with query/key/value + output.dense, or torch.nn.MultiheadAttention "
-                f"with a packed in_proj_weight). Remove HeadPruning, use RowPruning on the projections, or "
-                f"register a model family for it (lightning_compress.core.families)."
+                f"HeadPruning: {type(model).__name__} has no attention HeadPruning understands (model families "
+                f"that know attentions: {describe('attention')}). Remove HeadPruning, use RowPruning on the "
+                f"projections, or register a model family for it (lightning_compress.core.families)."
             )
         names = filter_names(list(found), group.modules, group.exclude, owner="HeadPruning", what="attention")
         out = []
@@ -87,5 +86,5 @@ class HeadPruning(StructuredPruning):
                     f"HeadPruning: attention {n!r} has {info.num_heads} head; at least 1 must stay, so nothing can "
                     f"be pruned. Exclude it."
                 )
-            out.append(info.unit_group(self.mask_kind))
+            out.append(attention_group(info, self.mask_kind))
         return out

@@ -98,6 +98,20 @@ class UnitGroup:
         return total
 
 
+def attention_group(info: AttentionInfo, kind: str) -> UnitGroup:
+    """The head :class:`UnitGroup` of one attention (mask buffers named after ``kind``, held by the
+    attention module): its input projections' rows (dim 0, ``head_size`` per head, per tile) are
+    ``"out"`` members, the output projection's columns (dim 1) the ``"in"`` member."""
+    d = info.head_size
+    members = [Member(p.name, p.module, "out", p.params, 0, width=d, tiles=p.tiles) for p in info.inputs]
+    o = info.output
+    members.append(Member(o.name, o.module, "in", o.params, 1, width=d, tiles=o.tiles, masked=info.mask_output))
+    return UnitGroup(
+        name=info.name, kind=kind, num_units=info.num_heads, members=members, holder=info.module,
+        unit="head", attention=info,
+    )
+
+
 def _param_or_buffer(module: nn.Module, name: str) -> torch.Tensor:
     t = module._parameters.get(name)
     if t is None:

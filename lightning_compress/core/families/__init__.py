@@ -4,10 +4,10 @@ Head, row and channel pruning, ``clean``'s surgery and layer reduction never tes
 themselves; they ask this registry, which asks every registered :class:`~.base.Family`:
 
 * :func:`find_attentions` ``(model) -> {name: AttentionInfo}``: every attention some family
-  recognises (per module, the first family in :data:`FAMILIES` that answers wins).
-  After ``clean`` sliced the heads, :func:`~lightning_compress.core.surgery.remove_units` calls
-  ``info.family.update_after_head_removal(info, keep)``: the owning family fixes the module
-  attributes / config (``num_attention_heads``, ``config.pruned_heads``, ...).
+  recognises (per module, the first family in :data:`FAMILIES` that answers wins).  After ``clean``
+  sliced the heads, :func:`~lightning_compress.core.surgery.remove_units` calls
+  ``info.family.update_after_head_removal(info, keep)``: the owning family fixes the module's
+  attributes and the config (``num_attention_heads``, ``config.pruned_heads``, ...).
 * :func:`family_channel_spaces` ``(model) -> (spaces, tags)``: coupled layers the families know
   without tracing (a BERT FFN's ``intermediate.dense -> output.dense``); :func:`channel_spaces` is
   ``torch.fx`` tracing (:mod:`lightning_compress.core.graph`) with these as the fallback.
@@ -17,14 +17,15 @@ themselves; they ask this registry, which asks every registered :class:`~.base.F
 
 Built in: :mod:`.hf_bert` (BERT-family attention and FFN), :mod:`.hf_transformers` (config /
 ``layer_idx`` knowledge of any transformers model), :mod:`.torch_mha` (``nn.MultiheadAttention``).
+Every module of this package other than ``base`` and ``registry`` is imported when the package is,
+in alphabetical order of file name, which is the order the families are asked.
 
-**Adding a family** = one new module that subclasses :class:`~.base.Family`, overrides the methods
-it knows and decorates the class with :func:`register_family`; importing it registers it (a file in this package
-imports ``register_family`` from :mod:`.registry` and is imported at the bottom of this file; your own
-code may simply import it from here)::
+**Adding a family** = one new file: subclass :class:`~.base.Family`, set ``name`` (and
+``description``), override the methods you know, decorate the class with :func:`register_family`.
+Dropped into this package it registers itself on import (import ``register_family`` from
+:mod:`.registry` there); anywhere else, importing your module registers it::
 
-    from lightning_compress.core.families import register_family
-    from lightning_compress.core.families.base import AttentionInfo, Family, Projection
+    from lightning_compress.core.families import AttentionInfo, Family, Projection, register_family
 
     @register_family
     class MyAttentionFamily(Family):
@@ -40,7 +41,7 @@ code may simply import it from here)::
                 output=Projection.linear(f"{name}.o", module.o, with_bias=False),
             )
 
-        def update_after_head_removal(self, info, keep):
+        def update_after_head_removal(self, info, keep):  # keep[h]: original head h stayed
             info.module.num_heads = sum(keep)
 """
 
@@ -78,5 +79,14 @@ __all__ = [
     "unregister_family",
 ]
 
-# the built-in families, each registers itself on import (order = order asked)
-from lightning_compress.core.families import hf_bert, hf_transformers, torch_mha  # noqa: E402,F401
+
+def _import_builtin_families() -> None:
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name not in ("base", "registry") and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_builtin_families()

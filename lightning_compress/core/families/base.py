@@ -11,8 +11,9 @@ Records:
 * :class:`AttentionInfo`: one attention: its head count and head size, the projections whose output
   rows are head-major (q / k / v, or one packed ``in_proj``), the output projection whose input
   columns are head-major, whether the heads can be physically removed, and the family that updates
-  the module / config after removal.  :meth:`AttentionInfo.unit_group` turns it into the
-  :class:`~lightning_compress.core.surgery.UnitGroup` that head pruning masks and ``clean`` removes.
+  the module / config after removal.  :func:`lightning_compress.core.surgery.attention_group` turns
+  it into the :class:`~lightning_compress.core.surgery.UnitGroup` that head pruning masks and
+  ``clean`` removes.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
-
-from lightning_compress.core.surgery import Member, UnitGroup
 
 if TYPE_CHECKING:
     from lightning_compress.core.graph import ChannelSpace
@@ -90,18 +89,6 @@ class AttentionInfo:
     removable: bool = True
     kept_reason: str = ""
     layer_index: int | None = None
-
-    def unit_group(self, kind: str) -> UnitGroup:
-        """The head :class:`~lightning_compress.core.surgery.UnitGroup` of this attention (mask buffers
-        named after ``kind``, held by :attr:`module`)."""
-        d = self.head_size
-        members = [Member(p.name, p.module, "out", p.params, 0, width=d, tiles=p.tiles) for p in self.inputs]
-        o = self.output
-        members.append(Member(o.name, o.module, "in", o.params, 1, width=d, tiles=o.tiles, masked=self.mask_output))
-        return UnitGroup(
-            name=self.name, kind=kind, num_units=self.num_heads, members=members, holder=self.module,
-            unit="head", attention=self,
-        )
 
 
 class Family:

@@ -35,7 +35,7 @@ def _prefix(name: str) -> str:
 @register_family
 class HFBert(Family):
     name = "hf_bert"
-    description = "Hugging Face BERT-family self-attention (query/key/value + the parent's output.dense) and FFN (intermediate.dense -> output.dense)"
+    description = "Hugging Face BERT-family: query/key/value self-attention + output.dense; intermediate.dense -> output.dense FFN"
     heuristic = "hf_heuristic"
 
     def attention(self, name: str, module: nn.Module, named: Mapping[str, nn.Module]) -> AttentionInfo | None:

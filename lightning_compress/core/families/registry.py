@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lightning_compress.core.families.base import AttentionInfo, Family, Projection
+from lightning_compress.core.families.base import AttentionInfo, Family
 from lightning_compress.core.graph import ChannelSpace, TracingError, trace_channel_spaces
 
 #: the registered families, asked in this order
@@ -55,9 +55,11 @@ def get_family(name: str) -> Family:
     raise KeyError(f"no model family {name!r} is registered; registered: {[f.name for f in FAMILIES]}")
 
 
-def describe() -> str:
-    """``"name (description); ..."`` of every family, for error messages."""
-    return "; ".join(f"{f.name} ({f.description})" if f.description else f.name for f in FAMILIES)
+def describe(method: str | None = None) -> str:
+    """``"name (description); ..."`` of the families (only those that override ``method``, e.g.
+    ``"attention"``, when given), for error messages."""
+    fams = [f for f in FAMILIES if method is None or getattr(type(f), method) is not getattr(Family, method)]
+    return "; ".join(f"{f.name} ({f.description})" if f.description else f.name for f in fams) or "none registered"
 
 
 # ----------------------------------------------------------------------------------- attention heads
@@ -107,10 +109,9 @@ def channel_spaces(model: nn.Module) -> tuple[list[ChannelSpace], str]:
         spaces, tags = family_channel_spaces(model)
         if spaces:
             return spaces, "+".join(tags)
-        known = "; ".join(f"{f.name}: {f.description}" for f in FAMILIES if type(f).channel_spaces is not Family.channel_spaces)
         raise ValueError(
             f"could not find which layers are coupled in {type(model).__name__}: {err}. No model family "
-            f"recognised its blocks either ({known or 'none registered'}). Pass `related_modules` "
+            f"recognised its blocks either (known: {describe('channel_spaces')}). Pass `related_modules` "
             f"({{producer regex: [consumer regexes]}}) to name the consumers by hand."
         ) from None
 
