@@ -92,8 +92,10 @@ def test_builtin_families_and_queries():
     assert info.output.name == "bert.encoder.layer.1.attention.output.dense" and info.layer_index == 1
     mha = families.find_attentions(TinyMHA())["attn"]
     assert mha.family.name == "torch_mha" and not mha.removable and mha.inputs[0].tiles == 3
+    assert copy.deepcopy(mha).family is mha.family  # families are stateless singletons
     assert families.layer_count(TinyBert().bert) == 2 and families.layer_count(TinyMHA()) is None
     assert not families.supports_attentions(TinyMHA())
+    assert families.takes_keyword_inputs(TinyBert().bert) and not families.takes_keyword_inputs(TinyBert())
 
 
 def test_register_family_checks_and_replaces():

@@ -14,6 +14,7 @@ themselves; they ask this registry, which asks every registered :class:`~.base.F
 * :func:`layer_count`, :func:`after_layer_reduction`, :func:`supports_attentions`: the layer-stack
   knowledge layer reduction / distillation use (``config.num_hidden_layers``, ``layer_types``,
   ``layer_idx``, attention outputs).
+* :func:`takes_keyword_inputs`: whether the model is called with named inputs (for exporters).
 
 Built in: :mod:`.hf_bert` (BERT-family attention and FFN), :mod:`.hf_transformers` (config /
 ``layer_idx`` knowledge of any transformers model), :mod:`.torch_mha` (``nn.MultiheadAttention``).
@@ -58,6 +59,7 @@ from lightning_compress.core.families.registry import (
     layer_count,
     register_family,
     supports_attentions,
+    takes_keyword_inputs,
     unregister_family,
 )
 
@@ -76,6 +78,7 @@ __all__ = [
     "layer_count",
     "register_family",
     "supports_attentions",
+    "takes_keyword_inputs",
     "unregister_family",
 ]
 

@@ -19,7 +19,7 @@ Records:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
@@ -42,7 +42,7 @@ class Projection:
     """
 
     name: str
-    module: nn.Module
+    module: nn.Module = field(repr=False)
     params: tuple[str, ...]
     tiles: int = 1
 
@@ -80,7 +80,7 @@ class AttentionInfo:
 
     family: Family
     name: str
-    module: nn.Module
+    module: nn.Module = field(repr=False)
     num_heads: int
     head_size: int
     inputs: list[Projection]
@@ -96,7 +96,8 @@ class Family:
     decorate with :func:`lightning_compress.core.families.register_family`.
 
     Every method is asked by the registry for every model; return ``None`` / ``[]`` / ``False`` for a
-    model or module that is not yours.
+    model or module that is not yours.  A family holds no state: the registry keeps one instance, and
+    copying a model (``copy.deepcopy``) shares it.
     """
 
     #: short unique name (``"hf_bert"``); registering another family with the same name replaces it
@@ -106,6 +107,15 @@ class Family:
     #: tag that :func:`~lightning_compress.core.families.channel_spaces` reports for spaces from this
     #: family (default ``"<name>_heuristic"``)
     heuristic: ClassVar[str] = ""
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+    def __copy__(self) -> Family:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Family:
+        return self
 
     # ------------------------------------------------------------------ attention heads
     def attention(self, name: str, module: nn.Module, named: Mapping[str, nn.Module]) -> AttentionInfo | None:
@@ -140,4 +150,10 @@ class Family:
 
     def returns_attentions(self, model: nn.Module) -> bool:
         """Whether ``model`` returns attention probabilities for ``output_attentions=True``."""
+        return False
+
+    # ------------------------------------------------------------------ calling the model (export)
+    def takes_keyword_inputs(self, model: nn.Module) -> bool:
+        """Whether ``model`` is called with named inputs (``model(input_ids=..., attention_mask=...)``),
+        so an exporter given positional example inputs and their names passes them by keyword."""
         return False

@@ -1,7 +1,7 @@
 """Any Hugging Face transformers model: config-level layer knowledge, ``layer_idx``, attention outputs.
 
-Recognised by duck typing (no transformers import): a ``model.config`` with an int
-``num_hidden_layers``.
+Recognised by duck typing (no transformers import), per question: a ``model.config`` with the
+fields named below.
 
 * **Layer count**: ``config.num_hidden_layers`` (layer reduction prefers the stack of that length).
 * **After layer reduction**: every submodule of a kept layer with an int ``layer_idx`` gets its new
@@ -10,6 +10,8 @@ Recognised by duck typing (no transformers import): a ``model.config`` with an i
   entry per layer, e.g. sliding vs full attention) keeps the kept layers' entries.
 * **Attention outputs**: a model with ``config.output_attentions`` whose attention implementation is
   eager and whose ``forward`` accepts ``output_attentions`` returns attention probabilities.
+* **Keyword inputs**: a model with ``config.model_type`` (a ``PreTrainedModel``) is called with named
+  inputs (``input_ids=...``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _accepts_kwarg(module: nn.Module, name: str) -> bool:
 @register_family
 class HFTransformers(Family):
     name = "hf_transformers"
-    description = "any Hugging Face transformers model (config.num_hidden_layers, layer_types, layer_idx, output_attentions)"
+    description = "any Hugging Face transformers model: config.num_hidden_layers / layer_types, layer_idx, output_attentions, keyword inputs"
 
     def layer_count(self, model: nn.Module) -> int | None:
         return _config_layers(model)
@@ -64,3 +66,6 @@ class HFTransformers(Family):
             return False
         impl = getattr(config, "_attn_implementation", None) or "eager"
         return impl == "eager" and _accepts_kwarg(model, "output_attentions")
+
+    def takes_keyword_inputs(self, model: nn.Module) -> bool:
+        return hasattr(getattr(model, "config", None), "model_type")

@@ -8,6 +8,7 @@ of its built-in families is not an import cycle.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from torch import nn
 
@@ -17,8 +18,10 @@ from lightning_compress.core.graph import ChannelSpace, TracingError, trace_chan
 #: the registered families, asked in this order
 FAMILIES: list[Family] = []
 
+F = TypeVar("F", bound=type[Family])
 
-def register_family(cls: type[Family]) -> type[Family]:
+
+def register_family(cls: F) -> F:
     """Class decorator: register an instance of ``cls``; a family of the same ``name`` is replaced in place.
 
     Raises:
@@ -137,3 +140,11 @@ def supports_attentions(model: nn.Module) -> bool:
     """Whether ``model`` returns attention maps for ``output_attentions=True`` (a Hugging Face model
     with eager attention)."""
     return any(f.returns_attentions(model) for f in FAMILIES)
+
+
+# ----------------------------------------------------------------------------------- calling the model
+def takes_keyword_inputs(model: nn.Module) -> bool:
+    """Whether ``model`` is called with named inputs (a Hugging Face ``PreTrainedModel``): an exporter
+    given positional example inputs plus their names then calls ``model(**dict(zip(names, args)))``."""
+    return any(f.takes_keyword_inputs(model) for f in FAMILIES)
+
