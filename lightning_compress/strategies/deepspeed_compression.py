@@ -52,7 +52,7 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         if isinstance(self.config, dict) and "compression_training" in self.config:
             self.config = dict(self.config)
             self.compression_config = self.config.pop("compression_training")
-            from lightning_compress.deepspeed_config import from_deepspeed_config
+            from lightning_compress.deepspeed import from_deepspeed_config
 
             self._compression_callbacks = from_deepspeed_config({"compression_training": self.compression_config})
 
