@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_compress.callbacks.sparse_pruning import SparsePruning
-from lightning_compress.core.patterns import parse_pattern
+from lightning_compress.core.patterns import NMPattern, parse_pattern
 from lightning_compress.deepspeed.config import (
     as_int,
     config_error,
@@ -65,7 +65,7 @@ def pattern(block_pattern: Any, path: str) -> str:
         pruned = parse_pattern(block_pattern)
     except ValueError:
         pruned = None
-    if pruned is None or pruned.n == 0:
+    if not isinstance(pruned, NMPattern) or pruned.n == 0:
         raise config_error(path, f"block_pattern={block_pattern!r}: N:M needs 0 < N < M (N pruned of every M, DeepSpeed/INC)")
     return parse_pattern(f"{pruned.m - pruned.n}:{pruned.m}").name
 
