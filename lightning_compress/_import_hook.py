@@ -42,22 +42,31 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     def __init__(self, name: str, fn: Callable[[ModuleType], None]) -> None:
         self.name = name
         self.fn = fn
+        self._searching = False  # another finder that asks sys.meta_path in turn must not loop back here
 
     def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != self.name:
+        if fullname != self.name or self._searching:
             return None
-        for finder in sys.meta_path:  # the spec the import would get without us
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
+        self._searching = True
+        try:
+            spec = self._spec_without_us(fullname, path, target)
+        finally:
+            self._searching = False
+        if spec is None:
             return None
         if spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         spec.loader = _ThenCall(spec.loader, self._done)
         return spec
+
+    def _spec_without_us(self, fullname: str, path: Any, target: ModuleType | None) -> importlib.machinery.ModuleSpec | None:
+        """The spec the import would get without this finder."""
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    return spec
+        return None
 
     def _done(self, module: ModuleType) -> None:
         if self in sys.meta_path:
