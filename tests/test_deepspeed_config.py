@@ -1,4 +1,4 @@
-"""DeepSpeed ``compression_training`` JSON -> callbacks (lightning_compress.deepspeed_config)."""
+"""DeepSpeed ``compression_training`` JSON -> callbacks (lightning_compress.deepspeed)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import lightning_compress.callbacks as lc_callbacks
 from lightning_compress.callbacks.act_quant import ActQuant
 from lightning_compress.callbacks.weight_quant import WeightQuant
-from lightning_compress.deepspeed_config import (
+from lightning_compress.deepspeed import (
     CallbackSpec,
     build_callback,
     from_deepspeed_config,

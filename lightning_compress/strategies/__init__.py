@@ -1,5 +1,25 @@
-"""Strategies: DeepSpeed that also runs on CPU, registered under ``deepspeed_compression*`` names."""
+"""Strategies: DeepSpeed that also runs on CPU, registered under ``deepspeed_compression*`` names.
 
-from lightning_compress.strategies.deepspeed_compression import DeepSpeedCompressionStrategy, register
+Importing this package does not import lightning: ``DeepSpeedCompressionStrategy`` loads on first access
+and the names register when Lightning's strategy registry is imported (see
+:mod:`lightning_compress.strategies.registration`).
+"""
 
-__all__ = ["DeepSpeedCompressionStrategy", "register"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lightning_compress.strategies.registration import STRATEGY_NAMES, register, register_when_lightning_loads
+
+if TYPE_CHECKING:
+    from lightning_compress.strategies.deepspeed_compression import DeepSpeedCompressionStrategy
+
+__all__ = ["DeepSpeedCompressionStrategy", "STRATEGY_NAMES", "register", "register_when_lightning_loads"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DeepSpeedCompressionStrategy":
+        from lightning_compress.strategies.deepspeed_compression import DeepSpeedCompressionStrategy
+
+        return DeepSpeedCompressionStrategy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

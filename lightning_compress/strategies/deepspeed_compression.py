@@ -14,7 +14,8 @@ On CPU, DeepSpeed's JIT-built shared-memory allreduce kernel is skipped (gloo do
 set ``LC_DEEPSPEED_SHM=1`` to build and use it).
 
 Registered names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and
-``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``.
+``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``; ``import lightning_compress`` registers
+them (see :mod:`lightning_compress.strategies.registration`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch.accelerators.cuda import CUDAAccelerator
-from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.strategies.parallel import ParallelStrategy
 from lightning.fabric.utilities.seed import reset_seed
 from typing_extensions import override
+
+from lightning_compress.strategies.registration import register
 
 
 class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
@@ -52,7 +55,7 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         if isinstance(self.config, dict) and "compression_training" in self.config:
             self.config = dict(self.config)
             self.compression_config = self.config.pop("compression_training")
-            from lightning_compress.deepspeed_config import from_deepspeed_config
+            from lightning_compress.deepspeed import from_deepspeed_config
 
             self._compression_callbacks = from_deepspeed_config({"compression_training": self.compression_config})
 
@@ -123,19 +126,5 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
     @classmethod
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
-        strategy_registry.register(
-            "deepspeed_compression", cls, description="DeepSpeed (CUDA or CPU/gloo) for lightning-compress", override=True
-        )
-        for stage in (1, 2, 3):
-            strategy_registry.register(
-                f"deepspeed_compression_stage_{stage}",
-                cls,
-                description=f"DeepSpeed ZeRO stage {stage} (CUDA or CPU/gloo) for lightning-compress",
-                stage=stage,
-                override=True,
-            )
-
-
-def register() -> None:
-    """Add the strategy names to Lightning's registry (idempotent; done on ``import lightning_compress``)."""
-    DeepSpeedCompressionStrategy.register_strategies(StrategyRegistry)
+        """Register ``cls`` under the ``deepspeed_compression*`` names (``registration.STRATEGY_NAMES``)."""
+        register(strategy_registry, strategy=cls)

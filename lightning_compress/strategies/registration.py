@@ -1,0 +1,63 @@
+"""The ``deepspeed_compression*`` strategy names, and their registration with Lightning.
+
+Lightning 2.6 has no entry-point group for strategies (``lightning/pytorch/strategies/__init__.py``
+fills ``StrategyRegistry`` from its own classes only; entry points exist for callbacks, and those load
+after the strategy flag is checked).  So ``import lightning_compress`` calls
+:func:`register_when_lightning_loads`: if ``lightning.pytorch.strategies`` is imported already the names
+are added now, otherwise a one-shot import hook (:mod:`lightning_compress._import_hook`) adds them right
+after that module is first imported, i.e. before any ``Trainer`` can read the registry, and without
+importing lightning at ``import lightning_compress`` time.  What is registered is a small factory that
+imports :class:`~lightning_compress.strategies.DeepSpeedCompressionStrategy` when a Trainer asks for the
+name, so the hook runs no import of ours in the middle of Lightning's own.
+
+Names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and ``deepspeed_compression_stage_1`` /
+``_stage_2`` / ``_stage_3``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from lightning_compress._import_hook import call_after_import
+
+#: the Lightning module that owns ``StrategyRegistry``
+LIGHTNING_STRATEGIES = "lightning.pytorch.strategies"
+
+#: ``{name: (init params, description)}``
+STRATEGY_NAMES: dict[str, tuple[dict[str, Any], str]] = {
+    "deepspeed_compression": ({}, "DeepSpeed (CUDA or CPU/gloo) for lightning-compress"),
+    **{
+        f"deepspeed_compression_stage_{stage}": (
+            {"stage": stage},
+            f"DeepSpeed ZeRO stage {stage} (CUDA or CPU/gloo) for lightning-compress",
+        )
+        for stage in (1, 2, 3)
+    },
+}
+
+
+def deepspeed_compression_strategy(**kwargs: Any) -> Any:
+    """``DeepSpeedCompressionStrategy(**kwargs)``, imported on first use (what the registry calls)."""
+    from lightning_compress.strategies.deepspeed_compression import DeepSpeedCompressionStrategy
+
+    return DeepSpeedCompressionStrategy(**kwargs)
+
+
+def register(registry: Any = None, strategy: Callable[..., Any] = deepspeed_compression_strategy) -> None:
+    """Add the names to ``registry`` (default: Lightning's ``StrategyRegistry``, which this imports).
+    Idempotent; ``strategy`` is what the registry calls with the init params (a class or a factory)."""
+    if registry is None:
+        from lightning.pytorch.strategies import StrategyRegistry as registry
+    for name, (params, description) in STRATEGY_NAMES.items():
+        registry.register(name, strategy, description=description, override=True, **params)
+
+
+def _register_in(module: ModuleType) -> None:
+    register(module.StrategyRegistry)
+
+
+def register_when_lightning_loads() -> None:
+    """Register the names now if Lightning's strategies module is imported, else right after its import."""
+    call_after_import(LIGHTNING_STRATEGIES, _register_in)
