@@ -159,6 +159,7 @@ class LayerReductionKD(CompressionCallback):
         self.num_layers: int | None = None
         self._network: nn.Module | None = None
         self._recorder: DistillRecorder | None = None
+        self._installed_step: Any = None  # the training_step put on the LightningModule instance
         self._net_stack = ""
         self._teacher_blocks: list[nn.Module] = []
 
@@ -368,13 +369,13 @@ class LayerReductionKD(CompressionCallback):
             out["loss"] = total
             return out
 
-        training_step._lc_kd_original = user_step  # type: ignore[attr-defined]
+        self._installed_step = training_step
         pl_module.training_step = training_step  # type: ignore[method-assign]
 
     def _uninstall(self, pl_module: LightningModule) -> None:
-        step = pl_module.__dict__.get("training_step")
-        if step is not None and hasattr(step, "_lc_kd_original"):
+        if self._installed_step is not None and pl_module.__dict__.get("training_step") is self._installed_step:
             del pl_module.training_step
+        self._installed_step = None
         if self._recorder is not None:
             self._recorder.detach()
             self._recorder = None
