@@ -15,22 +15,18 @@ import torch
 from torch import nn
 
 from lightning_compress.core import act_quant as aq
-from lightning_compress.core import masking
-from lightning_compress.core.quantize import (
+from lightning_compress.core.act_quantizer import attach_act_quantizers
+from lightning_compress.core.fake_quant import pre_quant_weight, weight_quantizer
+from lightning_compress.core.quant_grid import (
     GRANULARITIES,
     OBSERVERS,
     SUPPORTED_ACT_BITS,
     SUPPORTED_WEIGHT_BITS,
-    WEIGHT_QUANT_KIND,
     QuantSpec,
-    RangeObserver,
-    WeightFakeQuant,
     check_bits,
-    check_group_size,
-    pre_quant_weight,
-    weight_quantizer,
 )
-from lightning_compress.core.select import select_modules
+from lightning_compress.core.quant_observers import RangeObserver
+from lightning_compress.core.weight_quantizer import attach_weight_quantizers, select_weight_targets
 
 OWNER = "quantize"
 
@@ -130,30 +126,17 @@ def quantize(
     if act_symmetric is None:
         act_symmetric = not static
 
-    if modules is None:
-        wtargets = select_modules(model, None, exclude, (nn.Linear, nn.Conv2d), owner="quantize", exclude_last=True)
-    else:
-        wtargets = select_modules(model, modules, exclude, (nn.Linear, nn.Conv2d, nn.Embedding), owner="quantize")
+    wtargets = select_weight_targets(model, modules, exclude, "quantize")
     atargets = {n: m for n, m in wtargets.items() if isinstance(m, (nn.Linear, nn.Conv2d))}
     if act_bits is not None and not atargets:
         raise ValueError("quantize: `act_bits` is set but no Linear / Conv2d module is selected; set act_bits=None or widen `modules`.")
 
     if weight_bits is not None:
-        for name, module in wtargets.items():
-            mspec = spec
-            if isinstance(module, nn.Embedding) and spec.granularity == "tensor":
-                mspec = replace(spec, granularity="channel")
-            check_group_size(tuple(module.weight.shape), mspec, name, "quantize")
-            q = WeightFakeQuant(mspec, observer=observer)
-            q.calibrate(masking.effective_param(module, "weight"))
-            masking.add_param_transform(module, "weight", OWNER, q, kind=WEIGHT_QUANT_KIND, priority=masking.QUANT_PRIORITY, module_name=name)
+        attach_weight_quantizers(wtargets, spec, OWNER, "quantize", observer=observer, calibrate=True)
 
     if act_bits is not None:
-        quantizers = {}
-        for name, module in atargets.items():
-            q = aq.ActFakeQuant(act_bits, act_symmetric, "static" if static else "dynamic")
-            aq.attach(module, q, OWNER, name)
-            quantizers[name] = q
+        # momentum is unused: static ranges come from the calibration below, then stay frozen
+        quantizers = attach_act_quantizers(atargets, act_bits, act_symmetric, "static" if static else "dynamic", 0.95, OWNER)
         if static:
             _calibrate(model, atargets, quantizers, calib_dataloader, observer, act_bits, act_symmetric, num_batches, forward_fn)
     return model

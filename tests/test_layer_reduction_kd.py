@@ -629,3 +629,20 @@ def test_configurable_from_yaml_as_lightning_cli_does():
     cb = parser.instantiate_classes(cfg).callbacks[0]
     assert isinstance(cb, LayerReductionKD) and cb.keep_layers == [1, 3, 5, 7, 9, 11] and cb.layers == "bert.encoder.layer"
     assert cb.weights == {"logits": 1.0, "hidden": 1.0, "attention": 0.0, "labels": 0.5}
+
+
+def test_remove_and_retarget_on_a_new_module():
+    """remove() restores the user's training_step and the network's class (layers stay removed); setup on
+    another LightningModule reduces that one with a fresh teacher copy."""
+    lit = Lit(ResNet(n=4))
+    cb = LayerReductionKD(keep_layers=[0, 3], weights={"hidden": 1.0})
+    setup_fit(cb, lit)
+    assert "training_step" in lit.__dict__ and type(lit.model).__name__.startswith("Recording")
+    first_teacher = cb.teacher
+    other = Lit(ResNet(n=6))
+    setup_fit(cb, other)  # re-targets: the first module is released
+    assert "training_step" not in lit.__dict__ and type(lit.model) is ResNet and len(lit.model.blocks) == 2
+    assert cb.teacher is not first_teacher and len(cb.teacher.blocks) == 6 and len(other.model.blocks) == 2  # type: ignore[union-attr]
+    assert cb.keep == [0, 3] and cb.num_layers == 6
+    cb.remove()
+    assert "training_step" not in other.__dict__ and type(other.model) is ResNet and not cb.is_attached

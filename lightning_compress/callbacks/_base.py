@@ -66,7 +66,9 @@ class CompressionCallback(Callback):
 
     @property
     def is_attached(self) -> bool:
-        return self.attached_model is not None
+        """True while the machinery is on a model: the model is alive, or modules still carry it (the
+        modules are held strongly, the model weakly, so a dropped model does not lose loaded state)."""
+        return self.attached_model is not None or bool(self.modules_touched)
 
     def attach_model(self, trainer: Trainer | None, model: nn.Module, stage: str | None) -> None:
         """Resolve targets on ``model`` and put the machinery on them; fill :attr:`modules_touched`.

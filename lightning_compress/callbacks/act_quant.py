@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
-from lightning_compress.core import act_quant as aq
-from lightning_compress.core import masking
-from lightning_compress.core.quantize import SUPPORTED_ACT_BITS, check_bits
-from lightning_compress.core.select import select_modules
-
-_COUNTER = itertools.count()
-RANGES = ("dynamic", "static")
+from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.core.act_quant import ActFakeQuant
+from lightning_compress.core.act_quantizer import ActQuantizer
 
 
-class ActQuant(Callback):
+class ActQuant(CompressionCallback):
     """Fake-quantizes the input of every targeted Linear / Conv2d (straight-through in backward).
 
     * ``range="dynamic"``: scale (and zero-point) computed at every call, per token for Linear
@@ -30,6 +24,10 @@ class ActQuant(Callback):
       training batch (so all ranks quantize alike), frozen in eval mode.  The ranges live in
       non-persistent module buffers (the model's ``state_dict`` keys do not change) and in this
       callback's ``state_dict`` (so they survive checkpoints, DeepSpeed ones included).
+
+    A thin adapter over :class:`lightning_compress.core.act_quantizer.ActQuantizer` (use it directly
+    from a plain PyTorch loop): attached in ``setup`` of every stage; two instances on disjoint
+    ``modules`` coexist in one Trainer (their ``state_key`` differs, see :meth:`identity`).
 
     Args:
         bits: activation width in bits (8 or 4).
@@ -57,81 +55,54 @@ class ActQuant(Callback):
         exclude: Sequence[str] | None = None,
         momentum: float = 0.95,
     ) -> None:
-        name = type(self).__name__
-        check_bits(bits, SUPPORTED_ACT_BITS, "bits", name)
-        if range not in RANGES:
-            raise ValueError(f"{name}: `range`={range!r} must be one of {list(RANGES)}.")
-        if not (0.0 <= float(momentum) < 1.0):
-            raise ValueError(f"{name}: `momentum`={momentum!r} must be in [0, 1).")
+        super().__init__()
+        self.quantizer = ActQuantizer(
+            None, bits, range, symmetric, modules, exclude, momentum, owner=self.owner, name=type(self).__name__
+        )
         self.bits = bits
         self.range = range
         self.symmetric = symmetric
         self.modules = modules
         self.exclude = exclude
-        self.momentum = float(momentum)
-        self._owner = f"{name}#{next(_COUNTER)}"
-        self._targets: dict[str, nn.Module] = {}
-        self._quantizers: dict[str, aq.ActFakeQuant] = {}
-        self._pending: dict[str, Any] | None = None
+        self.momentum = self.quantizer.momentum
+
+    def identity(self) -> dict[str, Any]:
+        q = self.quantizer
+        return {
+            "bits": q.bits, "range": q.range, "symmetric": q.symmetric, "modules": q.modules,
+            "exclude": q.exclude, "momentum": q.momentum,
+        }
 
     @property
     def targets(self) -> dict[str, nn.Module]:
-        return dict(self._targets)
+        """``{qualified name: module}`` whose input this callback quantizes (after ``setup``)."""
+        return dict(self.modules_touched)
+
+    @property
+    def _quantizers(self) -> dict[str, ActFakeQuant]:
+        return self.quantizer.quantizers
 
     def ranges(self) -> dict[str, tuple[float, float] | None]:
         """Static ranges ``{module name: (lo, hi)}`` (None where nothing was learned yet)."""
-        return {n: aq.static_range(m) for n, m in self._targets.items()}
+        return self.quantizer.ranges()
 
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._targets:
-            return
-        name = type(self).__name__
-        targets = select_modules(
-            pl_module, self.modules, self.exclude, (nn.Linear, nn.Conv2d), owner=name, exclude_last=self.modules is None
-        )
-        for mod_name, module in targets.items():
-            q = aq.ActFakeQuant(self.bits, self.symmetric, self.range, self.momentum)
-            aq.attach(module, q, self._owner, mod_name)
-            self._quantizers[mod_name] = q
-        self._targets = targets
-        if self._pending is not None:
-            self._apply_ranges(self._pending)
-            self._pending = None
+    def attach_model(self, trainer: pl.Trainer | None, model: nn.Module, stage: str | None) -> None:
+        self.modules_touched = self.quantizer.attach(model)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # every micro-batch (not only at accumulation boundaries): every forward updates the EMA, and
         # under DeepSpeed the boundary flag has already moved on when this hook runs
-        if self.range == "static":
-            aq.sync_static_ranges(list(self._targets.values()))
+        self.quantizer.sync_ranges()
 
     def remove(self) -> None:
         """Take the quantizers off the modules."""
-        for module in self._targets.values():
-            masking.remove_owner(module, self._owner)
-        self._targets = {}
-        self._quantizers = {}
-
-    def _apply_ranges(self, state: dict[str, Any]) -> None:
-        for mod_name, rng in state.get("ranges", {}).items():
-            if mod_name not in self._targets:
-                raise ValueError(
-                    f"{type(self).__name__}: checkpoint has a static range for module {mod_name!r}, which this "
-                    f"callback does not target; resume with the same `modules` / `exclude`."
-                )
-            if rng is not None:
-                aq.set_static_range(self._targets[mod_name], float(rng[0]), float(rng[1]))
+        self.quantizer.remove()
+        super().remove()
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        if self.range != "static":
-            return {"ranges": {}}
-        return {"ranges": {n: (list(r) if r is not None else None) for n, r in self.ranges().items()}}
+        return self.quantizer.state_dict()
 
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self._targets:
-            self._apply_ranges(state_dict)
-        else:
-            self._pending = dict(state_dict)
+    def apply_state(self, state: dict[str, Any]) -> None:
+        self.quantizer.load_state_dict(state)

@@ -8,26 +8,27 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.core import masking
 from lightning_compress.core.distill import (
     DistillRecorder,
-    evenly_spaced_layers,
+    check_teacher,
+    copy_from_teacher,
     find_layer_stack,
-    hidden_width,
     resolve_keep_layers,
     shrink_layers_,
     supports_attentions,
-    unwrap_masking,
+    teacher_mapping,
 )
 
 _OWNER = "LayerReductionKD"
 _DEFAULT_WEIGHTS = {"logits": 1.0, "hidden": 0.0, "attention": 0.0, "labels": 1.0}
 
 
-class LayerReductionKD(Callback):
+class LayerReductionKD(CompressionCallback):
     """Keep some layers of the model's layer stack and distil the full model into the reduced one.
 
     At ``setup(stage="fit")`` (before DeepSpeed wraps anything) the callback finds the layer stack of the
@@ -57,6 +58,11 @@ class LayerReductionKD(Callback):
 
     Place it before pruning/quantization callbacks (so they see the reduced model).  If one of them already
     wrapped the model, its transforms are removed from the teacher copy (the teacher stays full precision).
+
+    It acts at ``setup(stage="fit")`` only (evaluation runs the model as it is).  A second ``fit`` on the same
+    LightningModule keeps the reduction; a different LightningModule is reduced anew.  Checkpoint state
+    (the kept layers) that arrives before ``setup`` decides which layers are kept; after ``setup`` it must
+    agree.  ``state_key`` is the class name (one instance per Trainer; a model is reduced once).
 
     Args:
         teacher: the teacher network; ``None`` = a frozen copy of the LightningModule's network before
@@ -138,6 +144,7 @@ class LayerReductionKD(Callback):
                 )
             if isinstance(copy_modules, str) or not all(isinstance(n, str) for n in copy_modules):
                 raise ValueError(f"{_OWNER}: `copy_modules` must be a list of module names, got {copy_modules!r}.")
+        super().__init__()
         self.teacher = teacher
         self._given_teacher = teacher is not None
         self.keep_layers = keep_layers if isinstance(keep_layers, int) else list(keep_layers)
@@ -152,10 +159,21 @@ class LayerReductionKD(Callback):
         self.num_layers: int | None = None
         self._network: nn.Module | None = None
         self._recorder: DistillRecorder | None = None
-        self._pl_module: LightningModule | None = None
-        self._loaded: dict[str, Any] | None = None
+        self._installed_step: Any = None  # the training_step put on the LightningModule instance
         self._net_stack = ""
         self._teacher_blocks: list[nn.Module] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return type(self).__qualname__
+
+    def reset_state(self) -> None:
+        """Forget the previous model's reduction (and its teacher copy, unless the teacher was given)."""
+        if not self._given_teacher:
+            self.teacher = None
+        self.keep = self.mapping = self.stack_name = self.num_layers = None
+        self._network, self._net_stack, self._teacher_blocks = None, "", []
 
     @property
     def distilling(self) -> bool:
@@ -233,57 +251,6 @@ class LayerReductionKD(Callback):
             f"`{attr}`) and call it from training_step, then pass layers='model.{attr}' or layers=None."
         )
 
-    def _check_teacher(self, net: nn.Module, t_blocks: list[nn.Module], s_blocks: list[nn.Module]) -> None:
-        teacher = self.teacher
-        assert teacher is not None
-        s_cfg, t_cfg = getattr(net, "config", None), getattr(teacher, "config", None)
-        if self.weights["hidden"] > 0:
-            s_h, t_h = getattr(s_cfg, "hidden_size", None), getattr(t_cfg, "hidden_size", None)
-            pairs = [(s_h, t_h, "config.hidden_size")] if s_h is not None and t_h is not None else [
-                (hidden_width(s), hidden_width(t), f"the output width of layer {i}") for i, (s, t) in enumerate(zip(s_blocks, t_blocks))
-            ]
-            for s_w, t_w, what in pairs:
-                if s_w is not None and t_w is not None and s_w != t_w:
-                    raise ValueError(
-                        f"{_OWNER}: `teacher` ({type(teacher).__name__}) has hidden size {t_w} but the student has "
-                        f"{s_w} ({what}): the hidden-state MSE needs equal sizes. Set weights['hidden']=0 (logits-only "
-                        f"distillation) or give a teacher of hidden size {s_w}; no projection is learned."
-                    )
-        if self.weights["attention"] > 0:
-            s_a, t_a = getattr(s_cfg, "num_attention_heads", None), getattr(t_cfg, "num_attention_heads", None)
-            if s_a is not None and t_a is not None and s_a != t_a:
-                raise ValueError(
-                    f"{_OWNER}: `teacher` has {t_a} attention heads, the student {s_a}: the attention MSE needs equal "
-                    f"head counts. Set weights['attention']=0."
-                )
-
-    def _copy_from_teacher(self, net: nn.Module, stack: str) -> None:
-        teacher = self.teacher
-        assert teacher is not None and self.copy_modules is not None and self.mapping is not None
-        for name in self.copy_modules:
-            try:
-                dst = net.get_submodule(name) if name else net
-                src = teacher.get_submodule(name) if name else teacher
-            except AttributeError:
-                raise ValueError(
-                    f"{_OWNER}: `copy_modules` entry {name!r} is not a submodule of both the student "
-                    f"({type(net).__name__}) and the teacher ({type(teacher).__name__}); name modules relative to "
-                    f"the network, e.g. 'bert.embeddings'."
-                ) from None
-            pairs = (
-                [(f"{name}.{i}", d, src[j]) for i, (d, j) in enumerate(zip(dst, self.mapping))]
-                if name == stack
-                else [(name, dst, src)]
-            )
-            for qual, d, s in pairs:
-                try:
-                    d.load_state_dict(s.state_dict())
-                except RuntimeError as err:
-                    raise ValueError(
-                        f"{_OWNER}: `copy_modules` cannot copy {qual!r} from the teacher: shapes differ ({err}). "
-                        f"Remove it from copy_modules."
-                    ) from None
-
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -294,24 +261,29 @@ class LayerReductionKD(Callback):
                 f"loss to the loss training_step returns, which manual optimization does not backpropagate. Use "
                 f"automatic optimization, or call lightning_compress.core.distill.DistillRecorder yourself."
             )
-        if self._network is not None and self._pl_module is pl_module:  # a second fit(): already reduced
+        if self.attached_model is pl_module:  # a second fit(): already reduced
             self._install(pl_module)
             return
+        self.attach(pl_module, trainer, stage)
+
+    def attach_model(self, trainer: Trainer | None, model: nn.Module, stage: str | None) -> None:
+        """Reduce ``model``'s network in place, keep the teacher, install the distillation step."""
+        pl_module = model
+        assert isinstance(pl_module, LightningModule)
         attr, net, name, container = self._locate(pl_module)
         n = len(container)
         full_name = f"{attr}.{name}".rstrip(".")
-        requested = self.keep_layers
-        if self._loaded is not None:
-            requested = self._loaded["keep_layers"]
-        if self._loaded is not None and self._loaded.get("num_layers") not in (None, n):
+        loaded = self._pending_state  # checkpoint state restored before setup decides the layers
+        requested = self.keep_layers if loaded is None else loaded["keep_layers"]
+        if loaded is not None and loaded.get("num_layers") not in (None, n):
             raise ValueError(
-                f"{_OWNER}: the checkpoint was made from a {self._loaded['num_layers']}-layer {full_name!r}, this "
+                f"{_OWNER}: the checkpoint was made from a {loaded['num_layers']}-layer {full_name!r}, this "
                 f"model has {n}; load it into a model built like the original."
             )
         keep = resolve_keep_layers(requested, n, owner=_OWNER, stack=full_name)
         if self.distilling or self._given_teacher:  # a given teacher also serves copy_modules without KD
             if self.teacher is None:
-                self.teacher = unwrap_masking(copy.deepcopy(net))
+                self.teacher = masking.unwrap_all(copy.deepcopy(net))
                 t_name, t_stack = name, self.teacher.get_submodule(name) if name else self.teacher
             else:
                 own = {id(p) for p in net.parameters()}
@@ -324,16 +296,13 @@ class LayerReductionKD(Callback):
                     t_name, t_stack = find_layer_stack(self.teacher, name if _has(self.teacher, name) else None, owner=_OWNER)
                 except ValueError as err:
                     raise ValueError(f"{str(err)} (in the `teacher`)") from None
-            n_t = len(t_stack)
-            mapping = keep if n_t == n else evenly_spaced_layers(len(keep), n_t) if len(keep) <= n_t else None
-            if mapping is None:
-                raise ValueError(
-                    f"{_OWNER}: the `teacher` has {n_t} layers in {t_name!r}, fewer than the {len(keep)} the student "
-                    f"keeps; give a deeper teacher or keep fewer layers."
-                )
+            mapping = teacher_mapping(keep, n, len(t_stack), stack=t_name, owner=_OWNER)
             t_blocks = list(t_stack.children())
             if self._given_teacher:
-                self._check_teacher(net, [t_blocks[j] for j in mapping], [list(container.children())[i] for i in keep])
+                check_teacher(
+                    net, self.teacher, [list(container.children())[i] for i in keep], [t_blocks[j] for j in mapping],
+                    hidden=self.weights["hidden"] > 0, attention=self.weights["attention"] > 0, owner=_OWNER,
+                )
             if self.weights["attention"] > 0:
                 for who, m in (("student", net), ("teacher", self.teacher)):
                     if not supports_attentions(m):
@@ -346,10 +315,10 @@ class LayerReductionKD(Callback):
             mapping = list(keep)
         shrink_layers_(net, name, keep)
         self.keep, self.mapping, self.stack_name, self.num_layers = keep, list(mapping), full_name, n
-        self._network, self._pl_module, self._net_stack = net, pl_module, name
+        self._network, self._net_stack = net, name
         if self.teacher is not None:
             if self.copy_modules:
-                self._copy_from_teacher(net, name)
+                copy_from_teacher(net, self.teacher, self.copy_modules, name, self.mapping, owner=_OWNER)
             self.teacher.eval()
             self.teacher.requires_grad_(False)
             self._teacher_blocks = [t_blocks[j] for j in mapping]
@@ -400,13 +369,13 @@ class LayerReductionKD(Callback):
             out["loss"] = total
             return out
 
-        training_step._lc_kd_original = user_step  # type: ignore[attr-defined]
+        self._installed_step = training_step
         pl_module.training_step = training_step  # type: ignore[method-assign]
 
     def _uninstall(self, pl_module: LightningModule) -> None:
-        step = pl_module.__dict__.get("training_step")
-        if step is not None and hasattr(step, "_lc_kd_original"):
+        if self._installed_step is not None and pl_module.__dict__.get("training_step") is self._installed_step:
             del pl_module.training_step
+        self._installed_step = None
         if self._recorder is not None:
             self._recorder.detach()
             self._recorder = None
@@ -423,6 +392,14 @@ class LayerReductionKD(Callback):
         if stage == "fit":
             self._uninstall(pl_module)
 
+    def remove(self) -> None:
+        """Stop distilling: restore the user's ``training_step`` and the network's class (the removed layers
+        stay removed)."""
+        model = self.attached_model
+        if isinstance(model, LightningModule):
+            self._uninstall(model)
+        super().remove()
+
     # ------------------------------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -433,16 +410,14 @@ class LayerReductionKD(Callback):
             "num_layers": self.num_layers,
         }
 
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.keep is not None:  # setup already reduced the model
-            if list(state_dict["keep_layers"]) != self.keep:
-                raise ValueError(
-                    f"{_OWNER}: the checkpoint kept layers {list(state_dict['keep_layers'])} but this run kept "
-                    f"{self.keep}; pass keep_layers={list(state_dict['keep_layers'])} to resume."
-                )
-            return
-        self._loaded = dict(state_dict)
+    def apply_state(self, state: dict[str, Any]) -> None:
+        """Check a checkpoint's kept layers against the reduction ``setup`` made (before ``setup``, the
+        state is kept and decides the layers)."""
+        if self.keep is not None and list(state["keep_layers"]) != self.keep:
+            raise ValueError(
+                f"{_OWNER}: the checkpoint kept layers {list(state['keep_layers'])} but this run kept "
+                f"{self.keep}; pass keep_layers={list(state['keep_layers'])} to resume."
+            )
 
 
 def _has(module: nn.Module, name: str) -> bool:

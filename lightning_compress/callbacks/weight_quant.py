@@ -1,35 +1,26 @@
-"""``WeightQuant``: quantization-aware training of weights (fake quantization, straight-through)."""
+"""``WeightQuant``: quantization-aware training of weights (fake quantization, straight-through).
+
+A thin adapter: :class:`lightning_compress.core.weight_quantizer.WeightQuantizer` does the work (use it
+directly from a plain PyTorch loop); this callback attaches it on every stage and feeds it
+``trainer.global_step``.
+"""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
-from lightning_compress.core import masking
-from lightning_compress.core.quantize import (
-    GRANULARITIES,
-    SUPPORTED_WEIGHT_BITS,
-    WEIGHT_QUANT_KIND,
-    QuantSpec,
-    WeightFakeQuant,
-    check_bits,
-    check_group_size,
-)
-from lightning_compress.core.quantize import bit_levels
-from lightning_compress.core.select import select_modules
-
+from lightning_compress.callbacks._base import CompressionCallback
 from lightning_compress.callbacks._steps import optimizer_step_count
+from lightning_compress.core.fake_quant import WeightFakeQuant
+from lightning_compress.core.weight_quantizer import WeightQuantizer
 
-_COUNTER = itertools.count()
 
-
-class WeightQuant(Callback):
+class WeightQuant(CompressionCallback):
     """Quantization-aware training: every targeted weight is fake-quantized in forward.
 
     The quantizer rides on the module's forward (``core/masking.py``, kind ``"weight_quant"``, after
@@ -44,6 +35,10 @@ class WeightQuant(Callback):
     ``start_step + k * period`` optimizer steps are done (``trainer.global_step`` at the start of a
     batch), the forward uses ``levels[min(k, len(levels) - 1)]``.  Example: ``start_bits=8, bits=4,
     period=100, start_step=0`` trains steps 0..99 at 8 bits and from step 100 on at 4 bits.
+
+    The quantizers are attached in ``setup`` of every stage (``fit``, ``validate``, ``test``,
+    ``predict``), so evaluating a checkpoint runs the quantized model.  Two instances on disjoint
+    ``modules`` coexist in one Trainer (their ``state_key`` differs, see :meth:`identity`).
 
     The quantizers stay on the modules after ``fit`` (the model keeps its quantized forward, and
     ``RedundancyClean`` / :func:`core.quantize.pack_state` read them); :meth:`remove` takes them off.
@@ -83,118 +78,75 @@ class WeightQuant(Callback):
         exclude: Sequence[str] | None = None,
         start_step: int = 0,
     ) -> None:
-        name = type(self).__name__
-        check_bits(bits, SUPPORTED_WEIGHT_BITS, "bits", name)
-        if start_bits is not None:
-            check_bits(start_bits, SUPPORTED_WEIGHT_BITS, "start_bits", name)
-            if start_bits < bits:
-                raise ValueError(f"{name}: `start_bits`={start_bits} must be >= `bits`={bits} (bits only step down).")
-        if start_bits is not None and start_bits != bits:
-            if not isinstance(period, int) or isinstance(period, bool) or period < 1:
-                raise ValueError(
-                    f"{name}: `period`={period!r} must be a positive number of optimizer steps when "
-                    f"`start_bits` ({start_bits}) differs from `bits` ({bits})."
-                )
-        elif period is not None and (not isinstance(period, int) or isinstance(period, bool) or period < 1):
-            raise ValueError(f"{name}: `period`={period!r} must be a positive number of optimizer steps.")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"{name}: `granularity`={granularity!r} must be one of {list(GRANULARITIES)}.")
-        if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
-            raise ValueError(f"{name}: `start_step`={start_step!r} must be a non-negative integer.")
-        self.spec = QuantSpec(bits, granularity, group_size, symmetric).validate(name)
-        if granularity != "group" and group_size is not None:
-            raise ValueError(f"{name}: `group_size` is only used with granularity='group' (got {granularity!r}).")
+        super().__init__()
+        self.quantizer = WeightQuantizer(
+            None, bits, start_bits, period, granularity, group_size, symmetric, modules, exclude, start_step,
+            owner=self.owner, name=type(self).__name__,
+        )
+        self.spec = self.quantizer.spec
         self.bits = bits
-        self.start_bits = start_bits if start_bits is not None else bits
+        self.start_bits = self.quantizer.start_bits
         self.period = period
         self.modules = modules
         self.exclude = exclude
         self.start_step = start_step
-        self.levels = bit_levels(self.start_bits, bits)
-        self._owner = f"{name}#{next(_COUNTER)}"
-        self._targets: dict[str, nn.Module] = {}
-        self._quantizers: dict[str, WeightFakeQuant] = {}
-        self._step = 0
-        self._pending: dict[str, Any] | None = None
+        self.levels = self.quantizer.levels
+
+    def identity(self) -> dict[str, Any]:
+        q = self.quantizer
+        return {
+            "bits": q.bits, "start_bits": q.start_bits, "period": q.period, "granularity": q.spec.granularity,
+            "group_size": q.spec.group_size, "symmetric": q.spec.symmetric, "modules": q.modules,
+            "exclude": q.exclude, "start_step": q.start_step,
+        }
 
     # ---------------------------------------------------------------- schedule
     def bits_at(self, step: int) -> int | None:
         """Width used by the forward once ``step`` optimizer steps are done (None: not quantized yet)."""
-        if step < self.start_step:
-            return None
-        if self.period is None or len(self.levels) == 1:
-            return self.levels[-1]
-        k = (step - self.start_step) // self.period
-        return self.levels[min(k, len(self.levels) - 1)]
+        return self.quantizer.bits_at(step)
 
     def _apply_step(self, step: int) -> None:
-        self._step = step
-        bits = self.bits_at(step)
-        for q in self._quantizers.values():
-            q.enabled = bits is not None
-            q.bits = bits if bits is not None else self.start_bits
+        self.quantizer.step(step)
 
     @property
     def current_bits(self) -> int | None:
-        return self.bits_at(self._step)
+        return self.quantizer.current_bits
 
     @property
     def targets(self) -> dict[str, nn.Module]:
         """``{qualified name: module}`` quantized by this callback (after ``setup``)."""
-        return dict(self._targets)
+        return dict(self.modules_touched)
+
+    @property
+    def _quantizers(self) -> dict[str, WeightFakeQuant]:
+        return self.quantizer.quantizers
 
     # ---------------------------------------------------------------- hooks
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._targets:
-            return
-        name = type(self).__name__
-        if self.modules is None:
-            targets = select_modules(pl_module, None, self.exclude, (nn.Linear, nn.Conv2d), owner=name, exclude_last=True)
-        else:
-            targets = select_modules(pl_module, self.modules, self.exclude, (nn.Linear, nn.Conv2d, nn.Embedding), owner=name)
-        for mod_name, module in targets.items():
-            spec = self.spec
-            if isinstance(module, nn.Embedding) and spec.granularity == "tensor":
-                spec = QuantSpec(spec.bits, "channel", None, spec.symmetric)
-            check_group_size(tuple(getattr(module.weight, "ds_shape", module.weight.shape)), spec, mod_name, name)
-            q = WeightFakeQuant(spec)
-            masking.add_param_transform(
-                module, "weight", self._owner, q, kind=WEIGHT_QUANT_KIND, priority=masking.QUANT_PRIORITY, module_name=mod_name
-            )
-            self._quantizers[mod_name] = q
-        self._targets = targets
-        step = optimizer_step_count(trainer)
-        if self._pending is not None:
-            step = max(step, int(self._pending.get("step", 0)))
-            self._pending = None
-        self._apply_step(step)
+    def attach_model(self, trainer: pl.Trainer | None, model: nn.Module, stage: str | None) -> None:
+        self.modules_touched = self.quantizer.attach(model)
+        self.quantizer.step(optimizer_step_count(trainer) if trainer is not None else 0)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._apply_step(optimizer_step_count(trainer))
+        self.quantizer.step(optimizer_step_count(trainer))
 
     def remove(self) -> None:
         """Take the quantizers off the modules (full-precision forward again)."""
-        for module in self._targets.values():
-            masking.remove_owner(module, self._owner)
-        self._targets = {}
-        self._quantizers = {}
+        self.quantizer.remove()
+        super().remove()
+
+    def reset_state(self) -> None:
+        self.quantizer.steps_done = 0
 
     # ---------------------------------------------------------------- state
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self._step, "bits": self.current_bits, "levels": list(self.levels), "start_step": self.start_step}
+        return self.quantizer.state_dict()
+
+    def apply_state(self, state: dict[str, Any]) -> None:
+        self.quantizer.load_state_dict(state)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if list(state_dict.get("levels", self.levels)) != list(self.levels) or state_dict.get("start_step", self.start_step) != self.start_step:
-            raise ValueError(
-                f"{type(self).__name__}: checkpoint bits schedule levels={state_dict.get('levels')} "
-                f"start_step={state_dict.get('start_step')} differs from this callback's levels={self.levels} "
-                f"start_step={self.start_step}; resume with the same `bits`, `start_bits` and `start_step`."
-            )
-        if self._targets:
-            self._apply_step(max(self._step, int(state_dict["step"])))
-        else:
-            self._pending = dict(state_dict)
+        self.quantizer.check_state(state_dict)
+        super().load_state_dict(state_dict)

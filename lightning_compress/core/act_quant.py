@@ -1,6 +1,9 @@
 """Activation (layer input) fake quantizer riding on a module's forward (``add_input_transform``).
 
-Shared by the ``ActQuant`` callback and post-training :func:`lightning_compress.quantize`.
+Put on modules by :class:`lightning_compress.core.act_quantizer.ActQuantizer` (behind the ``ActQuant``
+callback) and by post-training :func:`lightning_compress.quantize`.  The static range lives in three
+non-persistent buffers of the module (names in ``LO`` / ``HI`` / ``INIT``; :func:`static_range`,
+:func:`set_static_range` and :func:`sync_static_ranges` are the only readers and writers).
 Pure PyTorch.
 """
 
@@ -11,13 +14,9 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from lightning_compress.core import masking
-from lightning_compress.core.quantize import (
-    ACT_QUANT_KIND,
-    RangeObserver,
-    affine_params,
-    fake_quant_dynamic,
-    fake_quant_static,
-)
+from lightning_compress.core.fake_quant import fake_quant_dynamic, fake_quant_static
+from lightning_compress.core.quant_grid import ACT_QUANT_KIND, affine_params
+from lightning_compress.core.quant_observers import RangeObserver
 
 LO, HI, INIT = "_lc_act_lo", "_lc_act_hi", "_lc_act_init"
 
@@ -98,16 +97,11 @@ class ActFakeQuant:
 
 
 def attach(module: nn.Module, quantizer: ActFakeQuant, owner: str, module_name: str) -> None:
+    """Put ``quantizer`` on ``module``'s first input under ``owner`` (kind ``"act_quant"``); a static
+    quantizer's range buffers are created first."""
     if quantizer.range == "static":
         ActFakeQuant.init_buffers(module)
     masking.add_input_transform(module, owner, quantizer, kind=ACT_QUANT_KIND, priority=masking.QUANT_PRIORITY, module_name=module_name)
-
-
-def act_quantizer(module: nn.Module) -> ActFakeQuant | None:
-    for t in getattr(module, "_lc_input_transforms", []):
-        if t.kind == ACT_QUANT_KIND and isinstance(t.fn, ActFakeQuant):
-            return t.fn
-    return None
 
 
 def static_range(module: nn.Module) -> tuple[float, float] | None:

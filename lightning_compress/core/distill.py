@@ -7,8 +7,7 @@ Pieces (each usable from a plain training loop; the ``LayerReductionKD`` callbac
 * :func:`evenly_spaced_layers` / :func:`resolve_keep_layers` turn ``keep_layers`` (an int or a list)
   into checked layer indices.
 * :func:`shrink_layers_` keeps only the listed layers of a model's stack, in place (the kept layer
-  objects are reused, so their weights are the teacher's); the model families
-  (:mod:`lightning_compress.core.families`) update what they know, e.g. a Hugging Face config
+  objects are reused, so their weights are the teacher's), and updates a Hugging Face config
   (``num_hidden_layers``, ``layer_types``) and the ``layer_idx`` attributes of the kept layers.
   :func:`build_student` does the same on a deep copy.
 * :func:`kd_logits_loss`, :func:`hidden_mse_loss`, :func:`attention_mse_loss`: the loss terms.
@@ -30,30 +29,53 @@ term compares attention *probabilities* (after softmax), which is what Hugging F
 Which recorder a swapped module reports to is looked up in a weak registry keyed by the module, so no
 attribute is added to the module itself: a deep copy or a pickle of the student carries no reference
 to the teacher, and a copy's forward simply runs without recording.
+
+Files (this module re-exports their public names):
+
+* :mod:`~lightning_compress.core.distill_stack`: stack discovery, ``keep_layers``, the student, what a
+  Hugging Face model exposes (config, ``layer_idx``, attention maps);
+* :mod:`~lightning_compress.core.distill_teacher`: matching a given teacher to the student (layer map,
+  size checks, weight copy);
+* :mod:`~lightning_compress.core.distill_losses`: the loss terms and reading logits / hidden states;
+* :mod:`~lightning_compress.core.distill_swap`: the class swap the recorder records with;
+* this file: :class:`DistillRecorder`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import weakref
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lightning_compress.core import families
-from lightning_compress.core.families import supports_attentions
-from lightning_compress.core.masking import cached_subclass
+from lightning_compress.core.distill_losses import (
+    first_tensor,
+    attention_mse_loss,
+    extract_logits,
+    hidden_mse_loss,
+    kd_logits_loss,
+)
+from lightning_compress.core.distill_stack import (
+    build_student,
+    evenly_spaced_layers,
+    find_layer_stack,
+    hidden_width,
+    resolve_keep_layers,
+    shrink_layers_,
+    supports_attentions,
+)
+from lightning_compress.core.distill_swap import REGISTRY, swap_in, swap_out
+from lightning_compress.core.distill_teacher import check_teacher, copy_from_teacher, teacher_mapping
 
 __all__ = [
     "DistillRecorder",
     "attention_mse_loss",
     "build_student",
+    "check_teacher",
+    "copy_from_teacher",
     "evenly_spaced_layers",
     "extract_logits",
     "find_layer_stack",
@@ -62,312 +84,9 @@ __all__ = [
     "kd_logits_loss",
     "resolve_keep_layers",
     "shrink_layers_",
+    "supports_attentions",
+    "teacher_mapping",
 ]
-
-
-# ----------------------------------------------------------------------------------------- stack discovery
-def _base_class(module: nn.Module) -> type:
-    """The user's class of ``module`` under any class swap (masking or recording, in any order)."""
-    cls = type(module)
-    original = module.__dict__.get("_lc_original_class")
-    for _ in range(4):
-        if cls in _RECORDING_BASE:
-            cls = _RECORDING_BASE[cls]
-        elif original is not None and cls is not original and issubclass(cls, original):
-            cls = original
-        else:
-            break
-    return cls
-
-
-def _is_stack(module: nn.Module) -> bool:
-    if not isinstance(module, (nn.ModuleList, nn.Sequential)):
-        return False
-    children = list(module.children())
-    if len(children) < 2:
-        return False
-    first = _base_class(children[0])
-    if not all(_base_class(c) is first for c in children):
-        return False
-    # blocks, not loose activations: every block holds parameters
-    return all(any(True for _ in c.parameters()) for c in children)
-
-
-def _stack_candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if _is_stack(m)]
-
-
-def find_layer_stack(
-    model: nn.Module, layers: str | None = None, *, owner: str = "LayerReductionKD"
-) -> tuple[str, nn.Module]:
-    """Return ``(qualified name, container)`` of the model's layer stack.
-
-    With ``layers`` given, that submodule is used (it must be an ``nn.ModuleList`` / ``nn.Sequential``).
-    Otherwise: the ``nn.ModuleList`` / ``nn.Sequential`` whose children are 2+ blocks of one class (each
-    holding parameters); for a Hugging Face model (``model.config.num_hidden_layers``) the stacks of that
-    length are preferred; then the longest, then the shallowest.  Two equally good stacks (e.g. an
-    encoder-decoder) are ambiguous and raise.
-
-    Raises:
-        ValueError: ``layers`` names no module or not a ModuleList/Sequential; no stack found; ambiguous.
-    """
-    if layers is not None:
-        try:
-            container = model.get_submodule(layers) if layers else model
-        except AttributeError:
-            cands = [n for n, _ in _stack_candidates(model)]
-            raise ValueError(
-                f"{owner}: `layers`={layers!r} names no submodule of {type(model).__name__}. "
-                f"Layer stacks found automatically: {cands or 'none'}; pass one of them (or layers=None)."
-            ) from None
-        if not isinstance(container, (nn.ModuleList, nn.Sequential)) or len(container) < 1:
-            raise ValueError(
-                f"{owner}: `layers`={layers!r} is a {type(container).__name__}, not a non-empty nn.ModuleList or "
-                f"nn.Sequential of blocks. Pass the qualified name of the container that holds the repeated "
-                f"blocks (e.g. 'bert.encoder.layer', 'model.layers', 'transformer.h')."
-            )
-        return layers, container
-    cands = _stack_candidates(model)
-    if not cands:
-        raise ValueError(
-            f"{owner}: found no layer stack in {type(model).__name__} (an nn.ModuleList / nn.Sequential of 2 or "
-            f"more blocks of one class). Pass `layers` = the qualified name of the container holding the "
-            f"layers, e.g. layers='bert.encoder.layer' (Hugging Face BERT), 'model.layers' (Llama), "
-            f"'transformer.h' (GPT-2), or put your blocks in an nn.ModuleList / nn.Sequential."
-        )
-    n_cfg = families.layer_count(model)  # e.g. a Hugging Face config.num_hidden_layers
-    if n_cfg is not None:
-        matching = [(n, m) for n, m in cands if len(m) == n_cfg]
-        if matching:
-            cands = matching
-    best = max(len(m) for _, m in cands)
-    cands = [(n, m) for n, m in cands if len(m) == best]
-    depth = min(n.count(".") if n else -1 for n, _ in cands)
-    cands = [(n, m) for n, m in cands if (n.count(".") if n else -1) == depth]
-    if len(cands) > 1:
-        raise ValueError(
-            f"{owner}: several layer stacks of {best} blocks in {type(model).__name__}: "
-            f"{[n for n, _ in cands]}. Pass `layers` = the one to reduce."
-        )
-    return cands[0]
-
-
-# ------------------------------------------------------------------------------------------ keep_layers
-def evenly_spaced_layers(k: int, n: int) -> list[int]:
-    """``k`` of ``n`` layer indices, evenly spaced and ending at the last layer.
-
-    Student layer ``i`` takes teacher layer ``(i + 1) * n // k - 1`` (TinyBERT's uniform map): 6 of 12
-    gives ``[1, 3, 5, 7, 9, 11]``, 4 of 12 gives ``[2, 5, 8, 11]``.
-    """
-    if not 1 <= k <= n:
-        raise ValueError(f"cannot keep {k} of {n} layers")
-    return [(i + 1) * n // k - 1 for i in range(k)]
-
-
-def resolve_keep_layers(
-    keep_layers: int | Sequence[int], num_layers: int, *, owner: str = "LayerReductionKD", stack: str = ""
-) -> list[int]:
-    """Checked list of kept layer indices (an int keeps that many, evenly spaced).
-
-    Raises:
-        ValueError: out of range, duplicated, empty, not increasing-sortable integers, or an int outside
-            ``[1, num_layers]``.
-    """
-    where = f"the layer stack {stack!r} ({num_layers} layers)" if stack else f"the layer stack ({num_layers} layers)"
-    if isinstance(keep_layers, bool):
-        raise ValueError(f"{owner}: `keep_layers` must be an int or a list of ints, got {keep_layers!r}.")
-    if isinstance(keep_layers, int):
-        if not 1 <= keep_layers <= num_layers:
-            raise ValueError(
-                f"{owner}: `keep_layers`={keep_layers} is out of range for {where}: keep between 1 and {num_layers}."
-            )
-        return evenly_spaced_layers(keep_layers, num_layers)
-    keep = list(keep_layers)
-    if not keep:
-        raise ValueError(f"{owner}: `keep_layers` is empty; list at least one layer index of {where}.")
-    for i in keep:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise ValueError(f"{owner}: `keep_layers` entries must be ints, got {i!r}.")
-    bad = [i for i in keep if not 0 <= i < num_layers]
-    if bad:
-        raise ValueError(
-            f"{owner}: `keep_layers` {bad} out of range for {where}: indices must be in 0..{num_layers - 1}."
-        )
-    dup = sorted({i for i in keep if keep.count(i) > 1})
-    if dup:
-        raise ValueError(f"{owner}: `keep_layers` lists layer(s) {dup} more than once; each layer can be kept once.")
-    if keep != sorted(keep):
-        raise ValueError(
-            f"{owner}: `keep_layers` {keep} is not in increasing order; the student keeps the teacher's layer "
-            f"order, pass {sorted(keep)}."
-        )
-    return keep
-
-
-# ------------------------------------------------------------------------------------------ student
-def _set_stack(container: nn.Module, kept: list[nn.Module]) -> None:
-    container._modules.clear()
-    container._modules.update(OrderedDict((str(i), m) for i, m in enumerate(kept)))
-
-
-def shrink_layers_(model: nn.Module, stack_name: str, keep: Sequence[int]) -> nn.Module:
-    """Keep only layers ``keep`` of ``model``'s stack ``stack_name``, in place; returns ``model``.
-
-    The container object stays (its children are replaced by the kept layer objects, renumbered
-    ``0..len(keep)-1``), so kept weights are untouched.  A Hugging Face config gets
-    ``num_hidden_layers = len(keep)`` (and ``layer_types`` sliced); each kept layer's submodules with an
-    int ``layer_idx`` get their new index (KV caches index by it).
-    """
-    container = model.get_submodule(stack_name) if stack_name else model
-    layers = list(container.children())
-    kept = [layers[i] for i in keep]
-    _set_stack(container, kept)
-    families.after_layer_reduction(model, kept, len(layers), keep)  # config / layer_idx (Hugging Face)
-    return model
-
-
-def build_student(
-    model: nn.Module, keep_layers: int | Sequence[int], layers: str | None = None
-) -> tuple[nn.Module, str, list[int]]:
-    """A deep copy of ``model`` keeping ``keep_layers`` of its stack: ``(student, stack name, keep)``."""
-    name, container = find_layer_stack(model, layers)
-    keep = resolve_keep_layers(keep_layers, len(container), stack=name)
-    student = copy.deepcopy(model)
-    shrink_layers_(student, name, keep)
-    return student, name, keep
-
-
-def hidden_width(block: nn.Module) -> int | None:
-    """Best guess of a block's output width: the last Linear ``out_features`` / LayerNorm size / Conv
-    ``out_channels`` registered in it (``None`` if it has none of those)."""
-    width = None
-    for m in block.modules():
-        if isinstance(m, nn.Linear):
-            width = m.out_features
-        elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.normalized_shape:
-            width = int(m.normalized_shape[-1])
-        elif isinstance(m, nn.modules.conv._ConvNd):
-            width = m.out_channels
-        elif type(m).__name__.endswith(("LayerNorm", "RMSNorm")) and getattr(m, "weight", None) is not None:
-            width = int(m.weight.shape[-1])
-    return width
-
-
-# ------------------------------------------------------------------------------------------ losses
-def kd_logits_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``T**2 * KL(softmax(teacher/T) || softmax(student/T))`` over the last dim, averaged over all other
-    positions (batch, and tokens for per-token logits; every position counts, padding included).
-    Computed in float32."""
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"logits shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}; the teacher "
-            f"must predict the same classes/vocabulary as the student (or set weights['logits']=0)."
-        )
-    n = student.shape[-1]
-    s = F.log_softmax(student.float().reshape(-1, n) / temperature, dim=-1)
-    t = F.log_softmax(teacher.float().reshape(-1, n) / temperature, dim=-1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
-
-
-def hidden_mse_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over mapped layers of ``MSE(student_i, teacher_i)`` (float32; every position counts)."""
-    if len(student) != len(teacher) or not student:
-        raise ValueError(f"need the same non-zero number of hidden states, got {len(student)} and {len(teacher)}")
-    losses = []
-    for i, (s, t) in enumerate(zip(student, teacher)):
-        if s.shape != t.shape:
-            raise ValueError(
-                f"hidden state of student layer {i} has shape {tuple(s.shape)} but its teacher layer gives "
-                f"{tuple(t.shape)}: hidden sizes do not match. Use a teacher of the student's hidden size or set "
-                f"weights['hidden']=0."
-            )
-        losses.append(F.mse_loss(s.float(), t.float()))
-    return torch.stack(losses).mean()
-
-
-def attention_mse_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over mapped layers of the MSE between attention maps (``[batch, heads, q, k]``)."""
-    if len(student) != len(teacher) or not student:
-        raise ValueError(f"need the same non-zero number of attention maps, got {len(student)} and {len(teacher)}")
-    losses = []
-    for i, (s, t) in enumerate(zip(student, teacher)):
-        if s.shape != t.shape:
-            raise ValueError(
-                f"attention of student layer {i} has shape {tuple(s.shape)} but its teacher layer gives "
-                f"{tuple(t.shape)}: head counts or lengths differ. Set weights['attention']=0."
-            )
-        losses.append(F.mse_loss(s.float(), t.float()))
-    return torch.stack(losses).mean()
-
-
-def extract_logits(output: Any) -> torch.Tensor:
-    """Logits from a model output: a tensor, ``.logits`` / ``["logits"]``, or the first floating tensor of
-    rank >= 2 in a tuple (Hugging Face ``return_dict=False`` puts the scalar loss first)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, dict):
-        logits = output.get("logits")
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, (tuple, list)):
-        for o in output:
-            if isinstance(o, torch.Tensor) and o.is_floating_point() and o.dim() >= 2:
-                return o
-    raise ValueError(
-        f"cannot find logits in a model output of type {type(output).__name__}: the model must return a tensor, "
-        f"an object with `.logits` or a dict with 'logits' (or set weights['logits']=0)."
-    )
-
-
-def _first_tensor(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    hs = getattr(output, "last_hidden_state", None)
-    if isinstance(hs, torch.Tensor):
-        return hs
-    raise ValueError(f"a layer returned {type(output).__name__}; cannot find its hidden state tensor")
-
-
-# ------------------------------------------------------------------------------------------ recording
-class _RecordingMixin:
-    """Placed in front of a module's class: forwards to the original and reports to its recorder."""
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        base = _RECORDING_BASE[type(self)]
-        entry = _REGISTRY.get(self)  # type: ignore[arg-type]
-        if entry is None or not entry[0].active:
-            return base.forward(self, *args, **kwargs)
-        recorder, role, index = entry
-        if role == "model":
-            return recorder._model_forward(self, base, args, kwargs)
-        out = base.forward(self, *args, **kwargs)
-        recorder._store_block(role, index, out)
-        return out
-
-
-_RECORDING_CLASSES: dict[type, type] = {}
-_RECORDING_BASE: dict[type, type] = {}
-#: module -> (recorder, role: "model" | "student" | "teacher", block index)
-_REGISTRY: "weakref.WeakKeyDictionary[nn.Module, tuple[DistillRecorder, str, int]]" = weakref.WeakKeyDictionary()
-
-
-def _recording_class(cls: type) -> type:
-    new_cls = cached_subclass(_RecordingMixin, cls, "Recording", __name__, _RECORDING_CLASSES)
-    _RECORDING_BASE[new_cls] = cls
-    return new_cls
-
-
-def _swap_in(module: nn.Module) -> None:
-    if not isinstance(module, _RecordingMixin):
-        module.__class__ = _recording_class(type(module))
-
-
-def _swap_out(module: nn.Module) -> None:
-    if isinstance(module, _RecordingMixin) and type(module) in _RECORDING_BASE:
-        module.__class__ = _RECORDING_BASE[type(module)]
 
 
 @dataclass
@@ -443,18 +162,18 @@ class DistillRecorder:
         items += [(b, "student", i) for i, b in enumerate(self.student_blocks)]
         items += [(b, "teacher", i) for i, b in enumerate(self.teacher_blocks)]
         for module, role, index in items:
-            if module in _REGISTRY and _REGISTRY[module][0] is not self:
+            if module in REGISTRY and REGISTRY[module][0] is not self:
                 raise ValueError(f"{type(module).__name__} is already recorded by another DistillRecorder")
-            _swap_in(module)
-            _REGISTRY[module] = (self, role, index)
+            swap_in(module)
+            REGISTRY[module] = (self, role, index)
             self._attached.append(module)
 
     def detach(self) -> None:
         """Restore the original classes."""
         for module in self._attached:
-            if _REGISTRY.get(module, (None,))[0] is self:
-                del _REGISTRY[module]
-            _swap_out(module)
+            if REGISTRY.get(module, (None,))[0] is self:
+                del REGISTRY[module]
+            swap_out(module)
         self._attached = []
 
     @contextlib.contextmanager
@@ -495,9 +214,9 @@ class DistillRecorder:
         if call is None:
             return
         if role == "teacher" and self._teacher_running:
-            call.teacher_hidden[index] = _first_tensor(out).detach()
+            call.teacher_hidden[index] = first_tensor(out).detach()
         elif role == "student" and not self._teacher_running:
-            call.student_hidden[index] = _first_tensor(out)
+            call.student_hidden[index] = first_tensor(out)
 
     # -- losses
     def losses(
@@ -535,14 +254,3 @@ class DistillRecorder:
                 t_sel = [t_att[j].detach() for j in self.teacher_layers]
                 out.setdefault("attention", []).append(attention_mse_loss(list(s_att), t_sel))
         return {k: torch.stack(v).mean() for k, v in out.items()}
-
-
-def unwrap_masking(model: nn.Module) -> nn.Module:
-    """Remove every masking/quantization class swap from ``model`` (used on a teacher copied from a model
-    that compression callbacks had already wrapped)."""
-    from lightning_compress.core import masking
-
-    for m in model.modules():
-        if masking.is_wrapped(m):
-            masking.unwrap(m)
-    return model

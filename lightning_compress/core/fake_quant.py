@@ -1,0 +1,179 @@
+"""Fake quantizers (straight-through estimator): weights (:func:`fake_quant_weight`, the transform
+:class:`WeightFakeQuant`, integer codes :func:`quantize_weight_int`) and activations
+(:func:`fake_quant_dynamic`, :func:`fake_quant_static`); :func:`weight_quantizer` /
+:func:`pre_quant_weight` read them back from a module.  Formats: :mod:`lightning_compress.core.quantize`.
+Pure PyTorch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from lightning_compress.core import masking
+from lightning_compress.core.quant_grid import (
+    WEIGHT_QUANT_KIND,
+    QuantSpec,
+    affine_params,
+    as_rows,
+    fake_quant_rows,
+    qrange,
+    ste,
+)
+from lightning_compress.core.quant_observers import row_range
+
+
+def ternary_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes in {-1, 0, 1}, alpha per row) by TWN: delta = 0.7 mean|w|, alpha = mean |w| > delta."""
+    a = rows.detach().float().abs()
+    delta = 0.7 * a.mean(1, keepdim=True)
+    keep = a > delta
+    alpha = (a * keep).sum(1) / keep.sum(1).clamp_min(1)
+    codes = torch.sign(rows.detach().float()) * keep
+    return codes, alpha
+
+
+def binary_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes in {-1, 1}, alpha = mean|w| per row)."""
+    r = rows.detach().float()
+    alpha = r.abs().mean(1)
+    codes = torch.where(r >= 0, torch.ones_like(r), -torch.ones_like(r))
+    return codes, alpha
+
+
+def fake_quant_weight(
+    w: torch.Tensor,
+    spec: QuantSpec,
+    ranges: tuple[torch.Tensor, torch.Tensor] | None = None,
+    observer: str = "minmax",
+    percentile: float = 0.9999,
+) -> torch.Tensor:
+    """Fake-quantize ``w`` by ``spec`` (same shape and dtype, STE gradient).
+
+    ``ranges``: fixed per-row (lo, hi) from an earlier calibration; else ``observer`` computes them.
+    """
+    rows = as_rows(w, spec.granularity, spec.group_size).float()
+    if spec.bits == 2:
+        codes, alpha = ternary_rows(rows)
+        out = ste(rows, codes * alpha.unsqueeze(1))
+    elif spec.bits == 1:
+        codes, alpha = binary_rows(rows)
+        out = ste(rows, codes * alpha.unsqueeze(1))
+    else:
+        lo, hi = ranges if ranges is not None else row_range(rows, observer, spec.bits, spec.symmetric, percentile)
+        scale, zp = affine_params(lo, hi, spec.bits, spec.symmetric)
+        out = fake_quant_rows(rows, scale, zp, spec.bits, spec.symmetric)
+    return out.reshape(w.shape).to(w.dtype)
+
+
+def quantize_weight_int(
+    w: torch.Tensor, spec: QuantSpec, ranges: tuple[torch.Tensor, torch.Tensor] | None = None, observer: str = "minmax"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Integer codes ``[rows, n]`` (int32), scale per row (float32) and zero-point per row (asym only).
+
+    Affine: ``w ~= (q - zp) * scale``; ternary/binary: ``w ~= q * scale`` with q in {-1,0,1} / {-1,1}.
+    """
+    rows = as_rows(w.detach(), spec.granularity, spec.group_size).float()
+    if spec.bits == 2:
+        codes, alpha = ternary_rows(rows)
+        return codes.to(torch.int32), alpha, None
+    if spec.bits == 1:
+        codes, alpha = binary_rows(rows)
+        return codes.to(torch.int32), alpha, None
+    lo, hi = ranges if ranges is not None else row_range(rows, observer, spec.bits, spec.symmetric, 0.9999)
+    scale, zp = affine_params(lo, hi, spec.bits, spec.symmetric)
+    qmin, qmax = qrange(spec.bits, spec.symmetric)
+    # codes read back from the fake-quantized values, so that storage and forward agree even on
+    # exact ties (torch.fake_quantize_* multiplies by 1/scale, which can round a tie differently)
+    fq = fake_quant_rows(rows, scale, zp, spec.bits, spec.symmetric)
+    q = torch.clamp(torch.round(fq / scale.unsqueeze(1)) + zp.unsqueeze(1), qmin, qmax).to(torch.int32)
+    return q, scale, (zp if not spec.symmetric else None)
+
+
+class WeightFakeQuant:
+    """A weight transform ``fn(module, weight)`` for :func:`core.masking.add_param_transform`.
+
+    Attributes (mutable, read at every call):
+        spec: the target :class:`QuantSpec`.
+        bits: the width used now (a bits schedule lowers it from ``start_bits`` to ``spec.bits``).
+        enabled: False passes the weight through unchanged (before ``start_step``).
+        ranges: fixed per-row (lo, hi) from :meth:`calibrate` (post-training); None = recomputed
+            from the weight at every call with ``observer``.
+    """
+
+    def __init__(self, spec: QuantSpec, observer: str = "minmax", enabled: bool = True) -> None:
+        self.spec = spec
+        self.bits = spec.bits
+        self.observer = observer
+        self.enabled = enabled
+        self.ranges: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def current_spec(self) -> QuantSpec:
+        return replace(self.spec, bits=self.bits)
+
+    def calibrate(self, weight: torch.Tensor) -> None:
+        """Fix the clipping ranges from ``weight`` with this quantizer's observer (affine widths)."""
+        if self.bits <= 2:
+            return
+        spec = self.current_spec
+        rows = as_rows(weight.detach(), spec.granularity, spec.group_size)
+        self.ranges = row_range(rows, self.observer, spec.bits, spec.symmetric, 0.9999)
+
+    def __call__(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        return fake_quant_weight(weight, self.current_spec, self.ranges, self.observer)
+
+    def quantize_int(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return quantize_weight_int(weight, self.current_spec, self.ranges, self.observer)
+
+    def __repr__(self) -> str:
+        return f"WeightFakeQuant(bits={self.bits}, spec={self.spec}, observer={self.observer!r}, enabled={self.enabled})"
+
+
+def fake_quant_dynamic(x: torch.Tensor, bits: int, symmetric: bool, dims: tuple[int, ...]) -> torch.Tensor:
+    """Quantize ``x`` with one range per slice reduced over ``dims`` (per token: ``(-1,)``;
+    per image of an NCHW batch: ``(1, 2, 3)``), computed at this call; STE."""
+    xf = x.float()
+    lo = xf.detach().amin(dim=dims, keepdim=True)
+    hi = xf.detach().amax(dim=dims, keepdim=True)
+    qmin, qmax = qrange(bits, symmetric)
+    if symmetric:
+        scale = torch.maximum(lo.abs(), hi.abs()) / qmax
+        zp = torch.zeros_like(scale)
+    else:
+        lo = torch.clamp(lo, max=0.0)
+        hi = torch.clamp(hi, min=0.0)
+        scale = (hi - lo) / (qmax - qmin)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if not symmetric:
+        zp = torch.clamp(torch.round(-lo / scale), qmin, qmax)
+    q = torch.clamp(torch.round(xf / scale) + zp, qmin, qmax)
+    out = (q - zp) * scale
+    return ste(xf, out).to(x.dtype)
+
+
+def fake_quant_static(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """Per-tensor fake quantization with a fixed scale / zero-point (exports to ONNX QDQ)."""
+    rows = x.float().reshape(1, -1)
+    out = fake_quant_rows(rows, scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32), bits, symmetric)
+    return out.reshape(x.shape).to(x.dtype)
+
+
+def weight_quantizer(module: nn.Module, param_name: str = "weight") -> WeightFakeQuant | None:
+    """The :class:`WeightFakeQuant` registered on ``module.<param_name>`` (None if none)."""
+    t = masking.find_transform(module, param_name, WEIGHT_QUANT_KIND, WeightFakeQuant)
+    return None if t is None else t.fn  # type: ignore[return-value]
+
+
+def pre_quant_weight(module: nn.Module, param_name: str = "weight") -> torch.Tensor:
+    """The parameter through the transforms that run before its weight quantizer (masks)."""
+    value = module._parameters[param_name]
+    assert value is not None
+    for t in masking.param_transforms(module, param_name):
+        if t.kind == WEIGHT_QUANT_KIND:
+            break
+        value = t.fn(module, value)
+    return value

@@ -1,0 +1,138 @@
+"""The integer grids behind every quantizer: supported widths, :class:`QuantSpec`, the rows view of a
+weight, affine scale / zero-point, and the ONNX-exportable fake-quantization primitive.
+
+Pure PyTorch.  The overview of the quantization formats is in :mod:`lightning_compress.core.quantize`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+SUPPORTED_WEIGHT_BITS = (1, 2, 3, 4, 8)
+SUPPORTED_ACT_BITS = (4, 8)
+Granularity = Literal["tensor", "channel", "group"]
+Observer = Literal["minmax", "percentile", "mse"]
+GRANULARITIES = ("tensor", "channel", "group")
+OBSERVERS = ("minmax", "percentile", "mse")
+
+#: kinds under which weight / input quantizers ride on a module (see ``core/masking.py``)
+WEIGHT_QUANT_KIND = "weight_quant"
+ACT_QUANT_KIND = "act_quant"
+
+
+def bit_levels(start_bits: int, bits: int) -> list[int]:
+    """Supported weight widths from ``start_bits`` down to ``bits``, descending (8 -> 2: ``[8, 4, 3, 2]``):
+    the widths a bit schedule steps through."""
+    return [b for b in sorted(SUPPORTED_WEIGHT_BITS, reverse=True) if bits <= b <= start_bits]
+
+
+def check_bits(bits: int, supported: tuple[int, ...], argument: str, owner: str) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in supported:
+        raise ValueError(
+            f"{owner}: `{argument}`={bits!r} is not a supported bit width; use one of {list(supported)}."
+        )
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one weight is quantized.  ``group_size`` only matters for ``granularity="group"``."""
+
+    bits: int = 8
+    granularity: Granularity = "channel"
+    group_size: int | None = None
+    symmetric: bool = True
+
+    def validate(self, owner: str = "quantize") -> "QuantSpec":
+        check_bits(self.bits, SUPPORTED_WEIGHT_BITS, "bits", owner)
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"{owner}: `granularity`={self.granularity!r} must be one of {list(GRANULARITIES)}.")
+        if self.granularity == "group":
+            if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 1:
+                raise ValueError(
+                    f"{owner}: granularity='group' needs a positive integer `group_size` (got {self.group_size!r})."
+                )
+        return self
+
+
+def check_group_size(weight_shape: torch.Size | tuple[int, ...], spec: QuantSpec, module_name: str, owner: str) -> None:
+    """Raise ValueError when ``spec.group_size`` does not divide the weight's input dimension."""
+    if spec.granularity != "group":
+        return
+    n_in = int(math.prod(weight_shape[1:])) if len(weight_shape) > 1 else int(weight_shape[0])
+    if n_in % int(spec.group_size) != 0:  # type: ignore[arg-type]
+        raise ValueError(
+            f"{owner}: `group_size`={spec.group_size} does not divide the input dimension {n_in} of module "
+            f"{module_name!r} (weight shape {tuple(weight_shape)}). Pick a divisor of {n_in} or exclude the module."
+        )
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer range of an affine ``bits`` quantizer."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def as_rows(w: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
+    """View ``w`` as ``[rows, n]``: one scale per row (see module docstring)."""
+    if granularity == "tensor":
+        return w.reshape(1, -1)
+    if w.dim() < 2:
+        raise ValueError(f"granularity={granularity!r} needs a weight with at least 2 dims, got shape {tuple(w.shape)}")
+    w2 = w.reshape(w.shape[0], -1)
+    if granularity == "channel":
+        return w2
+    assert group_size is not None
+    if w2.shape[1] % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the input dimension {w2.shape[1]}")
+    return w2.reshape(-1, group_size)
+
+
+
+# --------------------------------------------------------------------------------------------
+# affine scale / zero point, the fake-quant primitive
+# --------------------------------------------------------------------------------------------
+def affine_params(
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (float32) and zero-point (int32) for ranges ``[lo, hi]`` (per row tensors)."""
+    lo = lo.detach().float()
+    hi = hi.detach().float()
+    qmin, qmax = qrange(bits, symmetric)
+    if symmetric:
+        amax = torch.maximum(lo.abs(), hi.abs())
+        scale = amax / qmax
+        zp = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        lo = torch.clamp(lo, max=0.0)
+        hi = torch.clamp(hi, min=0.0)
+        scale = (hi - lo) / (qmax - qmin)
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zp = torch.clamp(torch.round(-lo / safe), qmin, qmax).to(torch.int32)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, zp
+
+
+def fake_quant_rows(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """Fake-quantize float32 ``rows`` [R, n] with one (scale, zp) per row; STE; ONNX-exportable."""
+    qmin, qmax = qrange(bits, symmetric)
+    if bits < 8:
+        # clip to the b-bit range; the bounds sit 0.49 step outside it, so every value that rounds
+        # into the range keeps its gradient (as in torch.fake_quantize_*) and clipped ones round to
+        # qmin / qmax
+        lo_v = ((qmin - 0.49 - zp).float() * scale).unsqueeze(1)
+        hi_v = ((qmax + 0.49 - zp).float() * scale).unsqueeze(1)
+        rows = torch.maximum(torch.minimum(rows, hi_v), lo_v)
+    q8min, q8max = qrange(8, symmetric)
+    if rows.shape[0] == 1:
+        return torch.fake_quantize_per_tensor_affine(rows, scale.reshape(()), zp.reshape(()), q8min, q8max)
+    return torch.fake_quantize_per_channel_affine(rows, scale, zp, 0, q8min, q8max)
+
+
+def ste(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Value ``q`` exactly, gradient of ``w`` (straight through)."""
+    return q.detach() + (w - w.detach())
