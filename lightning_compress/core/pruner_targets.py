@@ -102,7 +102,7 @@ class WeightTarget:
             return masking.apply_mask(weight, self.mask.to(weight.device))
 
         s2d = as_2d(self.criterion.score(self.score, effective))
-        layer = LayerScores(self.pattern.unit_costs(s2d), self.pattern.unit_elems(), s2d.numel(), self.max_sparsity)
+        layer = LayerScores(self.pattern.unit_costs(s2d), self.pattern.unit_elems(self.full_shape), s2d.numel(), self.max_sparsity)
         return layer, s2d
 
     @torch.no_grad()

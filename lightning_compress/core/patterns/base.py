@@ -9,9 +9,9 @@ A pattern object answers:
 * :attr:`Pattern.name` (the string it parses from) and :attr:`Pattern.max_sparsity` (fraction of a
   weight it can zero at most);
 * :meth:`Pattern.check` (shape, where): raise ``ValueError`` when it does not fit a weight;
-* :meth:`Pattern.unit_elems`: weights zeroed per unit; :meth:`Pattern.unit_costs` (2-D scores ->
-  flat unit costs, lower = pruned first); :meth:`Pattern.mask_from_pruned` (flat bool pruned units ->
-  bool keep-mask of the weight's shape).
+* :meth:`Pattern.unit_elems` (shape): weights zeroed per unit of a weight of that shape;
+  :meth:`Pattern.unit_costs` (2-D scores -> flat unit costs, lower = pruned first);
+  :meth:`Pattern.mask_from_pruned` (flat bool pruned units -> bool keep-mask of the weight's shape).
 
 A new grammar is one class in one file: subclass :class:`Pattern`, implement ``parse(text)``
 (return an instance, or None when ``text`` is not in its grammar; raise ``ValueError`` when it is but
@@ -62,7 +62,8 @@ class Pattern:
     def check(self, shape: tuple[int, ...], where: str) -> None:
         """Raise ``ValueError`` (naming ``where``, the shape and the fix) when the pattern does not fit."""
 
-    def unit_elems(self) -> int:
+    def unit_elems(self, shape: tuple[int, ...] | None = None) -> int:
+        """Weights zeroed per unit (``shape``: the weight's full shape, for patterns whose unit size depends on it)."""
         raise NotImplementedError
 
     def unit_costs(self, score2d: torch.Tensor) -> torch.Tensor:

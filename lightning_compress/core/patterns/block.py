@@ -54,7 +54,7 @@ class BlockPattern(Pattern):
                 f"Choose a pattern whose block divides it, or leave this module out with `exclude`."
             )
 
-    def unit_elems(self) -> int:
+    def unit_elems(self, shape: tuple[int, ...] | None = None) -> int:
         return self.n * self.m
 
     def unit_costs(self, score2d: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ class NMPattern(Pattern):
                 f"module out with `exclude`."
             )
 
-    def unit_elems(self) -> int:
+    def unit_elems(self, shape: tuple[int, ...] | None = None) -> int:
         return self.m - self.n
 
     def unit_costs(self, score2d: torch.Tensor) -> torch.Tensor:
