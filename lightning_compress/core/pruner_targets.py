@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lightning_compress.core import masking
-from lightning_compress.core.criteria import ScoreState
+from lightning_compress.core.criteria import Criterion, ScoreState
 from lightning_compress.core.dist import broadcast_, full_param
 from lightning_compress.core.patterns import Pattern, as_2d
 from lightning_compress.core.ranking import LayerScores
@@ -49,7 +49,7 @@ class WeightTarget:
     mask_buffer: str = "_lc_mask"
 
     @property
-    def criterion(self):  # noqa: ANN201 - Criterion
+    def criterion(self) -> Criterion:
         return self.score.criterion
 
     @property
@@ -136,7 +136,7 @@ class UnitTarget:
     score: ScoreState
 
     @property
-    def criterion(self):  # noqa: ANN201 - Criterion
+    def criterion(self) -> Criterion:
         return self.score.criterion
 
     @property

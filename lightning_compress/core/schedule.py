@@ -22,7 +22,6 @@ from typing import get_args
 
 from lightning_compress.core.types import ScheduleName
 
-ScheduleKind = ScheduleName
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
 
