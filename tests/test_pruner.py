@@ -183,3 +183,32 @@ def test_plain_pruner_drives_unit_groups(method):
 def test_structured_pruning_rejects_non_structured_criteria_objects():
     with pytest.raises(ValueError, match="RowPruning: `method`=.* must be 'l1' or 'topk'"):
         RowPruning(method=GradAbs())
+
+
+def test_pruning_callbacks_attach_on_predict_and_restore_masks_from_a_checkpoint(tmp_path):
+    from torch.utils.data import DataLoader
+
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(3))
+    loader = DataLoader(x, batch_size=4)
+    # predict without fit: all-ones masks, the dense outputs
+    model = TinyMLP()
+    with torch.no_grad():
+        dense = model(x)
+    cb = SparsePruning(sparsity=0.5, end_step=1)
+    preds = torch.cat(cpu_trainer(callbacks=[cb]).predict(model, loader))
+    assert cb.is_attached and sorted(cb.masks()) == ["net.0", "net.2"]
+    assert all(bool(m.all()) for m in cb.masks().values())
+    torch.testing.assert_close(preds, dense)
+    # predict from a checkpoint: the saved masks apply
+    pl.seed_everything(0)
+    trained, cb = TinyMLP(), SparsePruning(sparsity=0.5, end_step=1)
+    trainer = cpu_trainer(max_steps=3, callbacks=[cb])
+    trainer.fit(trained, mlp_loader())
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    trained.eval()
+    with torch.no_grad():
+        masked = trained(x)
+    cb2 = SparsePruning(sparsity=0.5, end_step=1)
+    preds = torch.cat(cpu_trainer(callbacks=[cb2]).predict(TinyMLP(), loader, ckpt_path=str(tmp_path / "run.ckpt")))
+    torch.testing.assert_close(preds, masked)
+    assert cb2.sparsity_stats()["sparsity"] == pytest.approx(0.5, abs=1e-3)

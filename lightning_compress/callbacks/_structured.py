@@ -25,8 +25,10 @@ from typing import Any
 from torch import nn
 
 from lightning_compress.callbacks._pruning import BasePruning
+from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.pruner_targets import PruneGroup, UnitTarget
 from lightning_compress.core.surgery import UnitGroup
+from lightning_compress.core.types import StructuredMethodName
 
 
 class StructuredPruning(BasePruning):
@@ -34,7 +36,7 @@ class StructuredPruning(BasePruning):
 
     unit_word = "unit"
 
-    def __init__(self, sparsity: float | None = 0.5, method: Any = "l1", **kwargs: Any) -> None:
+    def __init__(self, sparsity: float | None = 0.5, method: StructuredMethodName | Criterion = "l1", **kwargs: Any) -> None:
         super().__init__(sparsity=sparsity, method=method, pattern="unstructured", **kwargs)
 
     def pruner_options(self) -> dict[str, Any]:
