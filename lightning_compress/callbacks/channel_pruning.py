@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
 from lightning_compress.callbacks._pruning import PruneGroup
 from lightning_compress.callbacks._structured import StructuredPruning
+from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.graph import ChannelSpace, TracingError, trace_channel_spaces
 from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import Member, UnitGroup
+from lightning_compress.core.types import ScheduleName, Scope, StructuredMethodName
 
 
 class ChannelPruning(StructuredPruning):
@@ -51,12 +53,12 @@ class ChannelPruning(StructuredPruning):
     def __init__(
         self,
         sparsity: float | None = 0.5,
-        method: Literal["l1", "topk"] = "l1",
-        schedule: Literal["exp", "cos", "linear", "cubic"] = "exp",
+        method: StructuredMethodName | Criterion = "l1",
+        schedule: ScheduleName = "exp",
         start_step: int = 0,
         end_step: int | None = None,
         frequency: int = 1,
-        scope: Literal["global", "local"] = "local",
+        scope: Scope = "local",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,
         exclude: list[str] | None = None,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from lightning_compress.callbacks._pruning import BasePruning
+from lightning_compress.core.criteria import Criterion
+from lightning_compress.core.patterns import Pattern
+from lightning_compress.core.types import MethodName, ScheduleName, Scope
 
 
 class SparsePruning(BasePruning):
@@ -50,13 +53,13 @@ class SparsePruning(BasePruning):
     def __init__(
         self,
         sparsity: float | None = 0.5,
-        method: Literal["l1", "magnitude", "topk", "snip", "snip_momentum"] = "l1",
-        pattern: str = "unstructured",
-        schedule: Literal["exp", "cos", "linear", "cubic"] = "exp",
+        method: MethodName | Criterion = "l1",
+        pattern: str | Pattern = "unstructured",
+        schedule: ScheduleName = "exp",
         start_step: int = 0,
         end_step: int | None = None,
         frequency: int = 1,
-        scope: Literal["global", "local"] = "global",
+        scope: Scope = "global",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,
         exclude: list[str] | None = None,
@@ -91,12 +94,12 @@ class SnipMomentumPruning(SparsePruning):
     def __init__(
         self,
         sparsity: float | None = 0.5,
-        pattern: str = "4x1",
-        schedule: Literal["exp", "cos", "linear", "cubic"] = "exp",
+        pattern: str | Pattern = "4x1",
+        schedule: ScheduleName = "exp",
         start_step: int = 0,
         end_step: int | None = None,
         frequency: int = 1,
-        scope: Literal["global", "local"] = "global",
+        scope: Scope = "global",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,
         exclude: list[str] | None = None,

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
-ScheduleKind = Literal["exp", "cos", "linear", "cubic"]
-SCHEDULES = ("exp", "cos", "linear", "cubic")
+from lightning_compress.core.types import ScheduleName
+
+SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
 
 def sparsity_at_event(kind: str, k: int, total: int, final: float, initial: float = 0.0) -> float:

@@ -1,0 +1,78 @@
+"""``"NxM"`` blocks (``"4x1"``) and ``"unstructured"`` (= ``"1x1"``): a block is N consecutive output
+rows x M consecutive input columns of the 2-D weight view, kept or zeroed whole.  N must divide
+``out`` and M must divide ``in`` (no padding: a block that does not fit is an error at setup)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from lightning_compress.core.patterns.base import Pattern, register_pattern, shape_2d
+
+_BLOCK_RX = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+_ELEMENTWISE = ("unstructured", "1x1", "element", "elementwise")
+
+
+@register_pattern
+@dataclass(frozen=True)
+class BlockPattern(Pattern):
+    """``"NxM"``: N output rows x M input columns."""
+
+    n: int
+    m: int
+
+    grammar = "'unstructured' (or '1x1'), a block 'NxM' such as '4x1' (N output rows x M input columns)"
+
+    @classmethod
+    def parse(cls, text: str) -> "BlockPattern | None":
+        if text in _ELEMENTWISE:
+            return cls(1, 1)
+        match = _BLOCK_RX.match(text)
+        if not match:
+            return None
+        n, m = int(match.group(1)), int(match.group(2))
+        if n < 1 or m < 1:
+            raise ValueError("block sizes must be >= 1 (e.g. '4x1').")
+        return cls(n, m)
+
+    @property
+    def name(self) -> str:
+        return "unstructured" if (self.n, self.m) == (1, 1) else f"{self.n}x{self.m}"
+
+    @property
+    def max_sparsity(self) -> float:
+        return 1.0
+
+    def check(self, shape: tuple[int, ...], where: str) -> None:
+        out, inp = shape_2d(shape)
+        if out % self.n or inp % self.m:
+            raise ValueError(
+                f"`pattern`={self.name!r} does not fit {where} with weight shape {tuple(shape)} "
+                f"(seen as [out={out}, in={inp}]): {self.n} must divide {out} and {self.m} must divide {inp}. "
+                f"Choose a pattern whose block divides it, or leave this module out with `exclude`."
+            )
+
+    def unit_elems(self, shape: tuple[int, ...] | None = None) -> int:
+        return self.n * self.m
+
+    def unit_costs(self, score2d: torch.Tensor) -> torch.Tensor:
+        """Mean score of each block, flattened row-major over ``[out/N, in/M]``."""
+        out, inp = score2d.shape
+        if (self.n, self.m) == (1, 1):
+            return score2d.reshape(-1)
+        return score2d.reshape(out // self.n, self.n, inp // self.m, self.m).mean(dim=(1, 3)).reshape(-1)
+
+    def mask_from_pruned(
+        self, pruned_units: torch.Tensor, shape: tuple[int, ...], score2d: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Bool keep-mask of ``shape`` from a flat bool ``pruned_units`` vector."""
+        out, inp = shape_2d(shape)
+        keep = ~pruned_units.reshape(out // self.n, inp // self.m)
+        if (self.n, self.m) != (1, 1):
+            keep = keep.repeat_interleave(self.n, 0).repeat_interleave(self.m, 1)
+        return keep.reshape(shape)
+
+
+__all__ = ["BlockPattern"]

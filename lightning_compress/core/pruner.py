@@ -1,0 +1,437 @@
+"""``Pruner``: progressive pruning driven from any training loop (pure PyTorch; the Lightning
+callbacks are thin adapters over it).
+
+Usage in a plain loop (steps = optimizer steps)::
+
+    pruner = Pruner(model, sparsity=0.8, method="snip_momentum", pattern="4x1", schedule="exp",
+                    start_step=0, end_step=100, frequency=10)
+    for step, (x, y) in enumerate(loader):
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        pruner.update_scores()          # after backward, before optimizer.step(): reads param.grad
+        optimizer.step(); optimizer.zero_grad()
+        pruner.step(step + 1)           # optimizer steps done: runs the latest due prune event
+    print(pruner.sparsity()); pruner.remove()   # or lightning_compress.clean(model) to bake the zeros
+
+Timeline and semantics:
+
+* construction (or :meth:`attach`): resolve targets, check the pattern fits each weight, put all-ones
+  masks on them (they act in ``forward``: effective weight = ``weight * mask``).
+* :meth:`update_scores` once per optimizer step, with the full reduced gradient (default getter:
+  ``param.grad``, or DeepSpeed's full gradient under ZeRO-3; the Lightning callback passes the engine's).
+  Gradient criteria stop updating after ``end_step``; ``topk`` keeps draining its forward accumulator.
+* :meth:`step` (``step`` = optimizer steps done): if prune events are due (``schedule.events_due``
+  grew), compute the masks of the latest due one and broadcast them from rank 0.  Gradient criteria
+  wait for one scored step (an event due at step 0 runs at the first step after a scored one).
+* An event at step 0 runs when ``step(0)`` is called (the callback does it before the first batch).
+
+Targets are :class:`~lightning_compress.core.pruner_targets.WeightTarget` (per-weight masks with a
+pattern) or, when ``find_groups`` is given, :class:`~lightning_compress.core.pruner_targets.UnitTarget`
+(rows / heads / channels of :class:`~lightning_compress.core.surgery.UnitGroup`); the pruner treats
+both alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lightning_compress.core.criteria import CRITERIA, Criterion, ScoreState, resolve_criterion
+from lightning_compress.core.dist import full_grad
+from lightning_compress.core.patterns import Pattern, parse_pattern
+from lightning_compress.core.pruner_targets import GradFn, PruneGroup, UnitTarget, WeightTarget
+from lightning_compress.core.ranking import select_pruned_units
+from lightning_compress.core.schedule import SCHEDULES, SparsitySchedule
+from lightning_compress.core.select import apply_exclude, select_modules
+from lightning_compress.core.surgery import UnitGroup
+from lightning_compress.core.types import MethodName, ScheduleName, Scope
+
+FindGroups = Callable[[nn.Module, PruneGroup], "list[UnitGroup]"]
+_COUNTER = itertools.count()
+
+
+class Pruner:
+    """Progressive pruning of a model's weights (or structured units) to a target sparsity.
+
+    Args:
+        model: the model to attach to now (``None``: call :meth:`attach` later).
+        sparsity: fraction of the targeted weights zeroed at ``end_step``, in [0, 1); ``None``: the
+            pattern's maximum if below 1 (``"2:4"``: 0.5), else 0.5.
+        method: criterion name (``"l1"``/``"magnitude"``, ``"topk"``, ``"snip"``, ``"snip_momentum"`` or any
+            registered one) or a :class:`~lightning_compress.core.criteria.Criterion` object or class.
+        pattern: ``"unstructured"``, ``"NxM"``, ``"N:M"`` (any registered grammar) or a
+            :class:`~lightning_compress.core.patterns.Pattern`.
+        schedule: ``"exp"`` | ``"cos"`` | ``"linear"`` | ``"cubic"`` over prune events.
+        start_step / end_step / frequency: optimizer steps of the first and last prune event and between
+            events; ``end_step=None`` must be resolved with :meth:`resolve_end_step` before :meth:`step`.
+        scope: ``"global"`` (one ranking over a group's layers, each capped at
+            ``max_sparsity_per_layer``) or ``"local"`` (per layer).
+        modules / exclude: regexes over qualified module names (``re.search``); default: every module of
+            ``target_types`` but the last one (the classifier).
+        groups: ``{name: {"modules": [...], "sparsity": s, "exclude": [...], "pattern": p}}``, each ranked
+            and scheduled on its own (replaces ``modules``/``sparsity``; ``exclude`` adds to each group's).
+        find_groups: ``(model, group) -> list[UnitGroup]``: prune structured units instead of weights
+            (``method`` must be a structured criterion, ``l1`` or ``topk``; at least one unit stays).
+        unit_word: what a unit is called in error messages (``"row"``, ``"head"``, ``"channel"``).
+        kind: the masking kind of the transforms (one owner per kind per weight).
+        target_types: module types weight targets may have.
+        owner: masking owner id (default: unique per pruner).
+        name: prefix of error messages (the callback's class name).
+
+    Raises:
+        ValueError: at construction for an unknown method / schedule / pattern, sparsity outside
+            [0, 1) or above the pattern's maximum, ``end_step < start_step``, ``frequency < 1``; at
+            :meth:`attach` for a regex matching nothing, a pattern that does not fit a weight, a module
+            in two groups or a weight already masked by another owner of the same kind.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        sparsity: float | None = 0.5,
+        method: MethodName | Criterion | type[Criterion] = "l1",
+        pattern: str | Pattern = "unstructured",
+        schedule: ScheduleName = "exp",
+        start_step: int = 0,
+        end_step: int | None = None,
+        frequency: int = 1,
+        scope: Scope = "global",
+        max_sparsity_per_layer: float = 0.98,
+        modules: list[str] | None = None,
+        exclude: list[str] | None = None,
+        groups: dict[str, dict[str, Any]] | None = None,
+        *,
+        find_groups: FindGroups | None = None,
+        unit_word: str = "unit",
+        kind: str = "sparse_mask",
+        target_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
+        owner: str | None = None,
+        name: str = "Pruner",
+    ) -> None:
+        self.name = name
+        self.criterion = resolve_criterion(method, name)
+        self.find_groups = find_groups
+        if find_groups is not None and not self.criterion.structured:
+            allowed = " or ".join(repr(n) for n, c in CRITERIA.items() if c.structured and c.name == n)
+            raise ValueError(f"{name}: `method`={method!r} must be {allowed} for structured pruning.")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"{name}: `schedule`={schedule!r} is unknown; choose one of {SCHEDULES}.")
+        if scope not in ("global", "local"):
+            raise ValueError(f"{name}: `scope`={scope!r} must be 'global' or 'local'.")
+        if not 0.0 < max_sparsity_per_layer <= 1.0:
+            raise ValueError(f"{name}: `max_sparsity_per_layer`={max_sparsity_per_layer} must be in (0, 1].")
+        if isinstance(modules, str):
+            modules = [modules]
+        if isinstance(exclude, str):
+            exclude = [exclude]
+        self.pattern = self._parse_pattern(pattern)
+        self.schedule_kind = schedule
+        self.start_step = int(start_step)
+        self.end_step = None if end_step is None else int(end_step)
+        self.frequency = int(frequency)
+        self.scope = scope
+        self.max_sparsity_per_layer = float(max_sparsity_per_layer)
+        self.unit_word = unit_word
+        self.kind = kind
+        self.target_types = tuple(target_types)
+        self.owner = owner or f"{name}#p{next(_COUNTER)}"
+        if self.frequency < 1:
+            raise ValueError(f"{name}: `frequency`={frequency} must be >= 1 optimizer step.")
+        if self.start_step < 0:
+            raise ValueError(f"{name}: `start_step`={start_step} must be >= 0.")
+        if self.end_step is not None and self.end_step < self.start_step:
+            raise ValueError(
+                f"{name}: `end_step`={end_step} is before `start_step`={start_step}; set end_step >= start_step, "
+                f"or leave end_step=None to end at the last optimizer step of training."
+            )
+        self.groups: list[PruneGroup] = self._make_groups(sparsity, modules, exclude, groups)
+        #: True when the parameters belong to a DeepSpeed engine (unit scores read its fp32 master weights)
+        self.in_engine = False
+        self.resolved_end: int | None = self.end_step
+        #: optimizer steps done, as last given to :meth:`step`
+        self.steps_done = 0
+        #: one entry per prune event that changed masks: ``{"step": s, "sparsity": ..., ...}``
+        self.history: list[dict[str, Any]] = []
+        self.model: nn.Module | None = None
+        if model is not None:
+            self.attach(model)
+
+    @property
+    def method(self) -> str:
+        """Canonical name of the criterion (``"magnitude"`` reads ``"l1"``)."""
+        return self.criterion.name
+
+    # ------------------------------------------------------------------ argument checks
+    def _parse_pattern(self, pattern: str | Pattern) -> Pattern:
+        try:
+            return parse_pattern(pattern)
+        except ValueError as err:
+            raise ValueError(f"{self.name}: {err}") from None
+
+    def _check_sparsity(self, sparsity: float | None, pattern: Pattern, argument: str) -> float:
+        if sparsity is None:
+            return pattern.max_sparsity if pattern.max_sparsity < 1.0 else 0.5
+        sparsity = float(sparsity)
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(
+                f"{self.name}: `{argument}`={sparsity} must be in [0, 1): it is the fraction of weights zeroed "
+                f"(DeepSpeed's dense_ratio r means sparsity 1 - r)."
+            )
+        if sparsity > pattern.max_sparsity + 1e-9:
+            raise ValueError(
+                f"{self.name}: `{argument}`={sparsity} is more than pattern {pattern.name!r} can reach "
+                f"({pattern.max_sparsity:g}); lower it or use another pattern."
+            )
+        return sparsity
+
+    def _make_groups(self, sparsity, modules, exclude, groups) -> list[PruneGroup]:  # noqa: ANN001
+        name = self.name
+        if not groups:
+            return [PruneGroup("default", self._check_sparsity(sparsity, self.pattern, "sparsity"), modules, exclude, self.pattern)]
+        if modules is not None:
+            raise ValueError(f"{name}: pass either `modules` or `groups`, not both (put the regexes in each group).")
+        out = []
+        for gname, spec in groups.items():
+            unknown = set(spec) - {"modules", "exclude", "sparsity", "pattern"}
+            if unknown:
+                raise ValueError(
+                    f"{name}: group {gname!r} has unknown keys {sorted(unknown)}; allowed: modules, exclude, sparsity, pattern."
+                )
+            gpattern = self._parse_pattern(spec["pattern"]) if "pattern" in spec else self.pattern
+            gmods = spec.get("modules")
+            if isinstance(gmods, str):
+                gmods = [gmods]
+            gexcl = list(exclude or []) + list(spec.get("exclude") or [])
+            gsparsity = self._check_sparsity(spec.get("sparsity", sparsity), gpattern, f"groups[{gname!r}].sparsity")
+            out.append(PruneGroup(gname, gsparsity, gmods, gexcl or None, gpattern))
+        return out
+
+    # ------------------------------------------------------------------ targets
+    @property
+    def targets(self) -> list[WeightTarget | UnitTarget]:
+        return [t for g in self.groups for t in g.targets]
+
+    def weight_targets(self, model: nn.Module, group: PruneGroup) -> list[WeightTarget]:
+        """A group's weight targets: ``modules``/``exclude`` resolved, the pattern checked on each."""
+        if group.modules is None:
+            chosen = select_modules(model, None, None, self.target_types, owner=self.name, exclude_last=True)
+            if group.exclude:
+                chosen = apply_exclude(model, chosen, group.exclude, self.name)
+        else:
+            chosen = select_modules(model, group.modules, group.exclude, self.target_types, owner=self.name)
+        targets = []
+        for mname, module in chosen.items():
+            shape = tuple(getattr(module.weight, "ds_shape", module.weight.shape))
+            group.pattern.check(shape, f"{self.name} group {group.name!r}, module {mname!r}")
+            targets.append(
+                WeightTarget(
+                    name=mname, module=module, group=group.name, pattern=group.pattern,
+                    max_sparsity=min(self.max_sparsity_per_layer, group.pattern.max_sparsity),
+                    score=self.criterion.per_weight_state(torch.Size(shape), device=module.weight.device),
+                    mask_buffer=f"_lc_mask_{self.kind}",
+                )
+            )
+        return targets
+
+    def unit_targets(self, model: nn.Module, group: PruneGroup) -> list[UnitTarget]:
+        """A group's unit targets from ``find_groups``; checks that the sparsity leaves a unit per layer."""
+        assert self.find_groups is not None
+        if group.exclude:  # an exclude regex must match some module, as for weight targets
+            apply_exclude(model, {}, group.exclude, self.name)
+        ugroups = self.find_groups(model, group)
+        self._check_reachable(group, ugroups)
+        return [
+            UnitTarget(
+                name=ug.name, unit_group=ug, group=group.name, max_sparsity=self._unit_cap(ug),
+                score=ScoreState(self.criterion, (ug.num_units,)),  # units: no forward accumulator
+            )
+            for ug in ugroups
+        ]
+
+    def _unit_cap(self, ug: UnitGroup) -> float:
+        return min(self.max_sparsity_per_layer, (ug.num_units - 1) / ug.num_units)
+
+    def _check_reachable(self, group: PruneGroup, ugroups: list[UnitGroup]) -> None:
+        s, word = group.sparsity, self.unit_word
+        if self.scope == "local":
+            for ug in ugroups:
+                if int(round(s * ug.num_units)) >= ug.num_units:
+                    raise ValueError(
+                        f"{self.name}: `sparsity`={s} would remove all {ug.num_units} {word}s of {ug.name!r} "
+                        f"(at least 1 must stay); use sparsity <= {(ug.num_units - 1) / ug.num_units:.3g}."
+                    )
+            return
+        total = sum(ug.num_units * ug.params_per_unit() for ug in ugroups)
+        reach = sum(math.floor(self._unit_cap(ug) * ug.num_units + 1e-9) * ug.params_per_unit() for ug in ugroups)
+        if total and s > reach / total + 1e-9:
+            small = min(ugroups, key=lambda u: u.num_units)
+            raise ValueError(
+                f"{self.name}: `sparsity`={s} would remove every {word} of some layers (at least 1 stays "
+                f"per layer, e.g. {small.name!r} has {small.num_units}); the most reachable is {reach / total:.3g}."
+            )
+
+    # ------------------------------------------------------------------ attach / remove
+    def attach(self, model: nn.Module) -> None:
+        """Resolve every group's targets on ``model`` and put all-ones masks on them (idempotent for
+        the same model; a different model is re-targeted: masks come off the old one, state resets)."""
+        if self.model is model:
+            return
+        if self.model is not None:
+            self.remove()
+            self.reset()
+        build = self.unit_targets if self.find_groups is not None else self.weight_targets
+        seen: dict[str, str] = {}
+        for group in self.groups:
+            group.targets = list(build(model, group))
+            for t in group.targets:
+                if t.name in seen:
+                    raise ValueError(
+                        f"{self.name}: module {t.name!r} is in groups {seen[t.name]!r} and {group.name!r}; "
+                        f"a module may belong to one group only: tighten the groups' `modules`/`exclude`."
+                    )
+                seen[t.name] = group.name
+        for t in self.targets:
+            t.attach(self.owner, self.kind)
+        self.model = model
+
+    def modules_touched(self) -> dict[str, nn.Module]:
+        """``{qualified name: module}`` of every module carrying this pruner's transforms."""
+        out: dict[str, nn.Module] = {}
+        for t in self.targets:
+            out.update(t.touched())
+        return out
+
+    def remove(self) -> None:
+        """Take the masks off (the weights keep their values; bake first with
+        ``lightning_compress.clean`` to keep the zeros)."""
+        for t in self.targets:
+            t.detach(self.owner)
+        for g in self.groups:
+            g.targets = []
+        self.model = None
+
+    def reset(self) -> None:
+        """Forget events and history (before pruning another model)."""
+        for g in self.groups:
+            g.events_done = 0
+        self.history = []
+        self.steps_done = 0
+
+    # ------------------------------------------------------------------ schedule
+    def resolve_end_step(self, total_steps: int | None = None) -> int:
+        """Fix the schedule: ``end_step``, or ``max(start_step, total_steps - 1)`` when it is None."""
+        end = self.end_step
+        if end is None:
+            if total_steps is None:
+                raise ValueError(f"{self.name}: `end_step` is None; pass `end_step` or the number of optimizer steps.")
+            end = max(self.start_step, int(total_steps) - 1)
+        self.resolved_end = end
+        for group in self.groups:
+            group.schedule = SparsitySchedule(
+                final=group.sparsity, kind=self.schedule_kind, start_step=self.start_step, end_step=end, frequency=self.frequency
+            )
+        return end
+
+    # ------------------------------------------------------------------ training loop
+    def update_scores(self, grad_fn: GradFn | None = None, step: int | None = None) -> None:
+        """One optimizer step's score update (after backward, before ``optimizer.step()``).
+
+        Args:
+            grad_fn: ``param -> full reduced fp32 gradient or None``; default ``param.grad`` (DeepSpeed's
+                full gradient for ZeRO-3 parameters).
+            step: optimizer steps done before this one (default: the last :meth:`step`).
+        """
+        step = self.steps_done if step is None else int(step)
+        if self.resolved_end is not None and step > self.resolved_end and not self.criterion.always_update:
+            return  # no more events: stop paying for scores
+        in_engine = self.in_engine
+        grad = grad_fn or (lambda p: full_grad(p, in_engine))
+        for t in self.targets:
+            t.update(grad, in_engine)
+
+    def step(self, step: int) -> bool:
+        """Run the latest due prune event once ``step`` optimizer steps are done.  Returns True when
+        masks changed (then :attr:`history` got an entry)."""
+        self.steps_done = int(step)
+        if any(g.schedule is None for g in self.groups):
+            self.resolve_end_step()
+        changed = False
+        for group in self.groups:
+            due = group.schedule.events_due(step)
+            if due <= group.events_done:
+                continue
+            if not all(self.criterion.ready(t.score) for t in group.targets):
+                continue  # gradient criteria: wait for the first scored optimizer step
+            self.prune_group(group, group.schedule.target(due))
+            group.events_done = due
+            changed = True
+        if changed:
+            self.history.append({"step": int(step), **self.sparsity_stats()})
+        return changed
+
+    @torch.no_grad()
+    def prune_group(self, group: PruneGroup, sparsity: float) -> None:
+        """Recompute the group's masks to reach ``sparsity`` now (identical on every rank)."""
+        if not group.targets:
+            return
+        scored = [t.layer_scores(self.in_engine) for t in group.targets]
+        pruned = select_pruned_units([layer for layer, _ in scored], sparsity, self.scope)
+        for t, pu, (_, aux) in zip(group.targets, pruned, scored):
+            t.apply_pruned(pu, aux)
+
+    # ------------------------------------------------------------------ reporting
+    def sparsity_stats(self) -> dict[str, float]:
+        """Actual sparsity (zeroed fraction of the targeted weights; for unit groups, parameters of
+        removed units): ``"sparsity"`` overall and ``"sparsity/<group>"`` with several groups."""
+        stats: dict[str, float] = {}
+        total = zeros = 0.0
+        for group in self.groups:
+            g_total = sum(t.numel() for t in group.targets)
+            g_zeros = sum(t.pruned() for t in group.targets)
+            total += g_total
+            zeros += g_zeros
+            if len(self.groups) > 1:
+                stats[f"sparsity/{group.name}"] = g_zeros / max(g_total, 1)
+        stats["sparsity"] = zeros / max(total, 1)
+        return stats
+
+    def sparsity(self) -> float:
+        return self.sparsity_stats()["sparsity"]
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """``{target name: bool keep mask}`` (CPU copies; unit targets: keep vector over units)."""
+        return {t.name: t.mask.detach().cpu().clone() for t in self.targets}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "events_done": {g.name: g.events_done for g in self.groups},
+            "resolved_end": self.resolved_end,
+            "masks": self.masks(),
+            "scores": {t.name: t.score.state_dict() for t in self.targets},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore events, masks and scores onto the attached targets."""
+        events = state.get("events_done", {})
+        for g in self.groups:
+            g.events_done = int(events.get(g.name, 0))
+        by_name = {t.name: t for t in self.targets}
+        missing = set(state.get("masks", {})) - set(by_name)
+        if missing:
+            raise ValueError(
+                f"{self.name}: the checkpoint has masks for {sorted(missing)[:5]} which this pruner does not "
+                f"target; resume with the same `modules`/`exclude`/`groups` as the run that saved it."
+            )
+        for tname, mask in state.get("masks", {}).items():
+            by_name[tname].load_mask(mask)
+        for tname, sstate in state.get("scores", {}).items():
+            if tname in by_name:
+                by_name[tname].score.load_state_dict(sstate)
+
+
+__all__ = ["Pruner"]

@@ -1,0 +1,134 @@
+"""Which units to prune: one ranking per layer (``"local"``) or one over all layers of a group
+(``"global"``, one threshold, each layer capped at its ``max_sparsity``).  Works on flat unit costs
+from any :class:`~lightning_compress.core.patterns.Pattern` or unit group (lower cost = pruned first)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+@dataclass
+class LayerScores:
+    """One layer's contribution to a ranking.
+
+    Args:
+        costs: flat unit costs (lower = pruned first).
+        unit_elems: weights zeroed per unit.
+        total_elems: weights in the layer.
+        max_sparsity: cap on the layer's sparsity (fraction of its weights).
+    """
+
+    costs: torch.Tensor
+    unit_elems: int
+    total_elems: int
+    max_sparsity: float
+
+
+def _cap_units(layer: LayerScores) -> int:
+    return min(int(math.floor(layer.max_sparsity * layer.total_elems / layer.unit_elems + 1e-9)), layer.costs.numel())
+
+
+def _lowest_k(costs: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` lowest entries of a flat tensor, ties broken by index (first wins),
+    in O(n) with ``kthvalue`` instead of a sort."""
+    n = costs.numel()
+    out = torch.zeros(n, dtype=torch.bool, device=costs.device)
+    if k <= 0:
+        return out
+    if k >= n:
+        out[:] = True
+        return out
+    thr = torch.kthvalue(costs, k).values
+    out = costs < thr
+    missing = k - int(out.sum())
+    if missing > 0:
+        ties = torch.nonzero(costs == thr).view(-1)[:missing]
+        out[ties] = True
+    return out
+
+
+def _global_one_unit_size(layers: list[LayerScores], k: int, device: torch.device) -> list[torch.Tensor]:
+    """Global ranking when every unit zeroes the same number of weights: the ``k`` lowest units over
+    all layers, each layer capped.  Water-filling: one O(n) threshold; layers that would go over
+    their cap keep exactly their ``cap`` lowest units and leave the pool; repeat on the rest (the
+    threshold only rises, so a capped layer stays capped).  Same result as a full sort with caps."""
+    costs = [layer.costs.float().reshape(-1).to(device) for layer in layers]
+    caps = [_cap_units(layer) for layer in layers]
+    result: list[torch.Tensor | None] = [None] * len(layers)
+    free = list(range(len(layers)))
+    k = min(k, sum(caps))
+    while free:
+        flat = _lowest_k(torch.cat([costs[i] for i in free]), k) if k > 0 else torch.zeros(
+            sum(costs[i].numel() for i in free), dtype=torch.bool, device=device
+        )
+        parts = torch.split(flat, [costs[i].numel() for i in free])
+        over = [i for i, p in zip(free, parts) if int(p.sum()) > caps[i]]
+        if not over:
+            for i, p in zip(free, parts):
+                result[i] = p.clone()
+            break
+        for i in over:
+            result[i] = _lowest_k(costs[i], caps[i])
+            k -= caps[i]
+        free = [i for i in free if i not in over]
+    return [r if r is not None else torch.zeros(c.numel(), dtype=torch.bool, device=device) for r, c in zip(result, costs)]
+
+
+def select_pruned_units(layers: list[LayerScores], sparsity: float, scope: str) -> list[torch.Tensor]:
+    """Which units to prune so that the pruned fraction of all weights is ``sparsity``.
+
+    ``scope="local"``: each layer reaches ``sparsity`` by its own ranking.
+    ``scope="global"``: one ranking over all layers (one threshold), each layer capped at its
+    ``max_sparsity``; the total is exact to within one unit.
+
+    Returns one flat bool tensor per layer (True = pruned).
+    """
+    out: list[torch.Tensor] = []
+    if scope == "local":
+        for layer in layers:
+            k = int(round(sparsity * layer.total_elems / layer.unit_elems))
+            k = max(0, min(k, _cap_units(layer)))
+            out.append(_lowest_k(layer.costs.float().reshape(-1), k))
+        return out
+    if scope != "global":
+        raise ValueError(f"`scope`={scope!r} must be 'global' or 'local'.")
+    if not layers:
+        return out
+    device = layers[0].costs.device
+    total = sum(layer.total_elems for layer in layers)
+    target = sparsity * total
+    if len({layer.unit_elems for layer in layers}) == 1:
+        return _global_one_unit_size(layers, int(round(target / layers[0].unit_elems)), device)
+    # units of different sizes (structured groups of different widths): a full sort; per layer only
+    # its `cap` cheapest units are candidates, ranked globally, taken until closest to the target
+    cand_costs, cand_layer, cand_index = [], [], []
+    for i, layer in enumerate(layers):
+        costs = layer.costs.float().reshape(-1).to(device)
+        cap = _cap_units(layer)
+        idx = torch.argsort(costs, stable=True)[:cap]
+        cand_costs.append(costs[idx])
+        cand_index.append(idx)
+        cand_layer.append(torch.full((idx.numel(),), i, dtype=torch.long, device=device))
+    all_costs = torch.cat(cand_costs)
+    all_layer = torch.cat(cand_layer)
+    all_index = torch.cat(cand_index)
+    order = torch.argsort(all_costs, stable=True)
+    elems = torch.tensor([layer.unit_elems for layer in layers], dtype=torch.float64, device=device)
+    cum = elems[all_layer[order]].cumsum(0)
+    # number of units whose cumulative weight count is closest to the target
+    n_take = int(torch.searchsorted(cum, torch.tensor([target], dtype=cum.dtype, device=device)).item())
+    if n_take < cum.numel():
+        below = cum[n_take - 1].item() if n_take > 0 else 0.0
+        if abs(cum[n_take].item() - target) < abs(below - target):
+            n_take += 1
+    chosen = order[:n_take]
+    for i, layer in enumerate(layers):
+        pruned = torch.zeros(layer.costs.numel(), dtype=torch.bool, device=device)
+        sel = all_layer[chosen] == i
+        pruned[all_index[chosen][sel]] = True
+        out.append(pruned)
+    return out
+
+__all__ = ["LayerScores", "select_pruned_units"]

@@ -1,0 +1,21 @@
+"""The option names every compression signature shares, spelled once (``Literal`` so LightningCLI
+validates them).
+
+* :data:`MethodName`: the built-in pruning criteria (:mod:`lightning_compress.core.criteria`); every
+  ``method`` argument also accepts a :class:`~lightning_compress.core.criteria.Criterion` object (or
+  class) and, from Python, the name of any criterion registered with ``register_criterion``.
+* :data:`StructuredMethodName`: the criteria structured pruning (rows, heads, channels) accepts.
+* :data:`ScheduleName`: sparsity schedules (:mod:`lightning_compress.core.schedule`).
+* :data:`Scope`: ``"global"`` = one ranking over all targeted layers of a group, ``"local"`` = per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+MethodName = Literal["l1", "magnitude", "topk", "snip", "snip_momentum"]
+StructuredMethodName = Literal["l1", "magnitude", "topk"]
+ScheduleName = Literal["exp", "cos", "linear", "cubic"]
+Scope = Literal["global", "local"]
+
+__all__ = ["MethodName", "ScheduleName", "Scope", "StructuredMethodName"]
