@@ -6,8 +6,7 @@ Importing the package registers the ``deepspeed_compression*`` strategy names wi
 from lightning_compress.callbacks import *  # noqa: F401,F403
 from lightning_compress.callbacks import __all__ as _callbacks_all
 from lightning_compress.deepspeed_config import from_deepspeed_config
-from lightning_compress.export import clean, fold_batchnorm, load_slim_state
-from lightning_compress.export_onnx import export_float, export_int8, export_qdq
+from lightning_compress.export import clean, export_float, export_int8, export_qdq, fold_batchnorm, load_slim_state
 from lightning_compress.ptq import quantize, zeroquant
 from lightning_compress.strategies import DeepSpeedCompressionStrategy, register as _register_strategies
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from lightning_compress.core.graph import channel_spaces, related_spaces, trace_channel_spaces
-from lightning_compress.core.surgery import Member, UnitGroup, attach_group, remove_units, strip, sync_group
+from lightning_compress.core.masking import strip
+from lightning_compress.core.surgery import Member, UnitGroup, attach_group, remove_units, sync_group
 from tests.models import TinyMLP
 from tests.structured_models import TinyBert, TinyResNet, randomize_bn
 
@@ -95,7 +96,7 @@ def test_surgery_linear_pair_and_shapes():
     x = torch.randn(5, 6)
     with torch.no_grad():
         masked = model(x)
-        from lightning_compress.export import bake
+        from lightning_compress.core.masking import bake
 
         bake(model)
         remove_units(model)

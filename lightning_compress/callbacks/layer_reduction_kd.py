@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.core import masking
 from lightning_compress.core.distill import (
     DistillRecorder,
     evenly_spaced_layers,
@@ -20,7 +21,6 @@ from lightning_compress.core.distill import (
     resolve_keep_layers,
     shrink_layers_,
     supports_attentions,
-    unwrap_masking,
 )
 
 _OWNER = "LayerReductionKD"
@@ -311,7 +311,7 @@ class LayerReductionKD(Callback):
         keep = resolve_keep_layers(requested, n, owner=_OWNER, stack=full_name)
         if self.distilling or self._given_teacher:  # a given teacher also serves copy_modules without KD
             if self.teacher is None:
-                self.teacher = unwrap_masking(copy.deepcopy(net))
+                self.teacher = masking.strip(copy.deepcopy(net))
                 t_name, t_stack = name, self.teacher.get_submodule(name) if name else self.teacher
             else:
                 own = {id(p) for p in net.parameters()}

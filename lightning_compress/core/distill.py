@@ -562,13 +562,3 @@ def supports_attentions(model: nn.Module) -> bool:
     impl = getattr(config, "_attn_implementation", None) or "eager"
     return impl == "eager" and _accepts_kwarg(model, "output_attentions")
 
-
-def unwrap_masking(model: nn.Module) -> nn.Module:
-    """Remove every masking/quantization class swap from ``model`` (used on a teacher copied from a model
-    that compression callbacks had already wrapped)."""
-    from lightning_compress.core import masking
-
-    for m in model.modules():
-        if masking.is_wrapped(m):
-            masking.unwrap(m)
-    return model
