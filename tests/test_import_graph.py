@@ -123,15 +123,27 @@ def test_no_import_cycle_inside_the_package():
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
 
+def _imports_lightning(path: Path) -> bool:
+    for node in _module_level_imports(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        if any(n in ("lightning", "pytorch_lightning") or n.startswith(("lightning.", "pytorch_lightning.")) for n in names):
+            return True
+    return False
+
+
 def test_export_package_does_not_import_lightning():
-    graph = import_graph()
-    mods = _modules()
-    for name in [m for m in graph if m == f"{PKG}.export" or m.startswith(f"{PKG}.export.")]:
-        tree = ast.parse(mods[name].read_text())
-        for node in _module_level_imports(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            assert not any(n == "lightning" or n.startswith(("lightning.", "pytorch_lightning")) for n in names), name
-        assert not any(d.startswith((f"{PKG}.callbacks", f"{PKG}.strategies")) for d in graph[name]), name
+    """The export package and everything it imports (transitively, inside the package) is plain PyTorch."""
+    graph, mods = import_graph(), _modules()
+    todo = [m for m in graph if m == f"{PKG}.export" or m.startswith(f"{PKG}.export.")]
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph[m])
+    assert f"{PKG}.export.slim" in seen and f"{PKG}.core.masking" in seen
+    offenders = sorted(m for m in seen if _imports_lightning(mods[m]))
+    assert not offenders, f"the export package imports lightning through {offenders}"
 
 
 def test_every_module_imports_first_in_a_fresh_interpreter():
