@@ -8,7 +8,7 @@ Models (random init; latency and size do not depend on the weights' values):
 Variants, all run through ONNX Runtime on the CPU, interleaved round-robin in one process (each
 iteration runs every variant once, in a rotating order), median latency:
 * ``fp32``: plain fp32 ONNX;
-* ``ours int8``: :func:`lightning_compress.export_onnx.export_int8` of ``quantize(model, weight_bits=8,
+* ``ours int8``: :func:`lightning_compress.export.export_int8` of ``quantize(model, weight_bits=8,
   granularity="channel")`` (BERT: Linear layers, word embeddings and classifier, as ORT does; ResNet:
   every Conv / Linear but the last, convolutions kept as float Conv by default, also shown with
   ``ConvInteger``): our per-channel int8 weights, ORT's dynamic uint8 activations;
@@ -102,7 +102,7 @@ def run(name: str, iters: int, threads: int) -> None:
     import onnxruntime as ort
     from onnxruntime.quantization import quantize_dynamic
 
-    from lightning_compress.export_onnx import export_float, export_int8, export_qdq
+    from lightning_compress.export import export_float, export_int8, export_qdq
     from lightning_compress.ptq import quantize
 
     from safetensors.torch import save_file

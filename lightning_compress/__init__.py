@@ -36,15 +36,14 @@ _LAZY: dict[str, str] = {
     "clean": "lightning_compress.export",
     "fold_batchnorm": "lightning_compress.export",
     "load_slim_state": "lightning_compress.export",
-    # lightning_compress.export once the export package holds the ONNX writers
-    "export_qdq": "lightning_compress.export_onnx",
-    "export_int8": "lightning_compress.export_onnx",
-    "export_float": "lightning_compress.export_onnx",
+    "export_qdq": "lightning_compress.export",
+    "export_int8": "lightning_compress.export",
+    "export_float": "lightning_compress.export",
     "quantize": "lightning_compress.ptq",
     "zeroquant": "lightning_compress.ptq",
 }
 #: subpackages reachable as attributes without an explicit import (as when __init__ imported them all)
-_SUBMODULES = ("callbacks", "core", "deepspeed", "export", "export_onnx", "ptq", "report", "strategies")
+_SUBMODULES = ("callbacks", "core", "deepspeed", "export", "ptq", "report", "strategies")
 
 __all__ = [
     "SparsePruning",
@@ -81,8 +80,7 @@ if TYPE_CHECKING:
         WeightQuant,
     )
     from lightning_compress.deepspeed import from_deepspeed_config
-    from lightning_compress.export import clean, fold_batchnorm, load_slim_state
-    from lightning_compress.export_onnx import export_float, export_int8, export_qdq
+    from lightning_compress.export import clean, export_float, export_int8, export_qdq, fold_batchnorm, load_slim_state
     from lightning_compress.ptq import quantize, zeroquant
     from lightning_compress.strategies.deepspeed_compression import DeepSpeedCompressionStrategy
 

@@ -1,6 +1,6 @@
 """Post-training quantization: :func:`quantize` (static with a calibration loader, else dynamic) and
 the :func:`zeroquant` preset.  No training step; the model comes back fake-quantized (weights and
-layer inputs), ready for :mod:`lightning_compress.export_onnx`.
+layer inputs), ready for :mod:`lightning_compress.export.onnx`.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def quantize(
     Example::
 
         qmodel = lightning_compress.quantize(model, calib_loader, weight_bits=8, act_bits=8, observer="percentile")
-        lightning_compress.export_onnx.export_qdq(qmodel, (x,), "model_qdq.onnx")
+        lightning_compress.export_qdq(qmodel, (x,), "model_qdq.onnx")
     """
     if weight_bits is not None:
         check_bits(weight_bits, SUPPORTED_WEIGHT_BITS, "weight_bits", "quantize")

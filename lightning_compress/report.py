@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_compress.export.adapt import split_example
+from lightning_compress.export.save import unique_tensors
+
 
 def _own_params(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in module._parameters.items() if v is not None}
@@ -52,22 +55,12 @@ def layer_rows(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
 
 def _state_bytes(model: nn.Module) -> int:
     """Bytes of the state dict's tensors (shared tensors once): what a weights file holds."""
-    seen, total = set(), 0
-    for v in model.state_dict().values():
-        if isinstance(v, torch.Tensor) and v.numel():
-            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-            if key not in seen:
-                seen.add(key)
-                total += v.numel() * v.element_size()
-    return total
+    return sum(v.numel() * v.element_size() for v in unique_tensors(model).values())
 
 
 def _call(model: nn.Module, example: Any) -> Any:
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, tuple):
-        return model(*example)
-    return model(example)
+    args, kwargs = split_example(example)
+    return model(*args, **kwargs)
 
 
 @torch.no_grad()

@@ -8,7 +8,8 @@ from torch import nn
 
 from lightning_compress.core.families import channel_spaces
 from lightning_compress.core.graph import related_spaces, trace_channel_spaces
-from lightning_compress.core.surgery import Member, UnitGroup, attach_group, remove_units, strip, sync_group
+from lightning_compress.core.masking import strip
+from lightning_compress.core.surgery import Member, UnitGroup, attach_group, remove_units, sync_group
 from tests.models import TinyMLP
 from tests.structured_models import TinyBert, TinyResNet, randomize_bn
 
@@ -96,7 +97,7 @@ def test_surgery_linear_pair_and_shapes():
     x = torch.randn(5, 6)
     with torch.no_grad():
         masked = model(x)
-        from lightning_compress.export import bake
+        from lightning_compress.core.masking import bake
 
         bake(model)
         remove_units(model)

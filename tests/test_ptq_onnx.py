@@ -16,7 +16,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from lightning_compress.core import masking
 from lightning_compress.core.quantize import pack_state, packed_nbytes, weight_quantizer
-from lightning_compress.export_onnx import _strip, export_float, export_int8, export_qdq
+from lightning_compress.export import export_float, export_int8, export_qdq
+from lightning_compress.export import plain_copy as _strip
 from lightning_compress.ptq import quantize, zeroquant
 
 NAMES = ["input_ids", "attention_mask"]

@@ -283,7 +283,7 @@ class LayerReductionKD(CompressionCallback):
         keep = resolve_keep_layers(requested, n, owner=_OWNER, stack=full_name)
         if self.distilling or self._given_teacher:  # a given teacher also serves copy_modules without KD
             if self.teacher is None:
-                self.teacher = masking.unwrap_all(copy.deepcopy(net))
+                self.teacher = masking.strip(copy.deepcopy(net))
                 t_name, t_stack = name, self.teacher.get_submodule(name) if name else self.teacher
             else:
                 own = {id(p) for p in net.parameters()}

@@ -12,8 +12,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.core.dist import gathered
-from lightning_compress.core.surgery import strip
-from lightning_compress.export import FORMATS, bake, clean_for_storage, fold_batchnorm, save_slim, write_json
+from lightning_compress.export import FORMATS, clean_for_storage, fold_batchnorm, plain_copy, save_slim, write_json
 from lightning_compress.report import compression_report, format_table, log_report
 
 Format = Literal["torch_export", "safetensors", "onnx"]
@@ -139,9 +138,7 @@ class RedundancyClean(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         example = self.example_input if self.example_input is not None else self._stashed
         model = full_copy(pl_module)  # collective under ZeRO-3: every rank
-        before = copy.deepcopy(model)
-        bake(before)
-        strip(before)
+        before = plain_copy(model)  # masks and quantizers baked, full shapes
         if self.fold_batchnorm:
             fold_batchnorm(before)  # fair latency comparison: both folded
         slim, packed, stored = clean_for_storage(model, fold_batchnorm=self.fold_batchnorm)

@@ -26,7 +26,7 @@ Building blocks:
 * :mod:`~lightning_compress.core.quantize`: fake quantizers, ``bit_levels``,
   ``SUPPORTED_WEIGHT_BITS``, bit packing (``pack_state`` / ``unpack_state``).
 * :mod:`~lightning_compress.core.masking`: how masks and quantizers ride on a module's forward
-  (``param_transforms``, ``input_transforms``, ``find_transform``, ``drop``, ``bake``, ``unwrap_all``).
+  (``param_transforms``, ``input_transforms``, ``find_transform``, ``drop``, ``bake``, ``strip``).
 * :mod:`~lightning_compress.core.surgery`: physical removal of rows / channels / heads
   (``remove_units``, ``strip``).
 * :mod:`~lightning_compress.core.graph`: which layers are coupled (tracing), for structured pruning.

@@ -18,8 +18,8 @@ Contract used by every compression method:
   ``fn(module, tensor) -> tensor``; two owners of the same ``kind`` (e.g. two ``"mask"`` owners) on
   one parameter raise ``ValueError``: two callbacks must not fight over one weight.
 * :func:`add_input_transform` likewise for the first positional input.
-* :func:`remove_owner` removes everything an owner registered; :func:`unwrap` restores the
-  original class once nothing is left.
+* :func:`remove_owner` removes everything an owner registered; the module gets its original class
+  back once nothing is left.
 * :func:`effective_param` returns the parameter as forward sees it (for baking / export).
 
 These functions are the only way code outside this file reads or removes transforms (no other file
@@ -31,7 +31,9 @@ names the ``_lc_*`` attributes of a wrapped module):
 * :func:`find_transform`: the first transform of a kind (and optionally a type of ``fn``).
 * :func:`drop` removes the transforms that match ``kinds`` / ``owner`` / ``predicate`` (unwrapping a
   module left with none); :func:`bake` first writes their effective value into the parameter.
-* :func:`original_class`: the user's class under the swap; :func:`unwrap_all` strips a whole model.
+* :func:`original_class`: the user's class under the swap.
+* :func:`strip` takes all the machinery off a whole model without baking: every module gets its
+  class back and every ``_lc_*`` buffer and attribute (masks, unit records, observers) goes.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def wrap(module: nn.Module) -> nn.Module:
     return module
 
 
-def unwrap(module: nn.Module) -> nn.Module:
+def _unwrap(module: nn.Module) -> nn.Module:
     """Restore the original class and drop all transforms (buffers added by owners stay)."""
     if not is_wrapped(module):
         return module
@@ -195,7 +197,7 @@ def remove_owner(module: nn.Module, owner: str) -> None:
             del module._lc_param_transforms[name]  # type: ignore[attr-defined]
     module._lc_input_transforms[:] = [t for t in module._lc_input_transforms if t.owner != owner]  # type: ignore[attr-defined]
     if not module._lc_param_transforms and not module._lc_input_transforms:  # type: ignore[attr-defined]
-        unwrap(module)
+        _unwrap(module)
 
 
 def owners(module: nn.Module, param_name: str | None = None) -> list[tuple[str, str]]:
@@ -315,30 +317,41 @@ def drop(
         gone += len(its) - len(keep)
         its[:] = keep
     if not module._lc_param_transforms and not module._lc_input_transforms:  # type: ignore[attr-defined]
-        unwrap(module)
+        _unwrap(module)
     return gone
 
 
 @torch.no_grad()
-def bake(module: nn.Module, kinds: "tuple[str, ...] | KindSelector | None" = None) -> dict[str, list[str]]:
-    """Write the effective value of each parameter of ``module`` through the transforms that match
-    ``kinds`` (in forward order) into the parameter itself, in place.  The transforms stay registered
-    (call :func:`drop` to take them off).  Returns ``{param name: [kinds baked]}``."""
+def bake(model: nn.Module, kinds: "tuple[str, ...] | KindSelector | None" = None) -> dict[str, list[str]]:
+    """Write the effective value of every transformed parameter of ``model`` and its submodules
+    (through the transforms that match ``kinds``, in forward order) into the parameter itself, in
+    place: forward then computes the same with or without those transforms.  The transforms stay
+    registered (call :func:`drop` or :func:`strip` to take them off).  Returns
+    ``{qualified parameter name: [kinds baked]}`` (for a leaf module: ``{"weight": [...]}``)."""
     baked: dict[str, list[str]] = {}
-    for pname in transformed_params(module):
-        sel = tuple(t.kind for t in param_transforms(module, pname) if _matches(t, kinds, None))
-        if not sel:
-            continue
-        value = effective_param(module, pname, kinds=sel)
-        param = module._parameters[pname]
-        assert param is not None
-        param.data.copy_(value.detach().to(param.dtype))
-        baked[pname] = list(sel)
+    for prefix, module in model.named_modules():
+        for pname in transformed_params(module):
+            sel = tuple(t.kind for t in param_transforms(module, pname) if _matches(t, kinds, None))
+            if not sel:
+                continue
+            value = effective_param(module, pname, kinds=sel)
+            param = module._parameters[pname]
+            assert param is not None
+            param.data.copy_(value.detach().to(param.dtype))
+            baked[f"{prefix}.{pname}" if prefix else pname] = list(sel)
     return baked
 
 
-def unwrap_all(model: nn.Module) -> nn.Module:
-    """Unwrap every module of ``model`` (all transforms dropped; added buffers stay)."""
-    for m in model.modules():
-        unwrap(m)
+def strip(model: nn.Module) -> nn.Module:
+    """Take all lightning-compress machinery off ``model`` in place, without baking: every module
+    gets its original class back (all transforms dropped) and every ``_lc_*`` buffer (masks, unit
+    masks, activation ranges) and ``_lc_*`` attribute (unit-group records) is deleted.  Parameters
+    keep their stored values (call :func:`bake` first to keep what forward computed).  Returns
+    ``model``."""
+    for module in model.modules():
+        _unwrap(module)
+        for name in [b for b in module._buffers if b.startswith("_lc_")]:
+            del module._buffers[name]
+        for name in [a for a in module.__dict__ if a.startswith("_lc_")]:
+            del module.__dict__[name]
     return model

@@ -306,12 +306,3 @@ def _slice_quant_ranges(module: nn.Module, dims: dict[int, torch.Tensor]) -> Non
         hi = hi.reshape(out, per_row, *hi.shape[1:]).index_select(0, keep).reshape(-1, *hi.shape[1:])
         q.ranges = (lo, hi)
 
-
-def strip(model: nn.Module) -> None:
-    """Remove all masking machinery: unwrap every module, delete ``_lc_*`` buffers and attributes."""
-    for module in model.modules():
-        masking.unwrap(module)
-        for name in [b for b in module._buffers if b.startswith("_lc_")]:
-            del module._buffers[name]
-        for name in [a for a in module.__dict__ if a.startswith("_lc_")]:
-            del module.__dict__[name]

@@ -1,109 +1,26 @@
-"""ONNX export of quantized models, in two forms.
+"""Integer forms of weight-quantized models: layers that hold integer weight codes.
 
-* :func:`export_qdq`: the fake-quantized model as is.  ``torch.fake_quantize_*`` become
-  ``QuantizeLinear`` / ``DequantizeLinear`` pairs on weights (per tensor, per channel; groups as
-  per-channel QDQ on the weight viewed ``[out*in/g, g]`` then reshaped; 4/3-bit values sit in an
-  int8 container after a clip, ternary / binary weights are exported as their float values) and on
-  static activations (per tensor, uint8 when asymmetric).  Dynamic per-token activation quantization
-  has no QDQ form; it is exported as the float arithmetic that computes it (so outputs agree with
-  PyTorch).  This is the format for TensorRT and for CPUs with VNNI / AMX.
-* :func:`export_int8`: an integer model that is fast on a plain (AVX2) CPU in ONNX Runtime: every
-  quantized Linear becomes ``DynamicQuantizeLinear`` (the activation, per tensor, uint8, at run
-  time) -> ``MatMulInteger`` (our int8 weight codes, zero-points) -> ``Cast`` -> ``Mul`` (activation
-  scale x our per-channel weight scales) -> ``Add`` (bias), the pattern ONNX Runtime fuses into its
-  ``DynamicQuantizeMatMul`` kernel.  Quantized embeddings keep an int8 table with per-row scales
-  (``Gather`` of codes and scales, then ``Mul``).  Conv2d likewise with ``ConvInteger`` (ONNX Runtime implements
-  it for uint8 weights only: symmetric codes are shifted by 128), or kept as a float Conv with the
-  dequantized weight (``conv="float"``, the default, because ``ConvInteger`` is slow in ONNX
-  Runtime on CPU; see ``benchmarks/quant.py``: the weights are then stored as int8 codes and
-  dequantized in the graph, which ONNX Runtime constant-folds at load).  Group-wise weights have no
-  per-column form in ``MatMulInteger``: they are stored the same way (integer codes, float kernel)
-  and listed under ``"int8 storage"`` in the returned summary.  The model's own activation quantizers are replaced by ONNX Runtime's
-  dynamic per-tensor uint8 quantization.
+* :class:`Int8Linear` / :class:`Int8Conv2d`: integer kernels in ONNX (``DynamicQuantizeLinear`` ->
+  ``MatMulInteger`` / ``ConvInteger`` -> ``Cast`` -> ``Mul`` -> ``Add``), the pattern ONNX Runtime
+  fuses into its dynamic-quantized kernels; :class:`Int8Embedding`: an integer table with per-row
+  scales.
+* :class:`StoredInt8`: integer codes in the file, dequantized in the graph (float kernels).
+* :func:`int8_model`: a plain copy of a quantized model with those layers swapped in, used by
+  :func:`lightning_compress.export.export_int8` (ONNX) and
+  :func:`lightning_compress.export.clean_for_storage` (the ``torch.export`` twin).
 """
 
 from __future__ import annotations
 
-import copy
-import os
-import warnings
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from lightning_compress.core.quantize import pre_quant_weight, weight_quantizer
-from lightning_compress.core.surgery import strip
+from lightning_compress.export.plain import plain_copy
 
 
-class _OutputAdapter(nn.Module):
-    """Runs the model with positional inputs and returns tensors (``logits`` / first output of
-    Hugging Face ``ModelOutput``s and tuples)."""
-
-    def __init__(self, model: nn.Module, input_names: Sequence[str] | None) -> None:
-        super().__init__()
-        self.model = model
-        self.input_names = list(input_names) if input_names else None
-
-    def forward(self, *args: torch.Tensor) -> Any:
-        if self.input_names is not None and _wants_kwargs(self.model):
-            out = self.model(**dict(zip(self.input_names, args)))
-        else:
-            out = self.model(*args)
-        if isinstance(out, torch.Tensor):
-            return out
-        if hasattr(out, "logits"):
-            return out.logits
-        if isinstance(out, dict):
-            return next(iter(out.values()))
-        if isinstance(out, (tuple, list)):
-            return out[0]
-        return out
-
-
-def _wants_kwargs(model: nn.Module) -> bool:
-    return hasattr(model, "config") and hasattr(model.config, "model_type")
-
-
-def _export(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | os.PathLike, input_names: Sequence[str] | None,
-            dynamic_axes: dict[str, dict[int, str]] | None, opset: int, fold: bool = True) -> str:
-    adapter = _OutputAdapter(model, input_names).eval()
-    names = list(input_names) if input_names else [f"input_{i}" for i in range(len(args))]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            torch.onnx.export(
-                adapter, tuple(args), str(path), dynamo=False, opset_version=opset, input_names=names,
-                output_names=["output"], dynamic_axes=dynamic_axes, do_constant_folding=fold,
-            )
-    return str(path)
-
-
-def export_qdq(
-    model: nn.Module,
-    args: tuple[torch.Tensor, ...],
-    path: str | os.PathLike,
-    input_names: Sequence[str] | None = None,
-    dynamic_axes: dict[str, dict[int, str]] | None = None,
-    opset: int = 17,
-) -> str:
-    """Export a fake-quantized model (``WeightQuant`` / ``ActQuant`` / :func:`quantize`) to an ONNX
-    QDQ model at ``path`` (see module docstring).  ``args``: example inputs, positional (with
-    ``input_names`` for Hugging Face models, which are called with keywords).  Returns the path."""
-    return _export(model, args, path, input_names, dynamic_axes, opset)
-
-
-def export_float(model: nn.Module, args: tuple[torch.Tensor, ...], path: str | os.PathLike,
-                 input_names: Sequence[str] | None = None, dynamic_axes: dict[str, dict[int, str]] | None = None,
-                 opset: int = 17) -> str:
-    """Export ``model`` in plain fp32 (quantizers, if any, are taken off a copy first)."""
-    return _export(_strip(model, bake=False), args, path, input_names, dynamic_axes, opset)
-
-
-# ---------------------------------------------------------------------------------------------
-# integer form
-# ---------------------------------------------------------------------------------------------
 class _DynQMatMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, wq_t: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -212,17 +129,6 @@ class StoredInt8(nn.Module):
         return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def _strip(model: nn.Module, bake: bool) -> nn.Module:
-    """Deep copy without any transform; ``bake``: weights replaced by their effective value."""
-    from lightning_compress.export import bake as bake_params
-
-    model = copy.deepcopy(model)
-    if bake:
-        bake_params(model, kinds="all")
-    strip(model)
-    return model
-
-
 def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -267,7 +173,7 @@ def int8_model(
         with torch.no_grad():
             codes, scale, zp = q.quantize_int(pre_quant_weight(module).detach())
         plan[name] = (codes, scale, zp, spec, how)
-    stripped = _strip(model, bake=True)
+    stripped = plain_copy(model, bake=True)
     for name, (codes, scale, zp, spec, how) in plan.items():
         module = stripped.get_submodule(name)
         summary[how].append(name)
@@ -301,38 +207,3 @@ def int8_model(
             new = Int8Conv2d(module, wq, scale.float(), zpt, bias)
         _set_child(stripped, name, new)
     return stripped, summary
-
-
-def export_int8(
-    model: nn.Module,
-    args: tuple[torch.Tensor, ...],
-    path: str | os.PathLike,
-    input_names: Sequence[str] | None = None,
-    dynamic_axes: dict[str, dict[int, str]] | None = None,
-    opset: int = 17,
-    conv: Literal["float", "integer"] = "float",
-) -> dict[str, list[str]]:
-    """Export the integer CPU form of a weight-quantized model to ``path`` (see module docstring).
-
-    Returns ``{"integer": [module names run with integer kernels], "int8 storage": [integer codes in
-    the file, dequantized at load], "float": [baked as float]}``.
-
-    Raises:
-        ValueError: the model has no weight quantizer (quantize it first).
-    """
-    if not any(weight_quantizer(m) is not None for m in model.modules()):
-        raise ValueError("export_int8: the model has no weight quantizer; run lightning_compress.quantize or WeightQuant first.")
-    if conv not in ("float", "integer"):
-        raise ValueError(f"export_int8: `conv`={conv!r} must be 'float' or 'integer'.")
-    m, summary = int8_model(model, conv)
-    # no constant folding at export: it would turn the integer weight codes of StoredInt8 layers
-    # back into fp32 constants in the file (ONNX Runtime folds them at load instead)
-    _export(m, args, path, input_names, dynamic_axes, opset, fold=False)
-    return summary
-
-
-def onnx_bytes(path: str | os.PathLike) -> int:
-    return os.path.getsize(path)
-
-
-__all__ = ["export_qdq", "export_int8", "export_float", "int8_model", "Int8Linear", "Int8Conv2d", "Int8Embedding", "StoredInt8"]
