@@ -119,7 +119,7 @@ def test_act_driver_plain_loop_static_ranges_match_callback():
     assert set(ranges) == {"0", "2"} and all(r is not None and r[0] < r[1] for r in ranges.values())
     state = aq.state_dict()
     # the callback on a copy of the trained model, with the driver's state, quantizes alike
-    twin = masking.unwrap_all(copy.deepcopy(model))
+    twin = masking.strip(copy.deepcopy(model))
     cb = ActQuant(bits=8, range="static", symmetric=False, momentum=0.5)
     cb.load_state_dict(state)
     cb.setup(_fake_trainer(), twin, "fit")
