@@ -18,7 +18,7 @@ from lightning_compress.core.fake_quant import fake_quant_dynamic, fake_quant_st
 from lightning_compress.core.quant_grid import ACT_QUANT_KIND, affine_params
 from lightning_compress.core.quant_observers import RangeObserver
 
-LO, HI, INIT = "_lc_act_lo", "_lc_act_hi", "_lc_act_init"
+LO, HI, INIT = (masking.private_name(n) for n in ("act_lo", "act_hi", "act_init"))
 
 
 def dynamic_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:

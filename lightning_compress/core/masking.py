@@ -47,6 +47,16 @@ from torch import nn
 
 TransformFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
+#: prefix of every buffer and attribute lightning-compress adds to a user's module; :func:`strip`
+#: deletes them all.  Other files build their names with :func:`private_name`, never by hand.
+PRIVATE_PREFIX = "_lc_"
+
+
+def private_name(name: str) -> str:
+    """``"_lc_" + name``: the name of a buffer / attribute lightning-compress adds to a module."""
+    return PRIVATE_PREFIX + name
+
+
 #: priorities: lower runs first
 MASK_PRIORITY = 0
 QUANT_PRIORITY = 10
@@ -350,8 +360,8 @@ def strip(model: nn.Module) -> nn.Module:
     ``model``."""
     for module in model.modules():
         _unwrap(module)
-        for name in [b for b in module._buffers if b.startswith("_lc_")]:
+        for name in [b for b in module._buffers if b.startswith(PRIVATE_PREFIX)]:
             del module._buffers[name]
-        for name in [a for a in module.__dict__ if a.startswith("_lc_")]:
+        for name in [a for a in module.__dict__ if a.startswith(PRIVATE_PREFIX)]:
             del module.__dict__[name]
     return model

@@ -40,6 +40,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from lightning_compress.core import masking
 from lightning_compress.core.criteria import CRITERIA, Criterion, ScoreState, resolve_criterion
 from lightning_compress.core.dist import full_grad
 from lightning_compress.core.patterns import Pattern, parse_pattern
@@ -232,7 +233,7 @@ class Pruner:
                     name=mname, module=module, group=group.name, pattern=group.pattern,
                     max_sparsity=min(self.max_sparsity_per_layer, group.pattern.max_sparsity),
                     score=self.criterion.per_weight_state(torch.Size(shape), device=module.weight.device),
-                    mask_buffer=f"_lc_mask_{self.kind}",
+                    mask_buffer=masking.private_name(f"mask_{self.kind}"),
                 )
             )
         return targets

@@ -29,7 +29,7 @@ from lightning_compress.core.criteria import Criterion, ScoreState
 from lightning_compress.core.dist import broadcast_, full_param
 from lightning_compress.core.patterns import Pattern, as_2d
 from lightning_compress.core.ranking import LayerScores
-from lightning_compress.core.surgery import UnitGroup, attach_group, dim_buffer, sync_group
+from lightning_compress.core.surgery import UnitGroup, attach_group, detach_group, sync_group
 from lightning_compress.core.units import unit_reduce
 
 GradFn = Callable[[nn.Parameter], "torch.Tensor | None"]
@@ -46,7 +46,7 @@ class WeightTarget:
     max_sparsity: float
     score: ScoreState
     param_name: str = "weight"
-    mask_buffer: str = "_lc_mask"
+    mask_buffer: str = masking.private_name("mask")
 
     @property
     def criterion(self) -> Criterion:
@@ -166,17 +166,7 @@ class UnitTarget:
         attach_group(self.unit_group, owner)
 
     def detach(self, owner: str) -> None:
-        ug = self.unit_group
-        for m in ug.members:
-            masking.remove_owner(m.module, owner)
-            dims = m.module.__dict__.get("_lc_unit_dims", {})
-            if dims.pop(ug.kind, None) is not None and not dims:
-                m.module.__dict__.pop("_lc_unit_dims", None)
-            m.module._buffers.pop(dim_buffer(ug.kind, m.dim), None)
-        groups = ug.holder.__dict__.get("_lc_unit_groups", {})
-        if groups.pop(ug.kind, None) is not None and not groups:
-            ug.holder.__dict__.pop("_lc_unit_groups", None)
-        ug.holder._buffers.pop(ug.unit_buffer, None)
+        detach_group(self.unit_group, owner)
 
     def touched(self) -> dict[str, nn.Module]:
         return {m.name: m.module for m in self.unit_group.members if m.masked}

@@ -39,6 +39,10 @@ from torch import nn
 
 from lightning_compress.core import masking
 
+#: per-module records (plain attributes, deleted by :func:`masking.strip`)
+UNIT_DIMS = masking.private_name("unit_dims")  # {kind: {param: dims}} on each member module
+UNIT_GROUPS = masking.private_name("unit_groups")  # {kind: UnitGroup} on the holder module
+
 if TYPE_CHECKING:
     from lightning_compress.core.families.base import AttentionInfo
 
@@ -77,7 +81,7 @@ class UnitGroup:
 
     @property
     def unit_buffer(self) -> str:
-        return f"_lc_{self.kind}_units"
+        return masking.private_name(f"{self.kind}_units")
 
     @property
     def mask(self) -> torch.Tensor:
@@ -125,7 +129,7 @@ def _full_len(t: torch.Tensor, dim: int) -> int:
 
 
 def dim_buffer(kind: str, dim: int) -> str:
-    return f"_lc_{kind}_d{dim}"
+    return masking.private_name(f"{kind}_d{dim}")
 
 
 def expand(units: torch.Tensor, width: int, tiles: int) -> torch.Tensor:
@@ -135,7 +139,7 @@ def expand(units: torch.Tensor, width: int, tiles: int) -> torch.Tensor:
 
 def _dim_transform(kind: str, param: str) -> masking.TransformFn:
     def fn(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-        for dim in module._lc_unit_dims[kind].get(param, ()):  # type: ignore[attr-defined]
+        for dim in module.__dict__[UNIT_DIMS][kind].get(param, ()):  # type: ignore[attr-defined]
             vec = getattr(module, dim_buffer(kind, dim))
             shape = [1] * tensor.dim()
             shape[dim] = -1
@@ -151,7 +155,7 @@ def attach_group(group: UnitGroup, owner: str) -> None:
     device = next((p.device for m in group.members for p in m.module.parameters()), torch.device("cpu"))
     if group.unit_buffer not in group.holder._buffers:
         group.holder.register_buffer(group.unit_buffer, torch.ones(group.num_units, dtype=torch.bool, device=device), persistent=False)
-    groups = group.holder.__dict__.setdefault("_lc_unit_groups", {})
+    groups = group.holder.__dict__.setdefault(UNIT_GROUPS, {})
     groups[group.kind] = group
     for m in group.members:
         if not m.masked:
@@ -166,7 +170,7 @@ def attach_group(group: UnitGroup, owner: str) -> None:
         buf = dim_buffer(group.kind, m.dim)
         if buf not in m.module._buffers:
             m.module.register_buffer(buf, torch.ones(length, dtype=torch.bool, device=device), persistent=False)
-        dims = m.module.__dict__.setdefault("_lc_unit_dims", {}).setdefault(group.kind, {})
+        dims = m.module.__dict__.setdefault(UNIT_DIMS, {}).setdefault(group.kind, {})
         for p in m.params:
             if not isinstance(m.module._parameters.get(p), nn.Parameter):
                 continue  # buffers (running stats) are not masked
@@ -194,6 +198,21 @@ def sync_group(group: UnitGroup) -> None:
 # ---------------------------------------------------------------------------- removal
 
 
+
+def detach_group(group: UnitGroup, owner: str) -> None:
+    """Undo :func:`attach_group`: ``owner``'s transforms come off every member, and the group's unit
+    mask, its per-dim masks and its records on the modules go (the weights keep their values)."""
+    for m in group.members:
+        masking.remove_owner(m.module, owner)
+        dims = m.module.__dict__.get(UNIT_DIMS, {})
+        if dims.pop(group.kind, None) is not None and not dims:
+            m.module.__dict__.pop(UNIT_DIMS, None)
+        m.module._buffers.pop(dim_buffer(group.kind, m.dim), None)
+    groups = group.holder.__dict__.get(UNIT_GROUPS, {})
+    if groups.pop(group.kind, None) is not None and not groups:
+        group.holder.__dict__.pop(UNIT_GROUPS, None)
+    group.holder._buffers.pop(group.unit_buffer, None)
+
 def _keep_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask.bool().cpu(), as_tuple=False).flatten()
 
@@ -202,7 +221,7 @@ def unit_groups(model: nn.Module) -> list[UnitGroup]:
     """Every :class:`UnitGroup` attached in ``model``."""
     out = []
     for module in model.modules():
-        groups = module.__dict__.get("_lc_unit_groups")
+        groups = module.__dict__.get(UNIT_GROUPS)
         if groups:
             out.extend(groups.values())
     return out
