@@ -28,6 +28,7 @@ from torch import nn
 
 from lightning_compress.core import masking
 from lightning_compress.core.act_quantizer import attach_act_quantizers
+from lightning_compress.core.dist import broadcast_
 from lightning_compress.core.fake_quant import WeightFakeQuant
 from lightning_compress.core.patterns import NMPattern, parse_pattern
 from lightning_compress.core.quant_grid import WEIGHT_QUANT_KIND, QuantSpec
@@ -116,6 +117,7 @@ def attach_mask(module: nn.Module, keep_out_in: torch.Tensor, owner: str, name: 
     keep = to_module_layout(module, keep_out_in).bool().to(module.weight.device)
     if getattr(module, MASK_BUFFER, None) is not None and masking.find_transform(module, "weight", MASK_KIND) is not None:
         raise ValueError(f"oneshot: {name}.weight is already pruned (it carries a 'sparse_mask'); prune it once.")
+    broadcast_(keep, 0)  # identical on every rank (rank 0's), a no-op without a process group
     module.register_buffer(MASK_BUFFER, keep, persistent=False)
     masking.add_param_transform(module, "weight", owner, masking.mask_transform(MASK_BUFFER), kind=MASK_KIND,
                                 priority=masking.MASK_PRIORITY, module_name=name)
@@ -124,7 +126,8 @@ def attach_mask(module: nn.Module, keep_out_in: torch.Tensor, owner: str, name: 
 def attach_quantizer(module: nn.Module, spec: QuantSpec, ranges: Any, owner: str, name: str) -> None:
     """A fixed-range weight quantizer by ``spec`` (``WeightFakeQuant``; ``Conv1D``: the transposed one)."""
     if ranges is not None:
-        ranges = (ranges[0].to(module.weight.device), ranges[1].to(module.weight.device))
+        ranges = (broadcast_(ranges[0].to(module.weight.device).contiguous(), 0),
+                  broadcast_(ranges[1].to(module.weight.device).contiguous(), 0))
     if is_conv1d(module):
         q: Any = TransposedWeightFakeQuant(spec, ranges)
     else:

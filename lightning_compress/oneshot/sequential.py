@@ -52,7 +52,7 @@ class Catcher(nn.Module):
         self.records = records
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        self.records.append((args, kwargs))
+        self.records.append((args, _without_cache(kwargs)))
         raise StopForward
 
     def __getattr__(self, name: str) -> Any:
@@ -94,15 +94,30 @@ def tensor_bytes(obj: Any) -> int:
 
 @contextmanager
 def _no_cache(model: nn.Module) -> Iterator[None]:
-    cfg = getattr(model, "config", None)
-    old = getattr(cfg, "use_cache", None)
-    if cfg is not None and old is not None:
-        cfg.use_cache = False
+    """``config.use_cache = False`` on every (sub)module with a Hugging Face config during capture: a
+    key/value cache passed to the blocks would grow with every calibration pass and change the outputs."""
+    saved = []
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and getattr(cfg, "use_cache", None) and all(cfg is not c for c, _ in saved):
+            saved.append((cfg, cfg.use_cache))
+            cfg.use_cache = False
     try:
         yield
     finally:
-        if cfg is not None and old is not None:
+        for cfg, old in saved:
             cfg.use_cache = old
+
+
+#: keyword arguments of a block that carry a key/value cache (dropped from the records)
+CACHE_KWARGS = ("past_key_value", "past_key_values", "layer_past", "cache_position")
+
+
+def _without_cache(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {k: (None if k in CACHE_KWARGS[:3] else v) for k, v in kwargs.items()}
+    if "use_cache" in out:
+        out["use_cache"] = False
+    return out
 
 
 @torch.no_grad()

@@ -1,0 +1,162 @@
+"""``OneShotCompression``: one-shot SparseGPT / Wanda / GPTQ / SmoothQuant from the Trainer's own data."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+from typing_extensions import override
+
+from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.core import masking
+from lightning_compress.oneshot.api import check_methods, oneshot
+from lightning_compress.oneshot.methods import OneShotMethod
+from lightning_compress.oneshot.sequential import OneShotReport
+
+NAME = "OneShotCompression"
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """A dict batch as keyword arguments, a tensor as the argument, a tuple / list: its first element
+    (the ``(inputs, targets)`` convention)."""
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(batch[0])
+    return model(batch)
+
+
+class OneShotCompression(CompressionCallback):
+    """Compress the model once, layer by layer, from the first ``calib_batches`` batches of the
+    Trainer's own train (or validation) dataloader (see :func:`lightning_compress.oneshot.oneshot`).
+
+    When:
+
+    * ``trainer.fit``: in ``setup(stage="fit")``, the last hook before the strategy builds its engine /
+      optimizer (DESIGN section 3), so the optimizer (and DeepSpeed's fp32 master copy) starts from the
+      compressed weights and fine-tuning keeps the masks (they act in forward; pruned weights get zero
+      gradient) and the GPTQ quantizers (straight-through).
+    * ``trainer.validate`` (no fit before): in ``on_validation_start``, with the model already on its
+      device and, under ZeRO-3, partitioned: each decoder layer's parameters are gathered for its own
+      calibration step only (``deepspeed.zero.GatheredParameters``, rank 0's result broadcast).
+    * Calibration runs once per model; later stages see the compressed model.
+
+    Under ``torch.distributed`` every rank calibrates on rank 0's batches (broadcast), and masks and
+    ranges are broadcast from rank 0, so all ranks hold the same model, equal to a 1-process run on the
+    same batches.
+
+    Args:
+        methods: one-shot method objects, e.g. ``[SparseGPT(0.5, "2:4"), GPTQ(4)]``.
+        calib_batches: how many batches of the dataloader to calibrate on (>= 1).
+        dataloader: ``"train"`` or ``"val"`` (in ``trainer.validate`` the validation loader is always used).
+        forward: ``(pl_module, batch) -> anything``: how a batch is fed (default :func:`default_forward`).
+        layers: qualified name of the decoder stack inside the LightningModule (None: found).
+
+    Raises:
+        ValueError: bad ``methods`` / ``calib_batches`` / ``dataloader`` (at construction); no dataloader of
+            the asked kind, or a layer the methods cannot fit (at setup).
+    """
+
+    def __init__(
+        self,
+        methods: OneShotMethod | Sequence[OneShotMethod],
+        calib_batches: int = 16,
+        dataloader: Literal["train", "val"] = "train",
+        forward: Callable[[nn.Module, Any], Any] | None = None,
+        layers: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__()
+        self.methods = check_methods(methods, NAME)
+        if isinstance(calib_batches, bool) or not isinstance(calib_batches, int) or calib_batches < 1:
+            raise ValueError(f"{NAME}: `calib_batches`={calib_batches!r} must be a positive integer (batches to calibrate on).")
+        if dataloader not in ("train", "val"):
+            raise ValueError(f"{NAME}: `dataloader`={dataloader!r} must be 'train' or 'val'.")
+        self.calib_batches = calib_batches
+        self.dataloader = dataloader
+        self.forward = forward or default_forward
+        self.layers = layers
+        self.verbose = verbose
+        #: the calibration report (None before calibration)
+        self.report: OneShotReport | None = None
+        self._restored_done = False
+
+    @override
+    def identity(self) -> dict[str, Any]:
+        return {"methods": [m.describe() for m in self.methods], "layers": self.layers}
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self.attach(pl_module, trainer, "validate")
+
+    def attach_model(self, trainer: Trainer | None, model: nn.Module, stage: str | None) -> None:
+        if self._restored_done:
+            raise RuntimeError(
+                f"{NAME}: the checkpoint comes from a run that already calibrated, but one-shot masks and "
+                f"quantizer ranges are not stored in checkpoints yet; resume without {NAME} after `clean`-ing "
+                f"the model, or start from the dense model."
+            )
+        if trainer is None:
+            raise ValueError(f"{NAME}: needs a Trainer (use lightning_compress.oneshot.oneshot without one).")
+        kind = "val" if stage == "validate" else self.dataloader
+        batches = self._batches(trainer, model, kind)
+        self.report = oneshot(model, self.methods, batches, layers=self.layers, forward=self.forward,
+                              owner=self.owner, verbose=self.verbose)
+        self.modules_touched = {n: m for n, m in model.named_modules() if any(
+            o == self.owner for p in masking.transformed_params(m) for o, _ in masking.owners(m, p))
+            or any(o == self.owner for o, _ in masking.owners(m))}
+
+    def _batches(self, trainer: Trainer, model: nn.Module, kind: str) -> list[Any]:
+        loop = trainer.fit_loop if kind == "train" else (trainer.validate_loop if trainer.state.fn == "validate" else trainer.fit_loop.epoch_loop.val_loop)
+        try:
+            loader = loop._data_source.dataloader()  # what Lightning will iterate (the hook or the instance)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{NAME}: could not get the {kind} dataloader ({e}); pass one to the Trainer call.") from None
+        if loader is None:
+            raise ValueError(f"{NAME}: `dataloader`={kind!r} but the Trainer has no {kind} dataloader; pass one or use "
+                             f"dataloader={'val' if kind == 'train' else 'train'!r}.")
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0]
+        batches = list(itertools.islice(iter(loader), self.calib_batches))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            holder = [batches]
+            torch.distributed.broadcast_object_list(holder, src=0)
+            batches = holder[0]
+        device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+        return [_to(b, device) for b in batches]
+
+    # ------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.report is not None, "methods": [m.describe() for m in self.methods]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("done") and self.report is None:
+            if self.is_attached:
+                raise RuntimeError(f"{NAME}: cannot restore a calibrated state onto a model calibrated again in this run.")
+            self._restored_done = True
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+__all__ = ["OneShotCompression", "default_forward"]
