@@ -10,7 +10,9 @@
    next block's inputs (positional argument 0 replaced, keyword arguments reused).
 3. Only one block's inputs and outputs and one block's statistics are held at a time; under ZeRO-3
    each block's parameters are gathered for its step only (``deepspeed.zero.GatheredParameters``,
-   rank 0's edits broadcast on exit).
+   rank 0's edits broadcast on exit).  While gathered, the block's forward hooks (DeepSpeed's
+   fetch / release hooks) are set aside and put back afterwards: a release inside the step would drop
+   the edited full weights and re-partition the old ones (verified: the edits were lost).
 
 Memory is *counted*, not sampled: per block, ``held_bytes`` = bytes of the recorded inputs + outputs of
 all calibration batches + the block's statistics (Hessians ``[in, in]`` float32, vectors) + the block's
@@ -30,7 +32,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from lightning_compress.core.dist import gathered
+from lightning_compress.core.dist import gathered, is_zero3_param
 from lightning_compress.oneshot.linear_view import linears
 from lightning_compress.oneshot.methods import BlockContext, OneShotMethod, SmoothQuant
 from lightning_compress.oneshot.stats import BlockStats, collect_stats
@@ -228,7 +230,8 @@ def calibrate_blocks(
         t0 = time.perf_counter()
         name = f"{prefix}.{i}" if prefix else str(i)
         params = list(block.parameters())
-        with gathered(params, modifier_rank=0):
+        zero3 = any(is_zero3_param(p) for p in params)
+        with gathered(params, modifier_rank=0), _forward_hooks_set_aside(block, zero3):
             targets = linears(block)
             dense = list(run_block(block, records, hidden)) if measure_error else None
             stats_peak = 0
@@ -257,6 +260,29 @@ def calibrate_blocks(
         report.layers.append(rec)
         if on_layer is not None:
             on_layer(rec)
+
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called")
+
+
+@contextmanager
+def _forward_hooks_set_aside(block: nn.Module, active: bool) -> Iterator[None]:
+    """Every module of ``block`` runs without its forward hooks inside (when ``active``); restored after."""
+    if not active:
+        yield
+        return
+    saved = []
+    for m in block.modules():
+        saved.append((m, {k: getattr(m, k) for k in _HOOK_DICTS if hasattr(m, k)}))
+        for k in saved[-1][1]:
+            setattr(m, k, type(getattr(m, k))())
+    try:
+        yield
+    finally:
+        for m, dicts in saved:
+            for k, v in dicts.items():
+                setattr(m, k, v)
 
 
 #: relative squared output error above which a smoothing fold counts as having changed the block
