@@ -27,7 +27,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(
         (
             "SparsePruning", "SnipMomentumPruning", "RowPruning", "HeadPruning", "ChannelPruning",
-            "WeightQuant", "ActQuant", "LayerReductionKD", "RedundancyClean",
+            "WeightQuant", "ActQuant", "LayerReductionKD", "RedundancyClean", "OneShotCompression",
         ),
         "lightning_compress.callbacks",
     ),
@@ -43,7 +43,7 @@ _LAZY: dict[str, str] = {
     "zeroquant": "lightning_compress.ptq",
 }
 #: subpackages reachable as attributes without an explicit import (as when __init__ imported them all)
-_SUBMODULES = ("callbacks", "core", "deepspeed", "export", "ptq", "report", "strategies")
+_SUBMODULES = ("callbacks", "core", "deepspeed", "export", "oneshot", "ptq", "report", "strategies")
 
 __all__ = [
     "SparsePruning",
@@ -55,6 +55,7 @@ __all__ = [
     "ActQuant",
     "LayerReductionKD",
     "RedundancyClean",
+    "OneShotCompression",
     "DeepSpeedCompressionStrategy",
     "clean",
     "from_deepspeed_config",
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
         ChannelPruning,
         HeadPruning,
         LayerReductionKD,
+        OneShotCompression,
         RedundancyClean,
         RowPruning,
         SnipMomentumPruning,

@@ -4,6 +4,7 @@ from lightning_compress.callbacks.act_quant import ActQuant
 from lightning_compress.callbacks.channel_pruning import ChannelPruning
 from lightning_compress.callbacks.head_pruning import HeadPruning
 from lightning_compress.callbacks.layer_reduction_kd import LayerReductionKD
+from lightning_compress.callbacks.oneshot_compression import OneShotCompression
 from lightning_compress.callbacks.redundancy_clean import RedundancyClean
 from lightning_compress.callbacks.row_pruning import RowPruning
 from lightning_compress.callbacks.sparse_pruning import SnipMomentumPruning, SparsePruning
@@ -19,4 +20,5 @@ __all__ = [
     "ActQuant",
     "LayerReductionKD",
     "RedundancyClean",
+    "OneShotCompression",
 ]
