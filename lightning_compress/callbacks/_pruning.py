@@ -64,6 +64,13 @@ from lightning_compress.core.types import MethodName, ScheduleName, Scope
 class BasePruning(CompressionCallback):
     """Shared adapter; use a subclass.
 
+    Lifecycle (every pruning callback; details in the module docstring): steps count optimizer steps
+    done on the model across fits; a second ``fit`` of the same model continues the schedule (finished
+    stays finished, never un-prunes; ``end_step=None`` stays resolved against the first fit); another
+    model re-targets the callback and forgets the old one; resuming needs the saving run's arguments
+    (``ValueError`` naming each changed one); ``validate`` / ``test`` / ``predict`` with ``ckpt_path``
+    on a new Trainer and a fresh model run the checkpoint's masks.
+
     Args:
         sparsity: fraction of the targeted weights zeroed at ``end_step`` (in [0, 1)).
         method: ``"l1"`` (magnitude), ``"topk"`` (learned movement scores), ``"snip"``,
