@@ -83,7 +83,6 @@ class OneShotCompression(CompressionCallback):
         self.verbose = verbose
         #: the calibration report (None before calibration)
         self.report: OneShotReport | None = None
-        self._restored_done = False
 
     @override
     def identity(self) -> dict[str, Any]:
@@ -101,12 +100,8 @@ class OneShotCompression(CompressionCallback):
             self.attach(pl_module, trainer, "validate")
 
     def attach_model(self, trainer: Trainer | None, model: nn.Module, stage: str | None) -> None:
-        if self._restored_done:
-            raise RuntimeError(
-                f"{NAME}: the checkpoint comes from a run that already calibrated, but one-shot masks and "
-                f"quantizer ranges are not stored in checkpoints yet; resume without {NAME} after `clean`-ing "
-                f"the model, or start from the dense model."
-            )
+        if (self._pending_state or {}).get("done"):
+            raise RuntimeError(_RESUME_ERROR)
         if trainer is None:
             raise ValueError(f"{NAME}: needs a Trainer (use lightning_compress.oneshot.oneshot without one).")
         kind = "val" if stage == "validate" else self.dataloader
@@ -138,15 +133,29 @@ class OneShotCompression(CompressionCallback):
 
     # ------------------------------------------------------------------ state
     @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"done": self.report is not None, "methods": [m.describe() for m in self.methods]}
+    def reset_state(self) -> None:
+        self.report = None
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("done") and self.report is None:
-            if self.is_attached:
-                raise RuntimeError(f"{NAME}: cannot restore a calibrated state onto a model calibrated again in this run.")
-            self._restored_done = True
+    def arguments(self) -> dict[str, Any]:
+        return {**self.identity(), "calib_batches": self.calib_batches, "dataloader": self.dataloader}
+
+    @override
+    def own_state(self) -> dict[str, Any]:
+        return {"done": self.report is not None}
+
+    @override
+    def apply_state(self, state: dict[str, Any]) -> None:
+        if state.get("done"):
+            raise RuntimeError(_RESUME_ERROR)
+
+
+_RESUME_ERROR = (
+    f"{NAME}: the checkpoint comes from a run that already calibrated, but one-shot masks and quantizer "
+    f"ranges are not stored in checkpoints (yet), so resuming would pair this run's calibration with the "
+    f"checkpoint's fine-tuned weights. Resume without {NAME} from a `clean`-ed model, or calibrate again "
+    f"from the dense model without `ckpt_path`."
+)
 
 
 def _to(batch: Any, device: torch.device) -> Any:
