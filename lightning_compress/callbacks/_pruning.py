@@ -27,6 +27,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.core import args
 from lightning_compress.callbacks._steps import (
     deepspeed_engine,
     is_accumulation_boundary,
@@ -51,9 +52,15 @@ class BasePruning(CompressionCallback):
             name, or a :class:`~lightning_compress.core.criteria.Criterion`.
         pattern: structure of what is pruned at once (a string or a
             :class:`~lightning_compress.core.patterns.Pattern`).
-        schedule, start_step, end_step, frequency, scope, max_sparsity_per_layer, modules, exclude, groups:
-            as :class:`~lightning_compress.core.pruner.Pruner`; ``end_step=None`` = the last optimizer step
-            of the fit (``trainer.estimated_stepping_batches - 1``).
+        schedule, scope, max_sparsity_per_layer, modules, exclude, groups:
+            as :class:`~lightning_compress.core.pruner.Pruner`.
+        start_step, end_step, frequency: an ``int`` is a number of optimizer steps; a ``float`` in
+            ``(0, 1]`` is a fraction of this fit's optimizer steps ``T = trainer.estimated_stepping_batches``,
+            resolved at ``on_train_start`` (:func:`lightning_compress.core.args.resolve_step`:
+            ``floor(f * T)``, capped at the last step ``T - 1`` for ``start_step``/``end_step``, at least 1
+            for ``frequency``).  The type decides: ``1`` is optimizer step 1, ``1.0`` the whole fit.
+            ``end_step=None`` = ``1.0`` = the fit's last optimizer step.  An ``end_step`` after the fit's
+            last step is an error at ``on_train_start`` (the schedule could not finish).
     """
 
     #: kind of the mask transform (one owner per kind per weight)
@@ -77,10 +84,25 @@ class BasePruning(CompressionCallback):
         groups: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
+        name = type(self).__name__
+        # step arguments: ints are optimizer steps, floats in (0, 1] fractions of the fit (resolved at
+        # on_train_start); the pruner gets integers (placeholders until then for the fractions)
+        self.step_args = {
+            "start_step": args.check_step(start_step, "start_step", name),
+            "end_step": args.check_step(end_step, "end_step", name, allow_none=True),
+            "frequency": args.check_step(frequency, "frequency", name, minimum=1),
+        }
+        if args.is_fraction(start_step) and args.is_fraction(end_step) and end_step < start_step:
+            args.fail(name, "end_step", end_step, f"is before `start_step`={start_step}", "set end_step >= start_step")
+        #: True once ``on_train_start`` turned the fractions into optimizer steps
+        self.steps_resolved = False
         self.pruner = Pruner(
-            None, sparsity=sparsity, method=method, pattern=pattern, schedule=schedule, start_step=start_step,
-            end_step=end_step, frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer,
-            modules=modules, exclude=exclude, groups=groups, owner=self.owner, name=type(self).__name__,
+            None, sparsity=sparsity, method=method, pattern=pattern, schedule=schedule,
+            start_step=0 if args.is_fraction(start_step) else start_step,
+            end_step=None if args.is_fraction(end_step) else end_step,
+            frequency=1 if args.is_fraction(frequency) else frequency,
+            scope=scope, max_sparsity_per_layer=max_sparsity_per_layer,
+            modules=modules, exclude=exclude, groups=groups, owner=self.owner, name=name,
             kind=self.mask_kind, target_types=self.target_types, **self.pruner_options(),
         )
 
@@ -105,17 +127,25 @@ class BasePruning(CompressionCallback):
     def schedule_kind(self) -> str:
         return self.pruner.schedule_kind
 
-    @property
-    def start_step(self) -> int:
-        return self.pruner.start_step
+    def _step(self, key: str) -> int | float | None:
+        given = self.step_args[key]
+        return given if args.is_fraction(given) and not self.steps_resolved else getattr(self.pruner, key)
 
     @property
-    def end_step(self) -> int | None:
-        return self.pruner.end_step
+    def start_step(self) -> int | float:
+        """Optimizer step of the first prune event (a fraction of the fit as given until
+        ``on_train_start`` resolves it)."""
+        return self._step("start_step")
 
     @property
-    def frequency(self) -> int:
-        return self.pruner.frequency
+    def end_step(self) -> int | float | None:
+        """Optimizer step of the last prune event (as ``start_step``; None = the fit's last step)."""
+        return self._step("end_step")
+
+    @property
+    def frequency(self) -> int | float:
+        """Optimizer steps between prune events (as ``start_step``)."""
+        return self._step("frequency")
 
     @property
     def scope(self) -> str:
@@ -164,15 +194,47 @@ class BasePruning(CompressionCallback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.pruner.in_engine = deepspeed_engine(trainer) is not None
-        total = None
-        if self.end_step is None:
-            total = total_optimizer_steps(trainer)
-            if total is None:
+        self.resolve_schedule(total_optimizer_steps(trainer))
+
+    def resolve_schedule(self, total: int | None) -> int:
+        """Fix the schedule for a fit of ``total`` optimizer steps (None: unknown): fractions become
+        steps (:func:`~lightning_compress.core.args.resolve_step`), ``end_step=None`` the fit's last
+        step (``total - 1``).  Returns the resolved ``end_step``.
+
+        Raises:
+            ValueError: a fraction or ``end_step=None`` with an unknown number of steps, or a schedule
+                whose last prune event (``end_step``) comes after the fit's last optimizer step.
+        """
+        name = type(self).__name__
+        spec = self.step_args
+        needs_total = spec["end_step"] is None or any(args.is_fraction(v) for v in spec.values())
+        if total is None:
+            if needs_total:
                 raise ValueError(
-                    f"{type(self).__name__}: `end_step` is None and the number of optimizer steps is unknown "
-                    f"(max_steps=-1 with an unsized dataloader); pass `end_step`."
+                    f"{name}: the number of optimizer steps of this fit is unknown (max_steps=-1 with an unsized "
+                    f"dataloader), so `end_step`=None and fractions of the fit cannot be resolved; set "
+                    f"Trainer(max_steps=...) or pass integer steps."
                 )
-        self.pruner.resolve_end_step(total)
+            self.pruner.set_steps(spec["start_step"], spec["end_step"], spec["frequency"])
+            return self.pruner.resolve_end_step()
+        start = args.resolve_step(spec["start_step"], total)
+        end = None if spec["end_step"] is None else args.resolve_step(spec["end_step"], total)
+        freq = args.resolve_step(spec["frequency"], total, duration=True)
+        last = total - 1
+        if end is not None and end > last:
+            raise ValueError(
+                f"{name}: `end_step`={spec['end_step']!r} is after this fit's last optimizer step ({last}: "
+                f"{total} optimizer steps), so the schedule cannot finish and the model would stay below "
+                f"`sparsity`; lower end_step, pass a fraction of the fit (end_step=1.0 = its last step) or train longer."
+            )
+        if end is None and start > last:
+            raise ValueError(
+                f"{name}: `start_step`={spec['start_step']!r} is after this fit's last optimizer step ({last}: "
+                f"{total} optimizer steps), so nothing would be pruned; lower start_step or train longer."
+            )
+        self.pruner.set_steps(start, end, freq)
+        self.steps_resolved = True
+        return self.pruner.resolve_end_step(total)
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:

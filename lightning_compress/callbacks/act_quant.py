@@ -38,7 +38,8 @@ class ActQuant(CompressionCallback):
         momentum: EMA factor of the static range (0 <= momentum < 1).
 
     Raises:
-        ValueError: unsupported ``bits``, ``range`` or ``momentum`` (``__init__``); a regex matching
+        TypeError: an argument of the wrong type (``bits="8"``, ``symmetric="no"``, ``momentum="0.9"``).
+        ValueError: unsupported ``bits``, ``range`` or ``momentum``, ``modules=[]`` (``__init__``); a regex matching
             nothing or no Linear / Conv2d to quantize (``setup``).
 
     Example::
@@ -61,7 +62,7 @@ class ActQuant(CompressionCallback):
         )
         self.bits = bits
         self.range = range
-        self.symmetric = symmetric
+        self.symmetric = self.quantizer.symmetric
         self.modules = modules
         self.exclude = exclude
         self.momentum = self.quantizer.momentum

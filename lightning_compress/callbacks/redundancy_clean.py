@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -11,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.core import args
 from lightning_compress.core.dist import gathered
 from lightning_compress.export import FORMATS, clean_for_storage, fold_batchnorm, plain_copy, save_slim, write_json
 from lightning_compress.report import compression_report, format_table, log_report
@@ -61,6 +63,22 @@ def full_copy(model: nn.Module) -> nn.Module:
     return out.cpu()
 
 
+def check_distinct_output_dirs(trainer: Trainer) -> None:
+    """Raise ValueError when two RedundancyClean callbacks of ``trainer`` write to one folder (with
+    ``save=True``): the second would overwrite the first's files."""
+    seen: dict[Path, int] = {}
+    for i, cb in enumerate(trainer.callbacks):
+        if isinstance(cb, RedundancyClean) and cb.save:
+            folder = cb.output_dir.expanduser().resolve()
+            if folder in seen:
+                args.fail(
+                    "RedundancyClean", "output_dir", str(cb.output_dir),
+                    f"is also the output_dir of another RedundancyClean of this Trainer (callbacks[{seen[folder]}] "
+                    f"and callbacks[{i}]), whose files it would overwrite", "give each RedundancyClean its own folder",
+                )
+            seen[folder] = i
+
+
 class RedundancyClean(Callback):
     """At the end of ``fit``: bake masks, remove pruned rows/heads/channels, save and report.
 
@@ -93,7 +111,10 @@ class RedundancyClean(Callback):
             fair; pairs left alone are listed in the report's notes.
 
     Raises:
-        ValueError: at ``__init__`` for an unknown format or a negative ``latency_runs``.
+        TypeError: at ``__init__`` for an argument of the wrong type (``save="no"``, ``latency_runs=2.5``,
+            ``output_dir=None``).
+        ValueError: at ``__init__`` for an unknown format, ``formats=[]`` or a negative ``latency_runs``;
+            at ``setup`` when another RedundancyClean of the Trainer saves to the same ``output_dir``.
 
     Example::
 
@@ -111,23 +132,39 @@ class RedundancyClean(Callback):
         fold_batchnorm: bool = False,
     ) -> None:
         super().__init__()
+        owner = "RedundancyClean"
+        if not isinstance(output_dir, (str, os.PathLike)):
+            args.fail(owner, "output_dir", output_dir, f"is not a path", "pass the folder to write the slim model to", TypeError)
+        args.check_str(str(output_dir), "output_dir", owner, what="a folder path")
         if isinstance(formats, str):
             formats = (formats,)
-        bad = [f for f in formats if f not in FORMATS]
-        if bad:
-            raise ValueError(f"RedundancyClean: `formats` has unknown entries {bad}; choose from {FORMATS}.")
-        if latency_runs < 0:
-            raise ValueError(f"RedundancyClean: `latency_runs`={latency_runs} must be >= 0.")
+        if not isinstance(formats, (list, tuple)):
+            args.fail(owner, "formats", formats, "is not a list of formats", f"pass a list of {list(FORMATS)}", TypeError)
+        if not formats:
+            args.fail(owner, "formats", formats, "is empty, so nothing would be saved",
+                      f"name at least one of {list(FORMATS)}, or pass save=False to only build the slim model and report")
+        for i, f in enumerate(formats):
+            args.check_choice(f, f"formats[{i}]", owner, FORMATS)
         self.output_dir = Path(output_dir)
         self.formats = tuple(formats)
+        if example_input is not None and not (
+            torch.is_tensor(example_input) or (isinstance(example_input, (tuple, list, dict)) and example_input)
+        ):
+            args.fail(owner, "example_input", example_input, "is not a forward input",
+                      "pass a tensor, a non-empty tuple/list of model arguments or a dict of keyword arguments, "
+                      "or None to use the first training batch", TypeError)
         self.example_input = example_input
-        self.latency_runs = int(latency_runs)
-        self.save = save
-        self.fold_batchnorm = bool(fold_batchnorm)
+        self.latency_runs = args.check_int(latency_runs, "latency_runs", owner, minimum=0)
+        self.save = args.check_bool(save, "save", owner)
+        self.fold_batchnorm = args.check_bool(fold_batchnorm, "fold_batchnorm", owner)
         self._stashed: Any = None
         self.slim_model: nn.Module | None = None
         self.report: dict[str, Any] | None = None
         self.files: dict[str, str] = {}
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_distinct_output_dirs(trainer)
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:

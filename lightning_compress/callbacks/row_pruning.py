@@ -8,6 +8,7 @@ from torch import nn
 
 from lightning_compress.callbacks._pruning import PruneGroup
 from lightning_compress.callbacks._structured import StructuredPruning
+from lightning_compress.core import args
 from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.families import channel_spaces
 from lightning_compress.core.graph import ChannelSpace, related_spaces
@@ -70,8 +71,15 @@ class RowPruning(StructuredPruning):
             frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer, modules=modules,
             exclude=exclude, groups=groups,
         )
-        if related_modules is not None and not isinstance(related_modules, dict):
-            raise ValueError("RowPruning: `related_modules` must be a dict {producer regex: [consumer regexes]}.")
+        related_modules = args.check_mapping(
+            related_modules, "related_modules", "RowPruning", what="a dict {producer regex: [consumer regexes]}"
+        )
+        if related_modules is not None:
+            if not related_modules:
+                args.fail("RowPruning", "related_modules", related_modules, "is empty", "name producers and their consumers, or pass None to trace them")
+            for prx, crxs in related_modules.items():
+                args.compile_regex(prx, "related_modules", "RowPruning")
+                related_modules[prx] = args.check_regexes(crxs, f"related_modules[{prx!r}]", "RowPruning", allow_none=False)
         self.related_modules = related_modules
 
     def _spaces(self, model: nn.Module) -> list[ChannelSpace]:

@@ -15,7 +15,8 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
-from lightning_compress.callbacks._steps import optimizer_step_count
+from lightning_compress.callbacks._steps import optimizer_step_count, total_optimizer_steps
+from lightning_compress.core import args
 from lightning_compress.core.fake_quant import WeightFakeQuant
 from lightning_compress.core.weight_quantizer import WeightQuantizer
 
@@ -46,7 +47,8 @@ class WeightQuant(CompressionCallback):
     Args:
         bits: final weight width in bits, one of 8, 4, 3, 2 (ternary), 1 (binary).
         start_bits: first width of the schedule (None: ``bits`` from the start).
-        period: optimizer steps spent at each width of the schedule (needed with ``start_bits``).
+        period: optimizer steps spent at each width of the schedule (needed with ``start_bits > bits``,
+            refused without a schedule).
         granularity: one scale per ``"tensor"``, per output ``"channel"``, or per ``"group"`` of
             ``group_size`` consecutive input values of each output channel.
         group_size: values per group (input dimension; Conv2d: ``in*kh*kw``) for ``"group"``.
@@ -56,7 +58,16 @@ class WeightQuant(CompressionCallback):
         exclude: regexes of module names to leave alone.
         start_step: optimizer steps to run in full precision before quantization starts.
 
+    ``start_step`` and ``period``: an ``int`` is a number of optimizer steps; a ``float`` in ``(0, 1]``
+    is a fraction of this fit's optimizer steps ``T = trainer.estimated_stepping_batches``, resolved at
+    ``on_train_start`` (``floor(f * T)``; ``period`` at least 1, ``start_step`` at most ``T - 1``).  The
+    type decides: ``1`` is one optimizer step, ``1.0`` the whole fit.  Until a fit (or a checkpoint)
+    resolves fractional steps, the quantizers are off (validate / test / predict of a model that never
+    trained with this callback run in full precision).  A schedule that reaches ``bits`` only after the
+    fit's last optimizer step is an error at ``on_train_start``.
+
     Raises:
+        TypeError: an argument of the wrong type (``bits="8"``, ``symmetric="no"``, ``start_step="0"``).
         ValueError: unsupported ``bits`` / ``start_bits``, ``start_bits < bits``, a bad ``period``,
             ``granularity`` or ``group_size`` (in ``__init__``); ``group_size`` not dividing a
             module's input dimension, a regex matching nothing, or no quantizable layer (in ``setup``).
@@ -79,18 +90,34 @@ class WeightQuant(CompressionCallback):
         start_step: int = 0,
     ) -> None:
         super().__init__()
+        name = type(self).__name__
+        # ints are optimizer steps, floats in (0, 1] fractions of the fit (resolved at on_train_start)
+        self.step_args = {
+            "start_step": args.check_step(start_step, "start_step", name),
+            "period": args.check_step(period, "period", name, minimum=1, allow_none=True),
+        }
+        #: True once the fractions are optimizer steps (``on_train_start``, or a checkpoint's schedule)
+        self.steps_resolved = not any(args.is_fraction(v) for v in self.step_args.values())
         self.quantizer = WeightQuantizer(
-            None, bits, start_bits, period, granularity, group_size, symmetric, modules, exclude, start_step,
-            owner=self.owner, name=type(self).__name__,
+            None, bits, start_bits, 1 if args.is_fraction(period) else period, granularity, group_size, symmetric,
+            modules, exclude, 0 if args.is_fraction(start_step) else start_step, owner=self.owner, name=name,
         )
         self.spec = self.quantizer.spec
         self.bits = bits
         self.start_bits = self.quantizer.start_bits
-        self.period = period
         self.modules = modules
         self.exclude = exclude
-        self.start_step = start_step
         self.levels = self.quantizer.levels
+
+    @property
+    def start_step(self) -> int | float:
+        """Optimizer steps in full precision (a fraction of the fit as given until it is resolved)."""
+        return self.quantizer.start_step if self.steps_resolved else self.step_args["start_step"]
+
+    @property
+    def period(self) -> int | float | None:
+        """Optimizer steps per width of the schedule (as ``start_step``)."""
+        return self.quantizer.period if self.steps_resolved else self.step_args["period"]
 
     def identity(self) -> dict[str, Any]:
         q = self.quantizer
@@ -124,7 +151,45 @@ class WeightQuant(CompressionCallback):
     # ---------------------------------------------------------------- hooks
     def attach_model(self, trainer: pl.Trainer | None, model: nn.Module, stage: str | None) -> None:
         self.modules_touched = self.quantizer.attach(model)
-        self.quantizer.step(optimizer_step_count(trainer) if trainer is not None else 0)
+        if self.steps_resolved:
+            self.quantizer.step(optimizer_step_count(trainer) if trainer is not None else 0)
+        else:  # fractions of a fit not resolved yet (no fit started, no checkpoint): full precision until then
+            self.quantizer.hold()
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.resolve_schedule(total_optimizer_steps(trainer))
+        self.quantizer.step(optimizer_step_count(trainer))
+
+    def resolve_schedule(self, total: int | None) -> None:
+        """Fix the schedule for a fit of ``total`` optimizer steps (None: unknown).
+
+        Raises:
+            ValueError: fractions with an unknown number of steps; a schedule whose final width
+                (``bits``) would first be used after the fit's last optimizer step.
+        """
+        name = type(self).__name__
+        start, period = self.step_args["start_step"], self.step_args["period"]
+        if total is None:
+            if not self.steps_resolved:
+                raise ValueError(
+                    f"{name}: the number of optimizer steps of this fit is unknown (max_steps=-1 with an unsized "
+                    f"dataloader), so the fractions `start_step`={start!r} / `period`={period!r} cannot be "
+                    f"resolved; set Trainer(max_steps=...) or pass integer steps."
+                )
+            return
+        self.quantizer.set_schedule(
+            args.resolve_step(start, total), None if period is None else args.resolve_step(period, total, duration=True)
+        )
+        self.steps_resolved = True
+        last, final = total - 1, self.quantizer.last_switch_step()
+        if final > last:
+            what = "`start_step`" + (" + `period` steps per width" if len(self.levels) > 1 else "")
+            raise ValueError(
+                f"{name}: {what} (start_step={start!r}, period={period!r}) first reach {self.bits} bits after "
+                f"{final} optimizer steps, but this fit's last optimizer step is {last} ({total} steps), so the "
+                f"schedule cannot finish; lower `start_step`/`period`, pass fractions of the fit, or train longer."
+            )
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -141,12 +206,17 @@ class WeightQuant(CompressionCallback):
     # ---------------------------------------------------------------- state
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self.quantizer.state_dict()
+        """The quantizer's state plus the resolved ``period`` (so fractions resolve alike from a checkpoint)."""
+        return {**self.quantizer.state_dict(), "period": self.quantizer.period}
 
     def apply_state(self, state: dict[str, Any]) -> None:
         self.quantizer.load_state_dict(state)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self.steps_resolved and "start_step" in state_dict:
+            # fractions: the checkpoint holds the optimizer steps they were resolved to in its fit
+            self.quantizer.set_schedule(int(state_dict["start_step"]), state_dict.get("period", self.quantizer.period))
+            self.steps_resolved = True
         self.quantizer.check_state(state_dict)
         super().load_state_dict(state_dict)

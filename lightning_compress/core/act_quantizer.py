@@ -19,7 +19,7 @@ from typing import Any, Literal
 from torch import nn
 
 from lightning_compress.core import act_quant as aq
-from lightning_compress.core import masking
+from lightning_compress.core import args, masking
 from lightning_compress.core.quant_grid import SUPPORTED_ACT_BITS, check_bits
 from lightning_compress.core.select import select_modules
 
@@ -68,7 +68,10 @@ class ActQuantizer:
         name: the name error messages start with (default ``"ActQuantizer"``).
 
     Raises:
-        ValueError: unsupported ``bits``, ``range`` or ``momentum`` (at construction); a regex
+        TypeError: an argument of the wrong type (:mod:`lightning_compress.core.args`: ``bits="8"``,
+            ``symmetric="no"``, ``momentum="0.9"``, ``modules=5``).
+        ValueError: unsupported ``bits``, ``range`` or ``momentum``, ``modules=[]``, a regex that does
+            not compile (at construction); a regex
             matching nothing or no Linear / Conv2d to quantize (:meth:`attach`); a state with a range
             for a module not targeted (:meth:`load_state_dict`).
     """
@@ -88,18 +91,15 @@ class ActQuantizer:
     ) -> None:
         name = name or type(self).__name__
         check_bits(bits, SUPPORTED_ACT_BITS, "bits", name)
-        if range not in RANGES:
-            raise ValueError(f"{name}: `range`={range!r} must be one of {list(RANGES)}.")
-        if not (0.0 <= float(momentum) < 1.0):
-            raise ValueError(f"{name}: `momentum`={momentum!r} must be in [0, 1).")
+        args.check_choice(range, "range", name, RANGES)
         self.name = name
         self.owner = owner or f"{type(self).__name__}#{next(_COUNTER)}"
         self.bits = bits
         self.range = range
-        self.symmetric = symmetric
-        self.modules = list(modules) if modules is not None else None
-        self.exclude = list(exclude) if exclude is not None else None
-        self.momentum = float(momentum)
+        self.symmetric = args.check_bool(symmetric, "symmetric", name)
+        self.modules = args.check_regexes(modules, "modules", name)
+        self.exclude = args.check_regexes(exclude, "exclude", name, allow_empty=True)
+        self.momentum = args.check_float(momentum, "momentum", name, minimum=0.0, maximum=1.0, max_closed=False)
         #: ``{qualified name: module}`` whose input is quantized (after :meth:`attach`)
         self.targets: dict[str, nn.Module] = {}
         #: ``{qualified name: ActFakeQuant}`` on those modules

@@ -282,11 +282,13 @@ def related_spaces(model: nn.Module, related: dict[str, list[str]], owner: str) 
     """Spaces named by hand: ``{producer regex: [consumer regexes]}`` (each producer its own space)."""
     import re
 
+    from lightning_compress.core.args import check_regexes, compile_regex
+
     named = dict(model.named_modules())
     out = []
     for prx, crxs in related.items():
-        if isinstance(crxs, str):
-            crxs = [crxs]
+        compile_regex(prx, "related_modules", owner)
+        crxs = check_regexes(crxs, f"related_modules[{prx!r}]", owner, allow_none=False)
         prods = {n: m for n, m in named.items() if n and re.search(prx, n) and isinstance(m, nn.Linear | nn.Conv2d)}
         if not prods:
             raise ValueError(f"{owner}: `related_modules` key {prx!r} matches no Linear/Conv2d module of {type(model).__name__}.")

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lightning_compress.core import masking
+from lightning_compress.core import args, masking
 from lightning_compress.core.criteria import CRITERIA, Criterion, ScoreState, resolve_criterion
 from lightning_compress.core.dist import full_grad
 from lightning_compress.core.patterns import Pattern, parse_pattern
@@ -67,8 +67,11 @@ class Pruner:
         pattern: ``"unstructured"``, ``"NxM"``, ``"N:M"`` (any registered grammar) or a
             :class:`~lightning_compress.core.patterns.Pattern`.
         schedule: ``"exp"`` | ``"cos"`` | ``"linear"`` | ``"cubic"`` over prune events.
-        start_step / end_step / frequency: optimizer steps of the first and last prune event and between
-            events; ``end_step=None`` must be resolved with :meth:`resolve_end_step` before :meth:`step`.
+        start_step / end_step / frequency: optimizer steps (integers only: this driver does not know how
+            long the loop is; fractions of a fit are the Lightning callbacks' business, or resolve one
+            with :func:`lightning_compress.core.args.resolve_step`) of the first and last prune event and
+            between events; ``end_step=None`` must be resolved with :meth:`resolve_end_step` before
+            :meth:`step`.
         scope: ``"global"`` (one ranking over a group's layers, each capped at
             ``max_sparsity_per_layer``) or ``"local"`` (per layer).
         modules / exclude: regexes over qualified module names (``re.search``); default: every module of
@@ -84,8 +87,12 @@ class Pruner:
         name: prefix of error messages (the callback's class name).
 
     Raises:
+        TypeError: at construction for an argument of the wrong type (checks of
+            :mod:`lightning_compress.core.args`: no conversion, ``True`` is not a number, a float step is
+            not an integer).
         ValueError: at construction for an unknown method / schedule / pattern, sparsity outside
-            [0, 1) or above the pattern's maximum, ``end_step < start_step``, ``frequency < 1``; at
+            [0, 1) or above the pattern's maximum, ``end_step < start_step``, ``frequency < 1``, an
+            empty ``modules`` list or ``groups`` dict, a regex that does not compile; at
             :meth:`attach` for a regex matching nothing, a pattern that does not fit a weight, a module
             in two groups or a weight already masked by another owner of the same kind.
     """
@@ -119,36 +126,21 @@ class Pruner:
         if find_groups is not None and not self.criterion.structured:
             allowed = " or ".join(repr(n) for n, c in CRITERIA.items() if c.structured and c.name == n)
             raise ValueError(f"{name}: `method`={method!r} must be {allowed} for structured pruning.")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"{name}: `schedule`={schedule!r} is unknown; choose one of {SCHEDULES}.")
-        if scope not in ("global", "local"):
-            raise ValueError(f"{name}: `scope`={scope!r} must be 'global' or 'local'.")
-        if not 0.0 < max_sparsity_per_layer <= 1.0:
-            raise ValueError(f"{name}: `max_sparsity_per_layer`={max_sparsity_per_layer} must be in (0, 1].")
-        if isinstance(modules, str):
-            modules = [modules]
-        if isinstance(exclude, str):
-            exclude = [exclude]
+        args.check_choice(schedule, "schedule", name, SCHEDULES)
+        args.check_choice(scope, "scope", name, ("global", "local"))
+        self.max_sparsity_per_layer = args.check_float(
+            max_sparsity_per_layer, "max_sparsity_per_layer", name, minimum=0.0, maximum=1.0, min_closed=False
+        )
+        modules = args.check_regexes(modules, "modules", name)
+        exclude = args.check_regexes(exclude, "exclude", name, allow_empty=True)
         self.pattern = self._parse_pattern(pattern)
         self.schedule_kind = schedule
-        self.start_step = int(start_step)
-        self.end_step = None if end_step is None else int(end_step)
-        self.frequency = int(frequency)
         self.scope = scope
-        self.max_sparsity_per_layer = float(max_sparsity_per_layer)
         self.unit_word = unit_word
         self.kind = kind
         self.target_types = tuple(target_types)
         self.owner = owner or f"{name}#p{next(_COUNTER)}"
-        if self.frequency < 1:
-            raise ValueError(f"{name}: `frequency`={frequency} must be >= 1 optimizer step.")
-        if self.start_step < 0:
-            raise ValueError(f"{name}: `start_step`={start_step} must be >= 0.")
-        if self.end_step is not None and self.end_step < self.start_step:
-            raise ValueError(
-                f"{name}: `end_step`={end_step} is before `start_step`={start_step}; set end_step >= start_step, "
-                f"or leave end_step=None to end at the last optimizer step of training."
-            )
+        self.set_steps(start_step, end_step, frequency)
         self.groups: list[PruneGroup] = self._make_groups(sparsity, modules, exclude, groups)
         #: True when the parameters belong to a DeepSpeed engine (unit scores read its fp32 master weights)
         self.in_engine = False
@@ -166,22 +158,41 @@ class Pruner:
         """Canonical name of the criterion (``"magnitude"`` reads ``"l1"``)."""
         return self.criterion.name
 
+    def set_steps(self, start_step: int, end_step: int | None, frequency: int) -> None:
+        """Set the schedule's optimizer steps (integers; ``end_step=None``: resolved by
+        :meth:`resolve_end_step`).  Fractions of a fit are resolved by the Lightning callbacks
+        (:func:`lightning_compress.core.args.resolve_step`) before they reach the pruner."""
+        name = self.name
+        self.start_step = args.check_step(start_step, "start_step", name, allow_fraction=False)
+        self.end_step = args.check_step(end_step, "end_step", name, allow_none=True, allow_fraction=False)
+        self.frequency = args.check_step(frequency, "frequency", name, minimum=1, allow_fraction=False)
+        if self.end_step is not None and self.end_step < self.start_step:
+            raise ValueError(
+                f"{name}: `end_step`={end_step} is before `start_step`={start_step}; set end_step >= start_step, "
+                f"or leave end_step=None to end at the last optimizer step of training."
+            )
+        self.resolved_end = self.end_step
+        for group in getattr(self, "groups", []):
+            group.schedule = None
+
     # ------------------------------------------------------------------ argument checks
-    def _parse_pattern(self, pattern: str | Pattern) -> Pattern:
+    def _parse_pattern(self, pattern: str | Pattern, argument: str = "pattern") -> Pattern:
+        if not isinstance(pattern, (str, Pattern)):
+            args.fail(self.name, argument, pattern, f"is a {type(pattern).__name__}", "pass a pattern string such as "
+                      "'unstructured', '4x1' or '2:4', or a lightning_compress.core.patterns.Pattern", TypeError)
         try:
             return parse_pattern(pattern)
         except ValueError as err:
-            raise ValueError(f"{self.name}: {err}") from None
+            msg = str(err).replace("`pattern`", f"`{argument}`", 1)
+            raise ValueError(f"{self.name}: {msg}") from None
 
     def _check_sparsity(self, sparsity: float | None, pattern: Pattern, argument: str) -> float:
         if sparsity is None:
             return pattern.max_sparsity if pattern.max_sparsity < 1.0 else 0.5
-        sparsity = float(sparsity)
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(
-                f"{self.name}: `{argument}`={sparsity} must be in [0, 1): it is the fraction of weights zeroed "
-                f"(DeepSpeed's dense_ratio r means sparsity 1 - r)."
-            )
+        sparsity = args.check_float(
+            sparsity, argument, self.name, minimum=0.0, maximum=1.0, max_closed=False,
+            fix="pass the fraction of weights zeroed, in [0, 1) (DeepSpeed's dense_ratio r means sparsity 1 - r)",
+        )
         if sparsity > pattern.max_sparsity + 1e-9:
             raise ValueError(
                 f"{self.name}: `{argument}`={sparsity} is more than pattern {pattern.name!r} can reach "
@@ -191,23 +202,26 @@ class Pruner:
 
     def _make_groups(self, sparsity, modules, exclude, groups) -> list[PruneGroup]:  # noqa: ANN001
         name = self.name
-        if not groups:
+        if groups is None:
             return [PruneGroup("default", self._check_sparsity(sparsity, self.pattern, "sparsity"), modules, exclude, self.pattern)]
+        groups = args.check_mapping(groups, "groups", name, what="a dict {group name: {'modules': [...], 'sparsity': s}}")
+        if not groups:
+            args.fail(name, "groups", groups, "is empty", "name at least one group, or pass None for one group of every target")
         if modules is not None:
             raise ValueError(f"{name}: pass either `modules` or `groups`, not both (put the regexes in each group).")
         out = []
         for gname, spec in groups.items():
+            where = f"groups[{gname!r}]"
+            spec = args.check_mapping(spec, where, name, allow_none=False, what="a dict with keys modules, exclude, sparsity, pattern")
             unknown = set(spec) - {"modules", "exclude", "sparsity", "pattern"}
             if unknown:
                 raise ValueError(
-                    f"{name}: group {gname!r} has unknown keys {sorted(unknown)}; allowed: modules, exclude, sparsity, pattern."
+                    f"{name}: `{where}` has unknown keys {sorted(unknown)}; allowed: modules, exclude, sparsity, pattern."
                 )
-            gpattern = self._parse_pattern(spec["pattern"]) if "pattern" in spec else self.pattern
-            gmods = spec.get("modules")
-            if isinstance(gmods, str):
-                gmods = [gmods]
-            gexcl = list(exclude or []) + list(spec.get("exclude") or [])
-            gsparsity = self._check_sparsity(spec.get("sparsity", sparsity), gpattern, f"groups[{gname!r}].sparsity")
+            gpattern = self._parse_pattern(spec["pattern"], f"{where}.pattern") if "pattern" in spec else self.pattern
+            gmods = args.check_regexes(spec.get("modules"), f"{where}.modules", name)
+            gexcl = list(exclude or []) + list(args.check_regexes(spec.get("exclude"), f"{where}.exclude", name, allow_empty=True) or [])
+            gsparsity = self._check_sparsity(spec.get("sparsity", sparsity), gpattern, f"{where}.sparsity")
             out.append(PruneGroup(gname, gsparsity, gmods, gexcl or None, gpattern))
         return out
 
@@ -288,6 +302,13 @@ class Pruner:
         seen: dict[str, str] = {}
         for group in self.groups:
             group.targets = list(build(model, group))
+            if not group.targets:
+                where = "" if group.name == "default" else f" of group {group.name!r}"
+                raise ValueError(
+                    f"{self.name}: `modules`={group.modules} and `exclude`={group.exclude}{where} leave no "
+                    f"{self.unit_word if self.find_groups is not None else 'layer'} of {type(model).__name__} "
+                    f"to prune; widen `modules` or narrow `exclude`."
+                )
             for t in group.targets:
                 if t.name in seen:
                     raise ValueError(

@@ -12,6 +12,8 @@ from typing import Literal
 
 import torch
 
+from lightning_compress.core.args import check_bool, check_choice, check_int, fail, is_int
+
 SUPPORTED_WEIGHT_BITS = (1, 2, 3, 4, 8)
 SUPPORTED_ACT_BITS = (4, 8)
 Granularity = Literal["tensor", "channel", "group"]
@@ -31,10 +33,11 @@ def bit_levels(start_bits: int, bits: int) -> list[int]:
 
 
 def check_bits(bits: int, supported: tuple[int, ...], argument: str, owner: str) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in supported:
-        raise ValueError(
-            f"{owner}: `{argument}`={bits!r} is not a supported bit width; use one of {list(supported)}."
-        )
+    """``bits`` must be an int (TypeError otherwise: ``"8"``, ``8.0``, ``True``) among ``supported``."""
+    if not is_int(bits):
+        fail(owner, argument, bits, f"is a {type(bits).__name__}, not an int bit width", f"use one of {list(supported)}", TypeError)
+    if bits not in supported:
+        fail(owner, argument, bits, "is not a supported bit width", f"use one of {list(supported)}")
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,19 @@ class QuantSpec:
     group_size: int | None = None
     symmetric: bool = True
 
-    def validate(self, owner: str = "quantize") -> "QuantSpec":
-        check_bits(self.bits, SUPPORTED_WEIGHT_BITS, "bits", owner)
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"{owner}: `granularity`={self.granularity!r} must be one of {list(GRANULARITIES)}.")
+    def validate(self, owner: str = "quantize", bits_argument: str = "bits") -> "QuantSpec":
+        check_bits(self.bits, SUPPORTED_WEIGHT_BITS, bits_argument, owner)
+        check_choice(self.granularity, "granularity", owner, GRANULARITIES)
+        check_bool(self.symmetric, "symmetric", owner)
         if self.granularity == "group":
-            if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 1:
-                raise ValueError(
-                    f"{owner}: granularity='group' needs a positive integer `group_size` (got {self.group_size!r})."
-                )
+            if self.group_size is None:
+                fail(owner, "group_size", None, "but granularity='group' needs a positive integer `group_size`",
+                     "pass the number of input values per group, e.g. 64")
+            check_int(self.group_size, "group_size", owner, minimum=1)
+        elif self.group_size is not None:
+            check_int(self.group_size, "group_size", owner, minimum=1)
+            fail(owner, "group_size", self.group_size, f"is only used with granularity='group' (got {self.granularity!r})",
+                 "set granularity='group' or drop group_size")
         return self
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_compress.core import masking
+from lightning_compress.core import args, masking
 from lightning_compress.core.fake_quant import WeightFakeQuant
 from lightning_compress.core.quant_grid import (
     GRANULARITIES,
@@ -97,10 +97,6 @@ def attach_weight_quantizers(
     return quantizers
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 class WeightQuantizer:
     """Fake-quantizes the weights of a model's targeted modules in forward (straight-through in backward).
 
@@ -131,9 +127,15 @@ class WeightQuantizer:
         owner: the id the quantizers are registered under (default ``"WeightQuantizer#<n>"``).
         name: the name error messages start with (default ``"WeightQuantizer"``).
 
+    Steps are integers here (a fraction of a fit is resolved by the ``WeightQuant`` callback, or by
+    :func:`lightning_compress.core.args.resolve_step` for your own loop).
+
     Raises:
-        ValueError: unsupported ``bits`` / ``start_bits``, ``start_bits < bits``, a bad ``period``,
-            ``granularity``, ``group_size`` or ``start_step`` (at construction); ``group_size`` not
+        TypeError: an argument of the wrong type (:mod:`lightning_compress.core.args`: ``bits="8"``,
+            ``symmetric="no"``, ``start_step=1.7``, ``modules=5``).
+        ValueError: unsupported ``bits`` / ``start_bits``, ``start_bits < bits``, a bad ``period`` (missing
+            with ``start_bits > bits``, given without a schedule), ``granularity``, ``group_size`` or
+            ``start_step``, ``modules=[]``, a regex that does not compile (at construction); ``group_size`` not
             dividing a module's input dimension, a regex matching nothing, or no quantizable layer
             (in :meth:`attach`); a state with another schedule (:meth:`load_state_dict`).
     """
@@ -160,29 +162,14 @@ class WeightQuantizer:
             check_bits(start_bits, SUPPORTED_WEIGHT_BITS, "start_bits", name)
             if start_bits < bits:
                 raise ValueError(f"{name}: `start_bits`={start_bits} must be >= `bits`={bits} (bits only step down).")
-        if start_bits is not None and start_bits != bits:
-            if not _positive_int(period):
-                raise ValueError(
-                    f"{name}: `period`={period!r} must be a positive number of optimizer steps when "
-                    f"`start_bits` ({start_bits}) differs from `bits` ({bits})."
-                )
-        elif period is not None and not _positive_int(period):
-            raise ValueError(f"{name}: `period`={period!r} must be a positive number of optimizer steps.")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"{name}: `granularity`={granularity!r} must be one of {list(GRANULARITIES)}.")
-        if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
-            raise ValueError(f"{name}: `start_step`={start_step!r} must be a non-negative integer.")
         self.spec = QuantSpec(bits, granularity, group_size, symmetric).validate(name)
-        if granularity != "group" and group_size is not None:
-            raise ValueError(f"{name}: `group_size` is only used with granularity='group' (got {granularity!r}).")
         self.name = name
         self.owner = owner or f"{type(self).__name__}#{next(_COUNTER)}"
         self.bits = bits
         self.start_bits = start_bits if start_bits is not None else bits
-        self.period = period
-        self.modules = list(modules) if modules is not None else None
-        self.exclude = list(exclude) if exclude is not None else None
-        self.start_step = start_step
+        self.modules = args.check_regexes(modules, "modules", name)
+        self.exclude = args.check_regexes(exclude, "exclude", name, allow_empty=True)
+        self.set_schedule(start_step, period)
         self.levels = bit_levels(self.start_bits, bits)
         #: ``{qualified name: module}`` quantized (after :meth:`attach`)
         self.targets: dict[str, nn.Module] = {}
@@ -194,6 +181,38 @@ class WeightQuantizer:
             self.attach(model)
 
     # ---------------------------------------------------------------- schedule
+    def set_schedule(self, start_step: int, period: int | None) -> None:
+        """Set the bits schedule's optimizer steps (integers; see the class docstring).
+
+        Raises:
+            TypeError: a step that is not an int (``1.7``, ``"10"``, ``True``).
+            ValueError: ``start_step < 0``; ``period < 1``; no ``period`` although ``start_bits > bits``;
+                a ``period`` although there is no schedule (``start_bits`` None or equal to ``bits``:
+                it would be ignored).
+        """
+        name = self.name
+        start_step = args.check_step(start_step, "start_step", name, allow_fraction=False)
+        period = args.check_step(period, "period", name, minimum=1, allow_none=True, allow_fraction=False)
+        if self.start_bits != self.bits and period is None:
+            args.fail(name, "period", period, f"is needed when `start_bits` ({self.start_bits}) differs from `bits` ({self.bits})",
+                      "pass the number of optimizer steps spent at each width")
+        if self.start_bits == self.bits and period is not None:
+            args.fail(name, "period", period, f"has no effect without a bits schedule (`start_bits`={self.start_bits} = `bits`)",
+                      f"drop period, or set start_bits > bits (e.g. start_bits=8, bits={self.bits})"
+                      if self.bits < 8 else "drop period (8 bits is the widest width; nothing to step down from)")
+        self.start_step = start_step
+        self.period = period
+        self.levels = bit_levels(self.start_bits, self.bits)
+
+    def last_switch_step(self) -> int:
+        """Optimizer steps done when the final width is first used (``start_step`` without a schedule)."""
+        return self.start_step + (len(self.levels) - 1) * (self.period or 0)
+
+    def hold(self) -> None:
+        """Switch every quantizer off until the next :meth:`step` (a schedule not known yet)."""
+        for q in self.quantizers.values():
+            q.enabled = False
+
     def bits_at(self, step: int) -> int | None:
         """Width used by the forward once ``step`` optimizer steps are done (None: not quantized yet)."""
         if step < self.start_step:
