@@ -213,7 +213,7 @@ def zeroquant(
             empty ``int4_modules`` list or a regex in it that matches no quantized module.
     """
     owner = "zeroquant"
-    args.check_choice(weight_bits, "weight_bits", owner, (8, 4))
+    args.check_choice(weight_bits, "weight_bits", owner, (8, 4), problem="must be 8 or 4")
     if act_bits is not None:
         check_bits(act_bits, SUPPORTED_ACT_BITS, "act_bits", owner)
     args.check_int(group_size, "group_size", owner, minimum=1)

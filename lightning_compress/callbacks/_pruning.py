@@ -210,10 +210,10 @@ class BasePruning(CompressionCallback):
         needs_total = spec["end_step"] is None or any(args.is_fraction(v) for v in spec.values())
         if total is None:
             if needs_total:
+                which = ", ".join(f"`{k}`={v!r}" for k, v in spec.items() if args.is_fraction(v) or (k == "end_step" and v is None))
                 raise ValueError(
-                    f"{name}: the number of optimizer steps of this fit is unknown (max_steps=-1 with an unsized "
-                    f"dataloader), so `end_step`=None and fractions of the fit cannot be resolved; set "
-                    f"Trainer(max_steps=...) or pass integer steps."
+                    f"{name}: {which} need the number of optimizer steps of this fit, which is unknown "
+                    f"(max_steps=-1 with an unsized dataloader); set Trainer(max_steps=...) or pass integer steps."
                 )
             self.pruner.set_steps(spec["start_step"], spec["end_step"], spec["frequency"])
             return self.pruner.resolve_end_step()

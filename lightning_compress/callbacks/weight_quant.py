@@ -172,10 +172,10 @@ class WeightQuant(CompressionCallback):
         start, period = self.step_args["start_step"], self.step_args["period"]
         if total is None:
             if not self.steps_resolved:
+                which = ", ".join(f"`{k}`={v!r}" for k, v in self.step_args.items() if args.is_fraction(v))
                 raise ValueError(
-                    f"{name}: the number of optimizer steps of this fit is unknown (max_steps=-1 with an unsized "
-                    f"dataloader), so the fractions `start_step`={start!r} / `period`={period!r} cannot be "
-                    f"resolved; set Trainer(max_steps=...) or pass integer steps."
+                    f"{name}: {which} need the number of optimizer steps of this fit, which is unknown "
+                    f"(max_steps=-1 with an unsized dataloader); set Trainer(max_steps=...) or pass integer steps."
                 )
             return
         self.quantizer.set_schedule(

@@ -15,7 +15,8 @@ One rule set and one message shape, so every class refuses bad input alike::
 Step arguments (:func:`check_step`, :func:`resolve_step`): an ``int >= 0`` is a number of optimizer
 steps; a ``float`` in ``(0, 1]`` is a **fraction of the fit** (``trainer.estimated_stepping_batches``
 optimizer steps), resolved by the Lightning callbacks at ``on_train_start``.  The Python type decides:
-``1`` is optimizer step 1, ``1.0`` is the whole fit.  The pure-PyTorch drivers (``core.pruner.Pruner``,
+``1`` is optimizer step 1, ``1.0`` is the whole fit; a float outside ``(0, 1]`` (``1.7``) is a
+``TypeError`` (it is neither kind, and is never truncated to ``1``).  The pure-PyTorch drivers (``core.pruner.Pruner``,
 ``core.weight_quantizer.WeightQuantizer``) take integers only (they do not know the length of a
 training loop); resolve a fraction with :func:`resolve_step` first.
 
@@ -83,7 +84,7 @@ def check_int(
     if not is_int(value):
         fail(owner, argument, value, f"is {_a(value)}, not an int", fix or f"pass an integer{bounds}", TypeError)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        fail(owner, argument, value, f"is out of range", fix or f"pass an integer{bounds}")
+        fail(owner, argument, value, f"must be{bounds}", fix or "pass an integer in that range")
     return value
 
 
@@ -113,21 +114,23 @@ def check_float(
     too_low = minimum is not None and (v < minimum or (not min_closed and v == minimum))
     too_high = maximum is not None and (v > maximum or (not max_closed and v == maximum))
     if too_low or too_high:
-        fail(owner, argument, value, "is out of range", fix or f"pass a number{bounds}")
+        fail(owner, argument, value, f"must be{bounds}", fix or "pass a number in that range")
     return v
 
 
-def check_choice(value: Any, argument: str, owner: str, choices: Sequence[Any], *, allow_none: bool = False) -> Any:
+def check_choice(
+    value: Any, argument: str, owner: str, choices: Sequence[Any], *, allow_none: bool = False, problem: str | None = None,
+) -> Any:
     """``value`` must be one of ``choices`` (strings or ints; compared with type: ``8.0`` is not ``8``)."""
     if value is None and allow_none:
         return None
     wanted = {type(c) for c in choices}
-    listed = ", ".join(repr(c) for c in choices)
+    listed = list(choices) + ([None] if allow_none else [])
     if type(value) not in wanted:
         kinds = " or ".join(sorted(t.__name__ for t in wanted))
-        fail(owner, argument, value, f"is {_a(value)}, not a {kinds}", f"use one of {listed}" + (" or None" if allow_none else ""), TypeError)
+        fail(owner, argument, value, f"is {_a(value)}, not a {kinds}", f"use one of {listed}", TypeError)
     if value not in choices:
-        fail(owner, argument, value, "is not supported", f"use one of {listed}" + (" or None" if allow_none else ""))
+        fail(owner, argument, value, problem or f"must be one of {listed}", "pick one of those")
     return value
 
 
@@ -216,13 +219,14 @@ def check_step(
         fail(owner, argument, value, f"is {_a(value)}, not a step", f"pass {forms}" + (" or None" if allow_none else ""), TypeError)
     if isinstance(value, float):
         if not (0.0 < value <= 1.0):  # NaN fails too
-            fail(
-                owner, argument, value, "is a float outside (0, 1]: floats are fractions of the fit",
-                f"pass a fraction in (0, 1] or an integer number of optimizer steps (e.g. {int(value) if math.isfinite(value) and value >= 0 else 0})",
+            fail(  # a TypeError: neither of the two kinds a step can be (1.7 is never read as 1)
+                owner, argument, value, "is a float outside (0, 1]: a float step is a fraction of the fit",
+                f"pass a fraction in (0, 1] or an int number of optimizer steps (e.g. {int(value) if math.isfinite(value) and value >= 0 else 0})",
+                TypeError,
             )
         return value
     if value < minimum:
-        fail(owner, argument, value, f"is below {minimum}", f"pass {forms}")
+        fail(owner, argument, value, f"must be >= {minimum}", f"pass {forms}")
     return value
 
 

@@ -126,7 +126,7 @@ class Pruner:
         if find_groups is not None and not self.criterion.structured:
             allowed = " or ".join(repr(n) for n, c in CRITERIA.items() if c.structured and c.name == n)
             raise ValueError(f"{name}: `method`={method!r} must be {allowed} for structured pruning.")
-        args.check_choice(schedule, "schedule", name, SCHEDULES)
+        args.check_choice(schedule, "schedule", name, SCHEDULES, problem=f"is unknown; it must be one of {list(SCHEDULES)}")
         args.check_choice(scope, "scope", name, ("global", "local"))
         self.max_sparsity_per_layer = args.check_float(
             max_sparsity_per_layer, "max_sparsity_per_layer", name, minimum=0.0, maximum=1.0, min_closed=False
@@ -216,7 +216,7 @@ class Pruner:
             unknown = set(spec) - {"modules", "exclude", "sparsity", "pattern"}
             if unknown:
                 raise ValueError(
-                    f"{name}: `{where}` has unknown keys {sorted(unknown)}; allowed: modules, exclude, sparsity, pattern."
+                    f"{name}: `groups` group {gname!r} has unknown keys {sorted(unknown)}; allowed: modules, exclude, sparsity, pattern."
                 )
             gpattern = self._parse_pattern(spec["pattern"], f"{where}.pattern") if "pattern" in spec else self.pattern
             gmods = args.check_regexes(spec.get("modules"), f"{where}.modules", name)

@@ -194,8 +194,8 @@ class WeightQuantizer:
         start_step = args.check_step(start_step, "start_step", name, allow_fraction=False)
         period = args.check_step(period, "period", name, minimum=1, allow_none=True, allow_fraction=False)
         if self.start_bits != self.bits and period is None:
-            args.fail(name, "period", period, f"is needed when `start_bits` ({self.start_bits}) differs from `bits` ({self.bits})",
-                      "pass the number of optimizer steps spent at each width")
+            args.fail(name, "period", period, f"must be a positive number of optimizer steps when `start_bits` "
+                      f"({self.start_bits}) differs from `bits` ({self.bits})", "pass the optimizer steps spent at each width")
         if self.start_bits == self.bits and period is not None:
             args.fail(name, "period", period, f"has no effect without a bits schedule (`start_bits`={self.start_bits} = `bits`)",
                       f"drop period, or set start_bits > bits (e.g. start_bits=8, bits={self.bits})"
