@@ -28,8 +28,13 @@ class SparsePruning(BasePruning):
             (``"2:4"``).  Conv2d weights are seen as ``[out, in*kh*kw]``.
         schedule: ``"exp"`` | ``"cos"`` | ``"linear"`` | ``"cubic"``: sparsity after each prune event.
         start_step: optimizer step (``trainer.global_step``) of the first prune event.
-        end_step: optimizer step of the last prune event; ``None`` = last step of the fit.
+        end_step: optimizer step of the last prune event; ``None`` (= ``1.0``) = last step of the fit.
         frequency: optimizer steps between prune events.
+
+            For these three, an ``int`` counts optimizer steps and a ``float`` in ``(0, 1]`` is a
+            fraction of this fit's ``T = trainer.estimated_stepping_batches`` optimizer steps, resolved
+            at ``on_train_start``: ``end_step=0.6`` is step ``floor(0.6 * T)``, ``1.0`` the last step
+            ``T - 1``; ``1`` is step 1 (the type decides); ``frequency`` is at least 1 step.
         scope: ``"global"`` ranks all targeted layers together (one threshold); ``"local"`` per layer.
         max_sparsity_per_layer: under global ranking no layer goes above this sparsity.
         modules: regexes (``re.search``) of qualified module names to prune; default: every Linear
@@ -38,10 +43,14 @@ class SparsePruning(BasePruning):
         groups: per-group settings ``{name: {"modules": [...], "sparsity": 0.8, "pattern": "2:4"}}``.
 
     Raises:
+        TypeError: at ``__init__`` for an argument of the wrong type (``sparsity="0.5"``,
+            ``frequency=True``, ``start_step=1.7``: a float step is a fraction in (0, 1]).
         ValueError: at ``__init__`` for an unknown method/schedule/pattern, sparsity outside [0, 1),
-            ``end_step < start_step``, ``N > M``; at ``setup`` for a regex that matches no module, a
-            pattern whose block does not divide a targeted weight, or a weight already masked by
-            another sparsity callback.
+            ``end_step < start_step``, ``N > M`` or ``N = 0``, ``modules=[]``, a regex that does not
+            compile; at ``setup`` for a regex that matches no module, a selection that leaves no
+            layer, a pattern whose block does not divide a targeted weight, or a weight already masked
+            by another sparsity callback; at ``on_train_start`` for an ``end_step`` after the fit's
+            last optimizer step.
 
     Example::
 
@@ -56,9 +65,9 @@ class SparsePruning(BasePruning):
         method: MethodName | Criterion = "l1",
         pattern: str | Pattern = "unstructured",
         schedule: ScheduleName = "exp",
-        start_step: int = 0,
-        end_step: int | None = None,
-        frequency: int = 1,
+        start_step: int | float = 0,
+        end_step: int | float | None = None,
+        frequency: int | float = 1,
         scope: Scope = "global",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,
@@ -96,9 +105,9 @@ class SnipMomentumPruning(SparsePruning):
         sparsity: float | None = 0.5,
         pattern: str | Pattern = "4x1",
         schedule: ScheduleName = "exp",
-        start_step: int = 0,
-        end_step: int | None = None,
-        frequency: int = 1,
+        start_step: int | float = 0,
+        end_step: int | float | None = None,
+        frequency: int | float = 1,
         scope: Scope = "global",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,

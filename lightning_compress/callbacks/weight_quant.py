@@ -81,13 +81,13 @@ class WeightQuant(CompressionCallback):
         self,
         bits: int = 8,
         start_bits: int | None = None,
-        period: int | None = None,
+        period: int | float | None = None,
         granularity: Literal["tensor", "channel", "group"] = "channel",
         group_size: int | None = None,
         symmetric: bool = True,
         modules: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
-        start_step: int = 0,
+        start_step: int | float = 0,
     ) -> None:
         super().__init__()
         name = type(self).__name__

@@ -67,11 +67,9 @@ class Pruner:
         pattern: ``"unstructured"``, ``"NxM"``, ``"N:M"`` (any registered grammar) or a
             :class:`~lightning_compress.core.patterns.Pattern`.
         schedule: ``"exp"`` | ``"cos"`` | ``"linear"`` | ``"cubic"`` over prune events.
-        start_step / end_step / frequency: optimizer steps (integers only: this driver does not know how
-            long the loop is; fractions of a fit are the Lightning callbacks' business, or resolve one
-            with :func:`lightning_compress.core.args.resolve_step`) of the first and last prune event and
-            between events; ``end_step=None`` must be resolved with :meth:`resolve_end_step` before
-            :meth:`step`.
+        start_step / end_step / frequency: optimizer steps of the first and last prune event and between
+            events, integers only (fractions of a fit: :func:`lightning_compress.core.args.resolve_step`);
+            ``end_step=None`` must be resolved with :meth:`resolve_end_step` before :meth:`step`.
         scope: ``"global"`` (one ranking over a group's layers, each capped at
             ``max_sparsity_per_layer``) or ``"local"`` (per layer).
         modules / exclude: regexes over qualified module names (``re.search``); default: every module of
@@ -87,14 +85,12 @@ class Pruner:
         name: prefix of error messages (the callback's class name).
 
     Raises:
-        TypeError: at construction for an argument of the wrong type (checks of
-            :mod:`lightning_compress.core.args`: no conversion, ``True`` is not a number, a float step is
-            not an integer).
+        TypeError: at construction for an argument of the wrong type (:mod:`lightning_compress.core.args`).
         ValueError: at construction for an unknown method / schedule / pattern, sparsity outside
             [0, 1) or above the pattern's maximum, ``end_step < start_step``, ``frequency < 1``, an
-            empty ``modules`` list or ``groups`` dict, a regex that does not compile; at
-            :meth:`attach` for a regex matching nothing, a pattern that does not fit a weight, a module
-            in two groups or a weight already masked by another owner of the same kind.
+            empty ``modules`` / ``groups``, a bad regex; at :meth:`attach` for a regex matching nothing,
+            a selection leaving no target, a pattern that does not fit a weight, a module in two
+            groups or a weight already masked by another owner of the same kind.
     """
 
     def __init__(
@@ -144,7 +140,6 @@ class Pruner:
         self.groups: list[PruneGroup] = self._make_groups(sparsity, modules, exclude, groups)
         #: True when the parameters belong to a DeepSpeed engine (unit scores read its fp32 master weights)
         self.in_engine = False
-        self.resolved_end: int | None = self.end_step
         #: optimizer steps done, as last given to :meth:`step`
         self.steps_done = 0
         #: one entry per prune event that changed masks: ``{"step": s, "sparsity": ..., ...}``
@@ -159,18 +154,14 @@ class Pruner:
         return self.criterion.name
 
     def set_steps(self, start_step: int, end_step: int | None, frequency: int) -> None:
-        """Set the schedule's optimizer steps (integers; ``end_step=None``: resolved by
-        :meth:`resolve_end_step`).  Fractions of a fit are resolved by the Lightning callbacks
-        (:func:`lightning_compress.core.args.resolve_step`) before they reach the pruner."""
+        """Set the schedule's optimizer steps (integers; the callbacks resolve fractions first)."""
         name = self.name
         self.start_step = args.check_step(start_step, "start_step", name, allow_fraction=False)
         self.end_step = args.check_step(end_step, "end_step", name, allow_none=True, allow_fraction=False)
         self.frequency = args.check_step(frequency, "frequency", name, minimum=1, allow_fraction=False)
         if self.end_step is not None and self.end_step < self.start_step:
-            raise ValueError(
-                f"{name}: `end_step`={end_step} is before `start_step`={start_step}; set end_step >= start_step, "
-                f"or leave end_step=None to end at the last optimizer step of training."
-            )
+            raise ValueError(f"{name}: `end_step`={end_step} is before `start_step`={start_step}; set end_step >= "
+                             f"start_step, or leave end_step=None to end at the last optimizer step of training.")
         self.resolved_end = self.end_step
         for group in getattr(self, "groups", []):
             group.schedule = None
