@@ -82,6 +82,9 @@ class RowPruning(StructuredPruning):
                 related_modules[prx] = args.check_regexes(crxs, f"related_modules[{prx!r}]", "RowPruning", allow_none=False)
         self.related_modules = related_modules
 
+    def arguments(self) -> dict[str, Any]:
+        return {**super().arguments(), "related_modules": self.related_modules}
+
     def _spaces(self, model: nn.Module) -> list[ChannelSpace]:
         if self.related_modules:
             return related_spaces(model, self.related_modules, "RowPruning")

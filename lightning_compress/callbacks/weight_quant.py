@@ -15,6 +15,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.callbacks._clock import ScheduleClock
 from lightning_compress.callbacks._steps import optimizer_step_count, total_optimizer_steps
 from lightning_compress.core import args
 from lightning_compress.core.fake_quant import WeightFakeQuant
@@ -43,6 +44,14 @@ class WeightQuant(CompressionCallback):
 
     The quantizers stay on the modules after ``fit`` (the model keeps its quantized forward, and
     ``RedundancyClean`` / :func:`core.quantize.pack_state` read them); :meth:`remove` takes them off.
+
+    Lifecycle: steps are optimizer steps done on the model, counted across fits
+    (:class:`~lightning_compress.callbacks._clock.ScheduleClock`; ``trainer.global_step`` within one fit,
+    resumed or not).  A second ``fit`` of the same model continues the bits schedule where the first
+    stopped (it never goes back to a wider width or to full precision); another model re-targets the
+    callback (quantizers come off the old model, the schedule position restarts at 0); resuming from a
+    checkpoint needs every constructor argument of the saving run (``ValueError`` naming the argument
+    otherwise); ``validate`` / ``test`` / ``predict`` with ``ckpt_path`` use the checkpoint's width.
 
     Args:
         bits: final weight width in bits, one of 8, 4, 3, 2 (ternary), 1 (binary).
@@ -91,6 +100,7 @@ class WeightQuant(CompressionCallback):
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        self.clock = ScheduleClock()
         # ints are optimizer steps, floats in (0, 1] fractions of the fit (resolved at on_train_start)
         self.step_args = {
             "start_step": args.check_step(start_step, "start_step", name),
@@ -120,11 +130,11 @@ class WeightQuant(CompressionCallback):
         return self.quantizer.period if self.steps_resolved else self.step_args["period"]
 
     def identity(self) -> dict[str, Any]:
-        q = self.quantizer
+        q = self.quantizer  # step arguments as given (a fraction stays a fraction: stable state_key)
         return {
-            "bits": q.bits, "start_bits": q.start_bits, "period": q.period, "granularity": q.spec.granularity,
+            "bits": q.bits, "start_bits": q.start_bits, "period": self.step_args["period"], "granularity": q.spec.granularity,
             "group_size": q.spec.group_size, "symmetric": q.spec.symmetric, "modules": q.modules,
-            "exclude": q.exclude, "start_step": q.start_step,
+            "exclude": q.exclude, "start_step": self.step_args["start_step"],
         }
 
     # ---------------------------------------------------------------- schedule
@@ -158,11 +168,13 @@ class WeightQuant(CompressionCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.resolve_schedule(total_optimizer_steps(trainer))
-        self.quantizer.step(optimizer_step_count(trainer))
+        offset = self.clock.start(optimizer_step_count(trainer))
+        self.resolve_schedule(total_optimizer_steps(trainer), offset)
+        self.quantizer.step(self.clock.now(optimizer_step_count(trainer)))
 
-    def resolve_schedule(self, total: int | None) -> None:
-        """Fix the schedule for a fit of ``total`` optimizer steps (None: unknown).
+    def resolve_schedule(self, total: int | None, offset: int = 0) -> None:
+        """Fix the schedule for a fit of ``total`` optimizer steps (None: unknown) that starts ``offset``
+        steps into the model's schedule (fractions: ``offset`` + steps of this fit, on the first fit only).
 
         Raises:
             ValueError: fractions with an unknown number of steps; a schedule whose final width
@@ -178,12 +190,14 @@ class WeightQuant(CompressionCallback):
                     f"(max_steps=-1 with an unsized dataloader); set Trainer(max_steps=...) or pass integer steps."
                 )
             return
-        self.quantizer.set_schedule(
-            args.resolve_step(start, total), None if period is None else args.resolve_step(period, total, duration=True)
-        )
-        self.steps_resolved = True
-        last, final = total - 1, self.quantizer.last_switch_step()
-        if final > last:
+        if not self.steps_resolved:
+            self.quantizer.set_schedule(
+                offset + args.resolve_step(start, total) if args.is_fraction(start) else start,
+                None if period is None else args.resolve_step(period, total, duration=True),
+            )
+            self.steps_resolved = True
+        last, final = offset + total - 1, self.quantizer.last_switch_step()
+        if final > last and final > self.clock.seen:  # (a schedule finished in an earlier fit stays finished)
             what = "`start_step`" + (" + `period` steps per width" if len(self.levels) > 1 else "")
             raise ValueError(
                 f"{name}: {what} (start_step={start!r}, period={period!r}) first reach {self.bits} bits after "
@@ -193,7 +207,15 @@ class WeightQuant(CompressionCallback):
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self.quantizer.step(optimizer_step_count(trainer))
+        self.quantizer.step(self.clock.now(optimizer_step_count(trainer)))
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.clock.now(optimizer_step_count(trainer))  # after the optimizer step: what a checkpoint records
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.now(optimizer_step_count(trainer))
 
     def remove(self) -> None:
         """Take the quantizers off the modules (full-precision forward again)."""
@@ -201,16 +223,21 @@ class WeightQuant(CompressionCallback):
         super().remove()
 
     def reset_state(self) -> None:
+        """Forget the old model's schedule position (the quantizers went with :meth:`remove`)."""
         self.quantizer.steps_done = 0
+        self.clock.reset()
+        self.steps_resolved = not any(args.is_fraction(v) for v in self.step_args.values())
+        self._pending_state = None
 
     # ---------------------------------------------------------------- state
     @override
-    def state_dict(self) -> dict[str, Any]:
-        """The quantizer's state plus the resolved ``period`` (so fractions resolve alike from a checkpoint)."""
-        return {**self.quantizer.state_dict(), "period": self.quantizer.period}
+    def own_state(self) -> dict[str, Any]:
+        """The quantizer's state, the clock, and the resolved ``period`` (fractions resolve alike on resume)."""
+        return {**self.quantizer.state_dict(), "clock": self.clock.state_dict(), "period": self.quantizer.period}
 
     def apply_state(self, state: dict[str, Any]) -> None:
         self.quantizer.load_state_dict(state)
+        self.clock.load_state_dict(state.get("clock"))
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -218,5 +245,5 @@ class WeightQuant(CompressionCallback):
             # fractions: the checkpoint holds the optimizer steps they were resolved to in its fit
             self.quantizer.set_schedule(int(state_dict["start_step"]), state_dict.get("period", self.quantizer.period))
             self.steps_resolved = True
-        self.quantizer.check_state(state_dict)
-        super().load_state_dict(state_dict)
+        self.quantizer.check_state(state_dict)  # another bits schedule: names levels and start_step
+        super().load_state_dict(state_dict)  # then every other argument

@@ -124,9 +124,7 @@ class Pruner:
             raise ValueError(f"{name}: `method`={method!r} must be {allowed} for structured pruning.")
         args.check_choice(schedule, "schedule", name, SCHEDULES, problem=f"is unknown; it must be one of {list(SCHEDULES)}")
         args.check_choice(scope, "scope", name, ("global", "local"))
-        self.max_sparsity_per_layer = args.check_float(
-            max_sparsity_per_layer, "max_sparsity_per_layer", name, minimum=0.0, maximum=1.0, min_closed=False
-        )
+        self.max_sparsity_per_layer = args.check_float(max_sparsity_per_layer, "max_sparsity_per_layer", name, minimum=0.0, maximum=1.0, min_closed=False)
         modules = args.check_regexes(modules, "modules", name)
         exclude = args.check_regexes(exclude, "exclude", name, allow_empty=True)
         self.pattern = self._parse_pattern(pattern)
@@ -180,15 +178,11 @@ class Pruner:
     def _check_sparsity(self, sparsity: float | None, pattern: Pattern, argument: str) -> float:
         if sparsity is None:
             return pattern.max_sparsity if pattern.max_sparsity < 1.0 else 0.5
-        sparsity = args.check_float(
-            sparsity, argument, self.name, minimum=0.0, maximum=1.0, max_closed=False,
-            fix="pass the fraction of weights zeroed, in [0, 1) (DeepSpeed's dense_ratio r means sparsity 1 - r)",
-        )
+        sparsity = args.check_float(sparsity, argument, self.name, minimum=0.0, maximum=1.0, max_closed=False,
+                                    fix="pass the fraction of weights zeroed, in [0, 1) (DeepSpeed's dense_ratio r means sparsity 1 - r)")
         if sparsity > pattern.max_sparsity + 1e-9:
-            raise ValueError(
-                f"{self.name}: `{argument}`={sparsity} is more than pattern {pattern.name!r} can reach "
-                f"({pattern.max_sparsity:g}); lower it or use another pattern."
-            )
+            raise ValueError(f"{self.name}: `{argument}`={sparsity} is more than pattern {pattern.name!r} can reach "
+                             f"({pattern.max_sparsity:g}); lower it or use another pattern.")
         return sparsity
 
     def _make_groups(self, sparsity, modules, exclude, groups) -> list[PruneGroup]:  # noqa: ANN001
@@ -206,9 +200,7 @@ class Pruner:
             spec = args.check_mapping(spec, where, name, allow_none=False, what="a dict with keys modules, exclude, sparsity, pattern")
             unknown = set(spec) - {"modules", "exclude", "sparsity", "pattern"}
             if unknown:
-                raise ValueError(
-                    f"{name}: `groups` group {gname!r} has unknown keys {sorted(unknown)}; allowed: modules, exclude, sparsity, pattern."
-                )
+                raise ValueError(f"{name}: `groups` group {gname!r} has unknown keys {sorted(unknown)}; allowed: modules, exclude, sparsity, pattern.")
             gpattern = self._parse_pattern(spec["pattern"], f"{where}.pattern") if "pattern" in spec else self.pattern
             gmods = args.check_regexes(spec.get("modules"), f"{where}.modules", name)
             gexcl = list(exclude or []) + list(args.check_regexes(spec.get("exclude"), f"{where}.exclude", name, allow_empty=True) or [])
@@ -294,12 +286,9 @@ class Pruner:
         for group in self.groups:
             group.targets = list(build(model, group))
             if not group.targets:
-                where = "" if group.name == "default" else f" of group {group.name!r}"
-                raise ValueError(
-                    f"{self.name}: `modules`={group.modules} and `exclude`={group.exclude}{where} leave no "
-                    f"{self.unit_word if self.find_groups is not None else 'layer'} of {type(model).__name__} "
-                    f"to prune; widen `modules` or narrow `exclude`."
-                )
+                where, what = "" if group.name == "default" else f" of group {group.name!r}", self.unit_word if self.find_groups else "layer"
+                raise ValueError(f"{self.name}: `modules`={group.modules} and `exclude`={group.exclude}{where} leave no {what} "
+                                 f"of {type(model).__name__} to prune; widen `modules` or narrow `exclude`.")
             for t in group.targets:
                 if t.name in seen:
                     raise ValueError(
@@ -328,11 +317,13 @@ class Pruner:
         self.model = None
 
     def reset(self) -> None:
-        """Forget events and history (before pruning another model)."""
+        """Forget events, history, position and the resolved ``end_step`` (before pruning another model)."""
         for g in self.groups:
             g.events_done = 0
+            g.schedule = None
         self.history = []
         self.steps_done = 0
+        self.resolved_end = self.end_step
 
     # ------------------------------------------------------------------ schedule
     def resolve_end_step(self, total_steps: int | None = None) -> int:
@@ -342,12 +333,20 @@ class Pruner:
             if total_steps is None:
                 raise ValueError(f"{self.name}: `end_step` is None; pass `end_step` or the number of optimizer steps.")
             end = max(self.start_step, int(total_steps) - 1)
+        self._build_schedules(end)
+        return end
+
+    @property
+    def schedule_resolved(self) -> bool:
+        """True once the schedule has an end (:meth:`resolve_end_step`, or restored by :meth:`load_state_dict`)."""
+        return all(g.schedule is not None for g in self.groups)
+
+    def _build_schedules(self, end: int) -> None:
         self.resolved_end = end
         for group in self.groups:
             group.schedule = SparsitySchedule(
                 final=group.sparsity, kind=self.schedule_kind, start_step=self.start_step, end_step=end, frequency=self.frequency
             )
-        return end
 
     # ------------------------------------------------------------------ training loop
     def update_scores(self, grad_fn: GradFn | None = None, step: int | None = None) -> None:
@@ -429,7 +428,9 @@ class Pruner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore events, masks and scores onto the attached targets."""
+        """Restore events, the resolved ``end_step``, masks and scores onto the attached targets."""
+        if state.get("resolved_end") is not None:
+            self._build_schedules(int(state["resolved_end"]))
         events = state.get("events_done", {})
         for g in self.groups:
             g.events_done = int(events.get(g.name, 0))
