@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ from lightning_compress.core.ranking import select_pruned_units
 from lightning_compress.core.schedule import SCHEDULES, SparsitySchedule
 from lightning_compress.core.select import apply_exclude, select_modules
 from lightning_compress.core.surgery import UnitGroup
-from lightning_compress.core.types import MethodName, ScheduleName, Scope
+from lightning_compress.core.types import MethodName, Rounding, ScheduleName, Scope
 
 FindGroups = Callable[[nn.Module, PruneGroup], "list[UnitGroup]"]
 _COUNTER = itertools.count()
@@ -82,6 +82,9 @@ class Pruner:
         target_types: module types weight targets may have.
         owner: masking owner id (default: unique per pruner).
         name: prefix of error messages (the callback's class name).
+        rounding: ``"nearest"`` or ``"floor"``: how a local (``scope="local"``) pruned-unit count
+            ``sparsity * n`` is rounded; ``"floor"`` keeps ``ceil((1 - sparsity) * n)`` units, as
+            DeepSpeed's TopKBinarizer (the DeepSpeed importer's setting).
 
     Raises:
         ValueError: at construction for an unknown method / schedule / pattern, sparsity outside
@@ -112,8 +115,13 @@ class Pruner:
         target_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
         owner: str | None = None,
         name: str = "Pruner",
+        rounding: Rounding = "nearest",
     ) -> None:
         self.name = name
+        if rounding not in get_args(Rounding):
+            raise ValueError(f"{name}: `rounding`={rounding!r} must be one of {list(get_args(Rounding))}.")
+        #: how a local pruned-unit count is rounded (:func:`~lightning_compress.core.ranking.select_pruned_units`)
+        self.rounding = rounding
         self.criterion = resolve_criterion(method, name)
         self.find_groups = find_groups
         if find_groups is not None and not self.criterion.structured:
@@ -260,7 +268,8 @@ class Pruner:
         s, word = group.sparsity, self.unit_word
         if self.scope == "local":
             for ug in ugroups:
-                if int(round(s * ug.num_units)) >= ug.num_units:
+                k = math.floor(s * ug.num_units + 1e-9) if self.rounding == "floor" else round(s * ug.num_units)
+                if int(k) >= ug.num_units:
                     raise ValueError(
                         f"{self.name}: `sparsity`={s} would remove all {ug.num_units} {word}s of {ug.name!r} "
                         f"(at least 1 must stay); use sparsity <= {(ug.num_units - 1) / ug.num_units:.3g}."
@@ -380,7 +389,7 @@ class Pruner:
         if not group.targets:
             return
         scored = [t.layer_scores(self.in_engine) for t in group.targets]
-        pruned = select_pruned_units([layer for layer, _ in scored], sparsity, self.scope)
+        pruned = select_pruned_units([layer for layer, _ in scored], sparsity, self.scope, self.rounding)
         for t, pu, (_, aux) in zip(group.targets, pruned, scored):
             t.apply_pruned(pu, aux)
 

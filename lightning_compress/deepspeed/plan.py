@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lightning_compress.deepspeed.config import config_error, load
+from lightning_compress.deepspeed.config import config_error, load, nearest
 from lightning_compress.deepspeed.registry import TRANSLATORS
 from lightning_compress.deepspeed.spec import CallbackSpec, build_callback
 
@@ -24,9 +24,10 @@ def plan_from_deepspeed_config(path_or_dict: str | os.PathLike | dict[str, Any])
     section, root = load(path_or_dict, TRANSLATORS)
     unknown = sorted(set(section) - set(TRANSLATORS))
     if unknown:
+        where = "; ".join(f"{root}.{k}{nearest(k, TRANSLATORS)}" for k in unknown)
         raise config_error(
             f"{root}.{unknown[0]}",
-            f"unknown compression method(s) {unknown}; DeepSpeed's methods are {list(TRANSLATORS)}",
+            f"unknown compression method(s) {unknown} (at {where}); DeepSpeed's methods are {list(TRANSLATORS)}",
         )
     specs: list[CallbackSpec] = []
     for name, translator in TRANSLATORS.items():
