@@ -10,12 +10,14 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.callbacks._steps import optimizer_step_count
 from lightning_compress.core.act_quant import ActFakeQuant
 from lightning_compress.core.act_quantizer import ActQuantizer
 
 
 class ActQuant(CompressionCallback):
-    """Fake-quantizes the input of every targeted Linear / Conv2d (straight-through in backward).
+    """Fake-quantizes the input of every targeted Linear / Conv2d / Hugging Face ``Conv1D``
+    (straight-through in backward).
 
     * ``range="dynamic"``: scale (and zero-point) computed at every call, per token for Linear
       (over the last dimension) and per image for Conv2d (over C, H, W).
@@ -36,6 +38,8 @@ class ActQuant(CompressionCallback):
         modules: regexes of module names (Linear, Conv2d); None: all except the last one.
         exclude: regexes of module names to leave alone.
         momentum: EMA factor of the static range (0 <= momentum < 1).
+        start_step: inputs pass unquantized until this many optimizer steps are done
+            (``trainer.global_step`` at the start of a batch; DeepSpeed's ``schedule_offset``).
 
     Raises:
         ValueError: unsupported ``bits``, ``range`` or ``momentum`` (``__init__``); a regex matching
@@ -54,11 +58,14 @@ class ActQuant(CompressionCallback):
         modules: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         momentum: float = 0.95,
+        start_step: int = 0,
     ) -> None:
         super().__init__()
         self.quantizer = ActQuantizer(
-            None, bits, range, symmetric, modules, exclude, momentum, owner=self.owner, name=type(self).__name__
+            None, bits, range, symmetric, modules, exclude, momentum, start_step=start_step, owner=self.owner,
+            name=type(self).__name__,
         )
+        self.start_step = start_step
         self.bits = bits
         self.range = range
         self.symmetric = symmetric
@@ -70,7 +77,7 @@ class ActQuant(CompressionCallback):
         q = self.quantizer
         return {
             "bits": q.bits, "range": q.range, "symmetric": q.symmetric, "modules": q.modules,
-            "exclude": q.exclude, "momentum": q.momentum,
+            "exclude": q.exclude, "momentum": q.momentum, **({"start_step": q.start_step} if q.start_step else {}),
         }
 
     @property
@@ -88,6 +95,11 @@ class ActQuant(CompressionCallback):
 
     def attach_model(self, trainer: pl.Trainer | None, model: nn.Module, stage: str | None) -> None:
         self.modules_touched = self.quantizer.attach(model)
+        self.quantizer.step(optimizer_step_count(trainer) if trainer is not None else 0)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.quantizer.step(optimizer_step_count(trainer))
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -70,8 +70,9 @@ class RowPruning(StructuredPruning):
         modules: list[str] | None = None,
         exclude: list[str] | None = None,
         groups: dict[str, dict[str, Any]] | None = None,
-        rounding: Rounding = "nearest",
         related_modules: dict[str, list[str]] | None = None,
+        rounding: Rounding = "nearest",
+        related_pairing: Literal["all", "index"] = "all",
     ) -> None:
         super().__init__(
             sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from lightning_compress.core import masking
+from lightning_compress.core.conv1d import conv1d_types, is_conv1d, out_in_shape
 from lightning_compress.core.criteria import CRITERIA, Criterion, ScoreState, resolve_criterion
 from lightning_compress.core.dist import full_grad
 from lightning_compress.core.patterns import Pattern, parse_pattern
@@ -226,22 +227,26 @@ class Pruner:
 
     def weight_targets(self, model: nn.Module, group: PruneGroup) -> list[WeightTarget]:
         """A group's weight targets: ``modules``/``exclude`` resolved, the pattern checked on each."""
+        types = self.target_types
+        if nn.Linear in types:  # Hugging Face Conv1D: a Linear stored [in, out]
+            types = (*types, *conv1d_types(model))
         if group.modules is None:
-            chosen = select_modules(model, None, None, self.target_types, owner=self.name, exclude_last=True)
+            chosen = select_modules(model, None, None, types, owner=self.name, exclude_last=True)
             if group.exclude:
                 chosen = apply_exclude(model, chosen, group.exclude, self.name)
         else:
-            chosen = select_modules(model, group.modules, group.exclude, self.target_types, owner=self.name)
+            chosen = select_modules(model, group.modules, group.exclude, types, owner=self.name)
         targets = []
         for mname, module in chosen.items():
             shape = tuple(getattr(module.weight, "ds_shape", module.weight.shape))
-            group.pattern.check(shape, f"{self.name} group {group.name!r}, module {mname!r}")
+            group.pattern.check(out_in_shape(module), f"{self.name} group {group.name!r}, module {mname!r}")
             targets.append(
                 WeightTarget(
                     name=mname, module=module, group=group.name, pattern=group.pattern,
                     max_sparsity=min(self.max_sparsity_per_layer, group.pattern.max_sparsity),
                     score=self.criterion.per_weight_state(torch.Size(shape), device=module.weight.device),
                     mask_buffer=masking.private_name(f"mask_{self.kind}"),
+                    transposed=is_conv1d(module),
                 )
             )
         return targets

@@ -100,7 +100,7 @@ def translate(section: Any, path: str) -> list[CallbackSpec]:
             if key in shared:
                 warn(f"{sp}.{key}", f" has no effect with method {algo!r} (DeepSpeed keeps the mask on from "
                      "schedule_offset on; only snip_momentum prunes gradually); ignored.")
-        timing = dict(start_step=start, end_step=start)
+        timing = dict(start_step=start, end_step=start, frequency=1)
         if algo == "topk":
             timing = dict(start_step=start, end_step=None, frequency=1, schedule="constant")
     kwargs: dict[str, Any] = dict(
