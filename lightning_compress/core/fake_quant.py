@@ -55,7 +55,15 @@ def _deepspeed_grid(
 
 
 def _deepspeed_codes(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    return torch.clamp(torch.round(rows.detach().float() / scale.unsqueeze(1)) + zp.unsqueeze(1), qmin, qmax)
+    """Codes computed with DeepSpeed's operations (``round((x - zero_point * scale) / scale)`` with its
+    float zero point ``round(min / scale) * scale = -zp * scale``), so ties round as in DeepSpeed."""
+    s = scale.unsqueeze(1)
+    return torch.clamp(torch.round((rows.detach().float() + zp.unsqueeze(1).float() * s) / s), qmin, qmax)
+
+
+def _deepspeed_values(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+    s = scale.unsqueeze(1)
+    return q * s - zp.unsqueeze(1).float() * s
 
 
 def fake_quant_weight(
@@ -80,7 +88,7 @@ def fake_quant_weight(
     elif spec.scheme == "deepspeed":
         scale, zp, qmin, qmax = _deepspeed_grid(rows, spec, ranges)
         q = _deepspeed_codes(rows, scale, zp, qmin, qmax)
-        out = ste(rows, (q - zp.unsqueeze(1)) * scale.unsqueeze(1))
+        out = ste(rows, _deepspeed_values(q, scale, zp))
     else:
         lo, hi = ranges if ranges is not None else row_range(rows, observer, spec.bits, spec.symmetric, percentile)
         scale, zp = affine_params(lo, hi, spec.bits, spec.symmetric)

@@ -30,15 +30,20 @@ class InputQDQ:
     was learned, the call's own per-tensor min / max.
     """
 
-    def __init__(self, bits: int, symmetric: bool, range: str, lo: float | None = None, hi: float | None = None) -> None:
+    def __init__(
+        self, bits: int, symmetric: bool, range: str, lo: float | None = None, hi: float | None = None, per_token: bool = True
+    ) -> None:
         self.bits, self.symmetric, self.range, self.lo, self.hi = bits, symmetric, range, lo, hi
+        #: dynamic ranges per token (last dim; Linear, Conv1D) or per image (all but the batch dim; Conv)
+        self.per_token = per_token
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not args or not torch.is_tensor(args[0]) or not args[0].is_floating_point():
             return None
         x = args[0]
         if self.range == "dynamic":
-            xq = fake_quant_dynamic(x, self.bits, self.symmetric, dynamic_dims(module, x))
+            dims = (-1,) if self.per_token or x.dim() < 2 else tuple(range(1, x.dim()))
+            xq = fake_quant_dynamic(x, self.bits, self.symmetric, dims)
         else:
             if self.lo is not None and self.hi is not None:
                 lo = torch.tensor([self.lo], dtype=torch.float32, device=x.device)
@@ -54,24 +59,26 @@ class InputQDQ:
         return f"InputQDQ(bits={self.bits}, symmetric={self.symmetric}, range={self.range!r})"
 
 
-def collect(model: nn.Module) -> list[tuple[nn.Module, InputQDQ]]:
-    """One :class:`InputQDQ` per module whose input an enabled ``ActFakeQuant`` quantizes (call before
-    the machinery is stripped)."""
+def collect(model: nn.Module) -> list[tuple[str, InputQDQ]]:
+    """``(module name, InputQDQ)`` for every module whose input an enabled ``ActFakeQuant`` quantizes
+    (call before the machinery is stripped)."""
     out = []
-    for module in model.modules():
+    for name, module in model.named_modules():
         for t in masking.input_transforms(module):
             q = t.fn
             if t.kind != ACT_QUANT_KIND or not isinstance(q, ActFakeQuant) or not q.enabled or q.observer is not None:
                 continue
             rng = static_range(module) if q.range == "static" else None
-            out.append((module, InputQDQ(q.bits, q.symmetric, q.range, *(rng or (None, None)))))
+            per_token = dynamic_dims(module, torch.zeros(1, 1, 1)) == (-1,)
+            out.append((name, InputQDQ(q.bits, q.symmetric, q.range, *(rng or (None, None)), per_token=per_token)))
     return out
 
 
-def install(found: list[tuple[nn.Module, InputQDQ]]) -> None:
-    """Register each :class:`InputQDQ` as its (plain, stripped) module's forward pre-hook."""
-    for module, hook in found:
-        module.register_forward_pre_hook(hook)
+def install(model: nn.Module, found: list[tuple[str, InputQDQ]]) -> None:
+    """Register each :class:`InputQDQ` as the forward pre-hook of the module of that name in ``model``
+    (the stripped slim model, or its integer-code twin)."""
+    for name, hook in found:
+        model.get_submodule(name).register_forward_pre_hook(hook)
 
 
 __all__ = ["InputQDQ", "collect", "install"]

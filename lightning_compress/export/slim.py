@@ -116,7 +116,9 @@ def _clean(model: nn.Module, inplace: bool, fold_batchnorm: bool, storage: bool)
     act_quant = act_qdq.collect(model)  # input quantizers stay, as plain pre-hooks
     masking.bake(model)
     masking.strip(model)
-    act_qdq.install(act_quant)
+    act_qdq.install(model, act_quant)
+    if stored is not None:
+        act_qdq.install(stored, act_quant)
     if fold_batchnorm:
         notes += _fold(model, quantized)
         if stored is not None:
