@@ -299,3 +299,18 @@ def test_packed_storage_of_deepspeed_grids_row_blocks_and_conv1d(name: str) -> N
         torch.testing.assert_close(value, state[key], atol=1e-5, rtol=1e-4, msg=key)
     with torch.no_grad():
         torch.testing.assert_close(getattr(stored(probe), "logits", stored(probe)), getattr(slim(probe), "logits", slim(probe)), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scenario,name", [("dsconfig_pruning_row", "bert__filled__pruning_row"),
+                                           ("dsconfig_gpt2_w4or8", "gpt2__ds_config_W4or8A8_Qgroup64_fp32")])
+def test_two_ranks(dist_results, scenario: str, name: str) -> None:
+    """The same configs on 2 ranks (ZeRO 2): both ranks hold the same masks / quantized weights, the slim
+    model computes what the masked one did and has DeepSpeed's parameter count."""
+    r0, r1 = dist_results(scenario)
+    assert r0["callbacks"] == [s.callback for s in plan_from_deepspeed_config(P.published(name))]
+    assert r0["effective"].keys() == r1["effective"].keys() and r0["effective"]
+    for key in r0["effective"]:
+        torch.testing.assert_close(r0["effective"][key], r1["effective"][key], msg=key)
+    for r in (r0, r1):
+        torch.testing.assert_close(r["slim"], r["masked"], atol=1e-5, rtol=1e-4)
+        assert r["slim_params"] == deepspeed_slim_params(name, P.n_params(P.model_for(name)[0].model))
