@@ -9,7 +9,8 @@ It only translates trainer events (steps = optimizer steps, see
   ``fit``; on validate / test / predict so that a restored checkpoint's masks apply);
 * ``on_train_start``: resolve ``end_step=None`` to the last optimizer step of the fit;
 * ``on_before_optimizer_step`` at an accumulation boundary: :meth:`Pruner.update_scores` with the
-  reduced, full gradient (DeepSpeed's getter under an engine);
+  reduced, full gradient (DeepSpeed's getter under an engine; FSDP1 inside ``summon_full_params``,
+  FSDP2 through ``DTensor.full_tensor``, see :mod:`lightning_compress.callbacks._sharding`);
 * ``on_train_batch_start``: :meth:`Pruner.step` (the latest due prune event; masks broadcast from
   rank 0), then log the sparsity.
 
@@ -27,6 +28,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.callbacks._sharding import full_params
 from lightning_compress.callbacks._steps import (
     deepspeed_engine,
     is_accumulation_boundary,
@@ -179,7 +181,9 @@ class BasePruning(CompressionCallback):
         if not is_accumulation_boundary(trainer):
             return
         grad = functools.partial(full_grad, in_engine=self.pruner.in_engine)
-        self.pruner.update_scores(grad, step=optimizer_step_count(trainer))
+        # FSDP1: full weights and full reduced gradients while scoring (FSDP2 / ZeRO: the getters gather)
+        with full_params(trainer, with_grads=self.criterion.learns):
+            self.pruner.update_scores(grad, step=optimizer_step_count(trainer))
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -188,7 +192,11 @@ class BasePruning(CompressionCallback):
     def maybe_prune(self, trainer: Trainer, pl_module: LightningModule | None = None) -> bool:
         """Run the latest due prune event, if any (:meth:`Pruner.step`).  Returns True when masks changed."""
         step = optimizer_step_count(trainer)
-        changed = self.pruner.step(step)
+        if self.pruner.event_due(step):
+            with full_params(trainer):  # FSDP1: the event ranks full weights (collective, every rank)
+                changed = self.pruner.step(step)
+        else:
+            changed = self.pruner.step(step)
         if changed and pl_module is not None and trainer.logger is not None:
             stats = {k: v for k, v in self.history[-1].items() if k != "step"}
             prefix = type(self).__name__

@@ -79,20 +79,27 @@ class CompressedModuleMixin:
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         params = self._parameters
-        saved: dict[str, Any] = {}
+        saved: dict[str, tuple[dict[str, Any], Any]] = {}
         try:
             for name, transforms in self._lc_param_transforms.items():
                 if not transforms:
                     continue
-                original = params[name]
+                # where the parameter lives during this forward: ``_parameters`` normally (FSDP2 puts
+                # the all-gathered plain parameter there); FSDP1 with use_orig_params pops it from
+                # ``_parameters`` and sets the unsharded view as a plain attribute in ``__dict__``
+                home: dict[str, Any] = params
+                original = params.get(name)
+                if original is None and isinstance(self.__dict__.get(name), torch.Tensor):
+                    home = self.__dict__
+                    original = home[name]
                 if original is None:
                     continue
                 value = original
                 for t in transforms:
                     value = t.fn(self, value)
-                saved[name] = original
+                saved[name] = (home, original)
                 # plain dict assignment: nn.Module.__setattr__ would refuse a non-Parameter tensor
-                params[name] = value  # type: ignore[assignment]
+                home[name] = value
             if self._lc_input_transforms and args:
                 x = args[0]
                 for t in self._lc_input_transforms:
@@ -100,8 +107,8 @@ class CompressedModuleMixin:
                 args = (x,) + tuple(args[1:])
             return self._lc_original_class.forward(self, *args, **kwargs)
         finally:
-            for name, original in saved.items():
-                params[name] = original
+            for name, (home, original) in saved.items():
+                home[name] = original
 
 
 _CLASS_CACHE: dict[type, type] = {}
@@ -148,8 +155,30 @@ def _unwrap(module: nn.Module) -> nn.Module:
     cls = module._lc_original_class  # type: ignore[attr-defined]
     for attr in ("_lc_param_transforms", "_lc_input_transforms", "_lc_original_class"):
         module.__dict__.pop(attr, None)
-    module.__class__ = cls
+    module.__class__ = _without_mixin(type(module), cls)
     return module
+
+
+_REBUILT: dict[tuple[type, type], type] = {}
+
+
+def _without_mixin(current: type, original: type) -> type:
+    """``current`` with the compressed subclass of ``original`` taken out of its bases.
+
+    Normally ``current`` *is* that subclass and the answer is ``original``.  A class swapped in on top
+    of ours after :func:`wrap` keeps its own layer: FSDP2's ``fully_shard`` turns ``Compressed<Linear>``
+    into ``FSDP<Compressed<Linear>>`` (bases ``(FSDPModule, Compressed<Linear>)``); unwrapping gives a
+    class with bases ``(FSDPModule, Linear)``, so the module stays an ``FSDPModule``."""
+    compressed = _CLASS_CACHE.get(original)
+    if compressed is None or compressed not in current.__bases__:
+        return original
+    key = (current, original)
+    if key not in _REBUILT:
+        bases = tuple(original if b is compressed else b for b in current.__bases__)
+        body = {k: v for k, v in current.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        name = current.__name__.replace(compressed.__name__, original.__name__)
+        _REBUILT[key] = type(name, bases, body)
+    return _REBUILT[key]
 
 
 def _insert(transforms: list[Transform], new: Transform, where: str) -> None:
