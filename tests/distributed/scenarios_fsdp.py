@@ -3,9 +3,9 @@ with ``fully_shard`` in ``configure_model``), 2 CPU ranks over gloo, in the shar
 
 The FSDP2 models shard every Linear (MLP), every BertLayer (BERT) or residual Block (ResNet), then the
 root, so masked modules are ``FSDP<Compressed<...>>`` themselves (MLP) or inside a sharded block.
-Data: Lightning's DistributedSampler without shuffling gives rank r samples r, r+2, ...: the two
-ranks' step-i batches of 8 are the 1-process step-i batch of 16 (the 1-process references run in
-``tests/test_fsdp_distributed.py``).
+Data: rank r reads samples r, r+2, ... in order (``use_distributed_sampler=False``; Lightning's sampler
+shuffles): the two ranks' step-i batches of b are the 1-process step-i batch of 2b (the 1-process
+references run in ``tests/test_fsdp_distributed.py``).
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lightning_compress import ActQuant, ChannelPruning, HeadPruning, RowPruning, SnipMomentumPruning, SparsePruning, WeightQuant
-from lightning_compress.callbacks._sharding import full_params
 from lightning_compress.callbacks.redundancy_clean import RedundancyClean
 from lightning_compress.core.sharded_copy import full_state_dict_rank0
 from tests.distributed.harness import Context, scenario
-from tests.models import TinyMLP, mlp_loader
+from tests.models import TinyMLP, mlp_data
 from tests.structured_models import Block, TinyBert, TinyResNet
 
 PROBE_MLP = torch.randn(6, 16, generator=torch.Generator().manual_seed(123))
@@ -72,7 +71,7 @@ def fsdp_trainer(ctx: Context, kind: str, strategy_kwargs: dict | None = None, *
     cls = FSDPCompressionStrategy if kind == "fsdp1" else ModelParallelCompressionStrategy
     defaults: dict[str, Any] = dict(
         accelerator="cpu", devices=ctx.world_size, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
     )
     defaults.update(kwargs)
     return pl.Trainer(strategy=cls(**(strategy_kwargs or {})), **defaults)
@@ -98,40 +97,45 @@ class Probe(pl.Callback):
         self.result["classes"] = sorted({type(m).__name__ for m in pl_module.modules()})
 
 
-def bert_loader(batch_size: int, n: int = 32) -> DataLoader:
+def bert_data(n: int = 32) -> Dataset:
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 50, (n, 8), generator=g)
-    y = torch.randint(0, 2, (n,), generator=g)
-    return DataLoader(TensorDataset(ids, y), batch_size=batch_size)
+    return TensorDataset(torch.randint(0, 50, (n, 8), generator=g), torch.randint(0, 2, (n,), generator=g))
 
 
-def image_loader(n: int = 32, batch_size: int = 4) -> DataLoader:
+def image_data(n: int = 32) -> Dataset:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 3, 8, 8, generator=g)
-    y = torch.randint(0, 4, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+    return TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
+
+
+def rank_loader(data: Dataset, batch_size: int, rank: int = 0, world: int = 1) -> DataLoader:
+    """Samples rank, rank + world, ... in order, in batches of ``batch_size``."""
+    return DataLoader(Subset(data, range(rank, len(data), world)), batch_size=batch_size)
 
 
 # ----------------------------------------------------------------------------------- recipes (shared with
 # the 1-process references in tests/test_fsdp_distributed.py: same callbacks, data, steps)
 def recipe(name: str) -> dict[str, Any]:
     if name == "snip_4x1":
-        return dict(model="mlp", loader=lambda bs: mlp_loader(n=96, batch_size=bs), batch=8, probe=PROBE_MLP,
+        return dict(model="mlp", data=lambda: mlp_data(96), batch=8, probe=PROBE_MLP,
                     callbacks=lambda: [SnipMomentumPruning(sparsity=0.75, pattern="4x1", start_step=0, end_step=4, frequency=2)],
                     max_steps=6)
     if name == "l1_2to4":
-        return dict(model="mlp", loader=lambda bs: mlp_loader(n=96, batch_size=bs), batch=8, probe=PROBE_MLP,
+        return dict(model="mlp", data=lambda: mlp_data(96), batch=8, probe=PROBE_MLP,
                     callbacks=lambda: [SparsePruning(sparsity=0.5, pattern="2:4", method="l1", start_step=0, end_step=3)],
                     max_steps=4)
     if name == "w8a8":
-        return dict(model="mlp", loader=lambda bs: mlp_loader(n=96, batch_size=bs), batch=8, probe=PROBE_MLP,
+        return dict(model="mlp", data=lambda: mlp_data(96), batch=8, probe=PROBE_MLP,
                     callbacks=lambda: [WeightQuant(bits=8), ActQuant(bits=8, range="dynamic")], max_steps=4)
+    if name == "w8a8_static":
+        return dict(model="mlp", data=lambda: mlp_data(96), batch=8, probe=PROBE_MLP,
+                    callbacks=lambda: [WeightQuant(bits=8, granularity="tensor"), ActQuant(bits=8, range="static")],
+                    max_steps=3)
     if name == "bert_rows_heads":
-        return dict(model="bert", loader=lambda bs: bert_loader(bs), batch=4, probe=PROBE_IDS,
+        return dict(model="bert", data=bert_data, batch=4, probe=PROBE_IDS,
                     callbacks=lambda: [HeadPruning(sparsity=0.5, end_step=2), RowPruning(sparsity=0.5, end_step=2, method="topk")],
                     max_steps=3)
     if name == "resnet_channels":
-        return dict(model="resnet", loader=lambda bs: image_loader(batch_size=bs), batch=4, probe=PROBE_IMG,
+        return dict(model="resnet", data=image_data, batch=4, probe=PROBE_IMG,
                     callbacks=lambda: [ChannelPruning(sparsity=0.5, end_step=2)], max_steps=3)
     raise KeyError(name)
 
@@ -159,7 +163,7 @@ def run_recipe(ctx: Context, kind: str, name: str, clean: bool = False) -> None:
         rc = RedundancyClean(ctx.work_dir / "slim", save=False, latency_runs=0)
         extra.append(rc)
     trainer = fsdp_trainer(ctx, kind, callbacks=[*cbs, *extra], max_steps=r["max_steps"])
-    trainer.fit(make_model(r["model"], kind), r["loader"](r["batch"]))
+    trainer.fit(make_model(r["model"], kind), rank_loader(r["data"](), r["batch"], ctx.rank, ctx.world_size))
     result = {**summary(cbs), **probe.result, "global_step": trainer.global_step}
     if rc is not None:
         slim = rc.slim_model
@@ -167,13 +171,22 @@ def run_recipe(ctx: Context, kind: str, name: str, clean: bool = False) -> None:
         if slim is not None:
             with torch.no_grad():
                 result["slim_output"] = slim.eval()(r["probe"].clone()).float()
+            from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+            from lightning_compress.core.dist import is_dtensor
+            from lightning_compress.core.masking import is_wrapped
+
             result["slim_classes"] = sorted({type(m).__name__ for m in slim.modules()})
+            result["slim_sharded"] = any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in slim.modules()) or any(
+                is_dtensor(p) for p in slim.parameters()
+            )
+            result["slim_wrapped"] = any(is_wrapped(m) for m in slim.modules())
             result["slim_numel"] = sum(p.numel() for p in slim.parameters())
     ctx.save(result)
 
 
 for _kind in KINDS:
-    for _name, _clean in (("snip_4x1", False), ("l1_2to4", False), ("w8a8", False), ("bert_rows_heads", True),
+    for _name, _clean in (("snip_4x1", False), ("l1_2to4", False), ("w8a8", False), ("w8a8_static", False), ("bert_rows_heads", True),
                           ("resnet_channels", True)):
         scenario(f"fsdp_{_kind}_{_name}")(lambda ctx, k=_kind, n=_name, c=_clean: run_recipe(ctx, k, n, c))
 
@@ -186,7 +199,7 @@ def _resume_run(ctx: Context, kind: str, skw: dict, steps: int, ckpt=None, save=
     trainer = fsdp_trainer(ctx, kind, strategy_kwargs=skw, callbacks=[cb, wq, probe], max_steps=steps)
     # 16 samples, batch 8, 2 ranks: one batch per rank per epoch, so a resumed run sees what an
     # uninterrupted one sees
-    trainer.fit(make_model("mlp", kind), mlp_loader(n=16, batch_size=8), ckpt_path=ckpt)
+    trainer.fit(make_model("mlp", kind), rank_loader(mlp_data(16), 8, ctx.rank, ctx.world_size), ckpt_path=ckpt)
     if save is not None:
         trainer.save_checkpoint(save)
     return {"masks": cb.masks(), "scores": {t.name: t.score.score.clone() for t in cb.targets},
@@ -231,4 +244,73 @@ def refusals(ctx: Context) -> None:
         FSDPCompressionStrategy(use_orig_params=False)
     except ValueError as err:
         out["use_orig_params"] = str(err)
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    # a tensor-parallel mesh: the callback refuses at setup (identically on both ranks, no collective hangs)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=ctx.world_size, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_steps=1,
+        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2, process_group_backend="gloo"),
+        callbacks=[SnipMomentumPruning(sparsity=0.5, end_step=1)],
+    )
+    try:
+        trainer.fit(FSDP2MLP(), rank_loader(mlp_data(16), 8, ctx.rank, ctx.world_size))
+    except ValueError as err:
+        out["tensor_parallel"] = str(err)
     ctx.save(out)
+
+
+# ----------------------------------------------------------------------------------- distillation
+class _KDLit(pl.LightningModule):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        from tests.distributed.scenarios_kd import Net
+
+        self.kind = kind
+        self.model = Net(n=4)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        # through self(...): FSDP2 all-gathers the root's own parameters in the root's forward
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    def configure_model(self) -> None:
+        if self.kind == "fsdp2":
+            from tests.distributed.scenarios_kd import Block as KDBlock
+
+            _shard(self, (KDBlock,))
+
+
+def kd_data() -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    return TensorDataset(x, x[:, :4].argmax(1).long())
+
+
+def run_kd(ctx: Context, kind: str) -> None:
+    from lightning_compress import LayerReductionKD
+
+    pl.seed_everything(0)
+    lit = _KDLit(kind)
+    kd = LayerReductionKD(keep_layers=[1, 3], weights={"logits": 1.0, "hidden": 1.0, "labels": 1.0})
+    losses: list[float] = []
+
+    class Losses(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
+
+    probe = Probe(torch.randn(3, 8, generator=torch.Generator().manual_seed(1)))
+    trainer = fsdp_trainer(ctx, kind, callbacks=[kd, Losses(), probe], max_steps=3)
+    trainer.fit(lit, rank_loader(kd_data(), 4, ctx.rank, ctx.world_size))
+    ctx.save({"losses": losses, "depth": len(lit.model.blocks), "output": probe.result["output"],
+              "weights": probe.result["weights"], "teacher_depth": len(kd.teacher.blocks)})
+
+
+for _kind in KINDS:
+    scenario(f"fsdp_{_kind}_layer_reduction_kd")(lambda ctx, k=_kind: run_kd(ctx, k))
