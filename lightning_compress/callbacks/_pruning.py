@@ -181,8 +181,11 @@ class BasePruning(CompressionCallback):
         if not is_accumulation_boundary(trainer):
             return
         grad = functools.partial(full_grad, in_engine=self.pruner.in_engine)
+        if not self.criterion.learns:  # magnitude: nothing read per step (no gather under FSDP1)
+            self.pruner.update_scores(grad, step=optimizer_step_count(trainer))
+            return
         # FSDP1: full weights and full reduced gradients while scoring (FSDP2 / ZeRO: the getters gather)
-        with full_params(trainer, with_grads=self.criterion.learns):
+        with full_params(trainer, with_grads=True):
             self.pruner.update_scores(grad, step=optimizer_step_count(trainer))
 
     @override
