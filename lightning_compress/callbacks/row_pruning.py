@@ -86,6 +86,9 @@ class RowPruning(StructuredPruning):
         self.related_modules = related_modules
         self.related_pairing = related_pairing
 
+    def arguments(self) -> dict[str, Any]:
+        return {**super().arguments(), "related_modules": self.related_modules}
+
     def _spaces(self, model: nn.Module) -> list[ChannelSpace]:
         if self.related_modules:
             return related_spaces(model, self.related_modules, "RowPruning", self.related_pairing)
