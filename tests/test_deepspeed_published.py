@@ -314,3 +314,14 @@ def test_two_ranks(dist_results, scenario: str, name: str) -> None:
     for r in (r0, r1):
         torch.testing.assert_close(r["slim"], r["masked"], atol=1e-5, rtol=1e-4)
         assert r["slim_params"] == deepspeed_slim_params(name, P.n_params(P.model_for(name)[0].model))
+
+
+def test_activation_offset_counts_optimizer_steps_across_fits() -> None:
+    from tests.models import TinyMLP, cpu_trainer, mlp_loader
+
+    model, aq = TinyMLP(), ActQuant(bits=8, start_step=3)
+    cpu_trainer(max_steps=2, callbacks=[aq]).fit(model, mlp_loader())
+    q = next(iter(aq.quantizer.quantizers.values()))
+    assert not q.enabled and aq.clock.seen == 2
+    cpu_trainer(max_steps=2, callbacks=[aq]).fit(model, mlp_loader())  # a new Trainer: steps 2, 3 of the model
+    assert q.enabled and aq.clock.seen == 4
