@@ -58,14 +58,20 @@ class WeightQuant(CompressionCallback):
         start_bits: first width of the schedule (None: ``bits`` from the start).
         period: optimizer steps spent at each width of the schedule (needed with ``start_bits > bits``,
             refused without a schedule).
-        granularity: one scale per ``"tensor"``, per output ``"channel"``, or per ``"group"`` of
-            ``group_size`` consecutive input values of each output channel.
+        granularity: one scale per ``"tensor"``, per output ``"channel"``, per ``"group"`` of
+            ``group_size`` consecutive input values of each output channel, or per ``"row_block"``.
         group_size: values per group (input dimension; Conv2d: ``in*kh*kw``) for ``"group"``.
         symmetric: symmetric (zero-point 0) or asymmetric affine quantization (affine widths only).
         modules: regexes of module names to quantize (Linear, Conv2d, Embedding); None: every
             Linear and Conv2d except the last one (the classifier).
         exclude: regexes of module names to leave alone.
         start_step: optimizer steps to run in full precision before quantization starts.
+        groups: with ``granularity="row_block"``: the weight (``[out, in]``; a Hugging Face ``Conv1D``'s
+            transposed) flattened and cut into ``groups`` equal chunks, one scale each (blocks of
+            ``out / groups`` rows: DeepSpeed's ``quantize_groups``).
+        scheme: ``"affine"`` or ``"deepspeed"``: DeepSpeed's quantizer grids (2**b levels; any width 1..16;
+            Embedding weights per row) and its MoQ bits schedule (one bit less once ``start_step + period *
+            2**(k-1)`` optimizer steps are done), see :class:`~lightning_compress.core.weight_quantizer.WeightQuantizer`.
 
     ``start_step`` and ``period``: an ``int`` is a number of optimizer steps; a ``float`` in ``(0, 1]``
     is a fraction of this fit's optimizer steps ``T = trainer.estimated_stepping_batches``, resolved at
@@ -91,12 +97,14 @@ class WeightQuant(CompressionCallback):
         bits: int = 8,
         start_bits: int | None = None,
         period: int | float | None = None,
-        granularity: Literal["tensor", "channel", "group"] = "channel",
+        granularity: Literal["tensor", "channel", "group", "row_block"] = "channel",
         group_size: int | None = None,
         symmetric: bool = True,
         modules: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         start_step: int | float = 0,
+        groups: int | None = None,
+        scheme: Literal["affine", "deepspeed"] = "affine",
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -110,7 +118,8 @@ class WeightQuant(CompressionCallback):
         self.steps_resolved = not any(args.is_fraction(v) for v in self.step_args.values())
         self.quantizer = WeightQuantizer(
             None, bits, start_bits, 1 if args.is_fraction(period) else period, granularity, group_size, symmetric,
-            modules, exclude, 0 if args.is_fraction(start_step) else start_step, owner=self.owner, name=name,
+            modules, exclude, 0 if args.is_fraction(start_step) else start_step,
+            groups=groups, scheme=scheme, owner=self.owner, name=name,
         )
         self.spec = self.quantizer.spec
         self.bits = bits
@@ -131,11 +140,14 @@ class WeightQuant(CompressionCallback):
 
     def identity(self) -> dict[str, Any]:
         q = self.quantizer  # step arguments as given (a fraction stays a fraction: stable state_key)
-        return {
+        ident = {
             "bits": q.bits, "start_bits": q.start_bits, "period": self.step_args["period"], "granularity": q.spec.granularity,
             "group_size": q.spec.group_size, "symmetric": q.spec.symmetric, "modules": q.modules,
             "exclude": q.exclude, "start_step": self.step_args["start_step"],
         }
+        if q.spec.groups is not None or q.scheme != "affine":  # only when set: older state keys stay
+            ident.update(groups=q.spec.groups, scheme=q.scheme)
+        return ident
 
     # ---------------------------------------------------------------- schedule
     def bits_at(self, step: int) -> int | None:
