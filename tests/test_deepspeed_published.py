@@ -319,8 +319,14 @@ def test_two_ranks(dist_results, scenario: str, name: str) -> None:
 def test_activation_offset_counts_optimizer_steps_across_fits() -> None:
     from tests.models import TinyMLP, cpu_trainer, mlp_loader
 
+    import lightning.pytorch as pl
+
+    class StopAt2(pl.Callback):  # an interruption: a 2-step fit could not reach start_step=3 (an error)
+        def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001,ANN002
+            trainer.should_stop = trainer.global_step >= 2
+
     model, aq = TinyMLP(), ActQuant(bits=8, start_step=3)
-    cpu_trainer(max_steps=2, callbacks=[aq]).fit(model, mlp_loader())
+    cpu_trainer(max_steps=4, callbacks=[aq, StopAt2()]).fit(model, mlp_loader())
     q = next(iter(aq.quantizer.quantizers.values()))
     assert not q.enabled and aq.clock.seen == 2
     cpu_trainer(max_steps=2, callbacks=[aq]).fit(model, mlp_loader())  # a new Trainer: steps 2, 3 of the model

@@ -285,7 +285,7 @@ class BasePruning(CompressionCallback):
         if end is not None and end > last:
             self._too_late(end, last, total)
         if end is None and start > last:
-            raise ValueError(
+            self.schedule_cannot_finish(
                 f"{name}: `start_step`={spec['start_step']!r} is after this fit's last optimizer step ({last}: "
                 f"{total} optimizer steps), so nothing would be pruned; lower start_step or train longer."
             )
@@ -294,7 +294,7 @@ class BasePruning(CompressionCallback):
         return self.pruner.resolve_end_step(total + offset)
 
     def _too_late(self, end: int, last: int, total: int) -> None:
-        raise ValueError(
+        self.schedule_cannot_finish(
             f"{type(self).__name__}: `end_step`={self.step_args['end_step']!r} (step {end}) is after this fit's last "
             f"optimizer step ({last}: {total} optimizer steps), so the schedule cannot finish and the model would "
             f"stay below `sparsity`; lower end_step, pass a fraction of the fit (end_step=1.0 = its last step) or train longer."

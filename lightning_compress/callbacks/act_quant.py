@@ -130,7 +130,7 @@ class ActQuant(CompressionCallback):
             self.quantizer.start_step, self.steps_resolved = offset + args.resolve_step(self.step_arg, total), True
         start = self.quantizer.start_step
         if total is not None and start > offset + total - 1 and start > self.clock.seen:
-            raise ValueError(
+            self.schedule_cannot_finish(
                 f"{name}: `start_step`={self.step_arg!r} (step {start}) is after this fit's last optimizer step "
                 f"({offset + total - 1}: {total} optimizer steps), so activations would never be quantized; lower "
                 f"start_step, pass a fraction of the fit, or train longer."

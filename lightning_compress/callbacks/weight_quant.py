@@ -112,7 +112,7 @@ class WeightQuant(CompressionCallback):
         # ints are optimizer steps, floats in (0, 1] fractions of the fit (resolved at on_train_start)
         self.step_args = {
             "start_step": args.check_step(start_step, "start_step", name),
-            "period": args.check_step(period, "period", name, minimum=1, allow_none=True),
+            "period": args.check_step(period, "period", name, minimum=0 if scheme == "deepspeed" else 1, allow_none=True),
         }
         #: True once the fractions are optimizer steps (``on_train_start``, or a checkpoint's schedule)
         self.steps_resolved = not any(args.is_fraction(v) for v in self.step_args.values())
@@ -211,7 +211,7 @@ class WeightQuant(CompressionCallback):
         last, final = offset + total - 1, self.quantizer.last_switch_step()
         if final > last and final > self.clock.seen:  # (a schedule finished in an earlier fit stays finished)
             what = "`start_step`" + (" + `period` steps per width" if len(self.levels) > 1 else "")
-            raise ValueError(
+            self.schedule_cannot_finish(
                 f"{name}: {what} (start_step={start!r}, period={period!r}) first reach {self.bits} bits after "
                 f"{final} optimizer steps, but this fit's last optimizer step is {last} ({total} steps), so the "
                 f"schedule cannot finish; lower `start_step`/`period`, pass fractions of the fit, or train longer."

@@ -49,7 +49,10 @@ def build_callback(spec: CallbackSpec) -> Any:
         if key in kwargs:
             warn(spec.path, f": {key}={kwargs.pop(key)!r} not passed: {why}.")
     try:
-        return cls(**kwargs)
+        cb = cls(**kwargs)
+        if hasattr(cb, "schedule_may_outlast_fit"):  # DeepSpeed semantics: a schedule may outlast the run
+            cb.schedule_may_outlast_fit = True
+        return cb
     except TypeError as err:
         m = _UNEXPECTED.search(str(err))
         if m is None or m.group(1) not in kwargs:
