@@ -292,7 +292,7 @@ CONSTRUCTORS = {
     "HeadPruning": ["sparsity", "method", "schedule", "start_step", "end_step", "frequency", "scope",
                     "max_sparsity_per_layer", "modules", "exclude", "groups"],
     "WeightQuant": ["bits", "start_bits", "period", "granularity", "group_size", "symmetric", "modules", "exclude", "start_step"],
-    "ActQuant": ["bits", "range", "symmetric", "modules", "exclude", "momentum"],
+    "ActQuant": ["bits", "range", "symmetric", "modules", "exclude", "momentum"],  # (the constructors as of the issue)
     "LayerReductionKD": ["teacher", "keep_layers", "layers", "copy_modules", "temperature", "weights"],
     "RedundancyClean": ["output_dir", "formats", "example_input", "latency_runs", "save", "fold_batchnorm"],
 }
