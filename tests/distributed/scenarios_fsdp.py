@@ -192,11 +192,22 @@ for _kind in KINDS:
 
 
 # ----------------------------------------------------------------------------------- resume
-def _resume_run(ctx: Context, kind: str, skw: dict, steps: int, ckpt=None, save=None) -> dict:
+class _StopAt(pl.Callback):
+    """An interruption mid-fit (a shorter max_steps would be a schedule that cannot finish: an error)."""
+
+    def __init__(self, step: int | None) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001,ANN002
+        if self.step is not None and trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def _resume_run(ctx: Context, kind: str, skw: dict, steps: int, ckpt=None, save=None, stop_at=None) -> dict:
     cb = SnipMomentumPruning(sparsity=0.75, pattern="4x1", start_step=1, end_step=6, frequency=1)
-    wq = WeightQuant(bits=8, start_bits=8, period=100, start_step=2)
+    wq = WeightQuant(bits=8, start_step=2)  # (period without a bits schedule is refused since issue 11)
     probe = Probe(PROBE_MLP)
-    trainer = fsdp_trainer(ctx, kind, strategy_kwargs=skw, callbacks=[cb, wq, probe], max_steps=steps)
+    trainer = fsdp_trainer(ctx, kind, strategy_kwargs=skw, callbacks=[cb, wq, probe, _StopAt(stop_at)], max_steps=steps)
     # 16 samples, batch 8, 2 ranks: one batch per rank per epoch, so a resumed run sees what an
     # uninterrupted one sees
     trainer.fit(make_model("mlp", kind), rank_loader(mlp_data(16), 8, ctx.rank, ctx.world_size), ckpt_path=ckpt)
@@ -209,7 +220,7 @@ def _resume_run(ctx: Context, kind: str, skw: dict, steps: int, ckpt=None, save=
 def _resume(ctx: Context, kind: str, skw: dict) -> None:
     full = _resume_run(ctx, kind, skw, 8)
     ckpt = str(ctx.work_dir / "mid.ckpt")
-    _resume_run(ctx, kind, skw, 3, save=ckpt)
+    _resume_run(ctx, kind, skw, 8, save=ckpt, stop_at=3)
     resumed = _resume_run(ctx, kind, skw, 8, ckpt=ckpt)
     ctx.save({"full": full, "resumed": resumed, "ckpt_is_dir": (ctx.work_dir / "mid.ckpt").is_dir()})
 
