@@ -57,6 +57,12 @@ def private_name(name: str) -> str:
     return PRIVATE_PREFIX + name
 
 
+#: attribute names of the direct-read machinery (see :func:`set_readees`)
+READEES = PRIVATE_PREFIX + "readees"  # on a reader: the children whose parameters its forward reads
+READERS = PRIVATE_PREFIX + "readers"  # on a child: the readers that list it
+ACTIVE = PRIVATE_PREFIX + "active"  # True while a forward has the module's effective values in place
+CALLS = PRIVATE_PREFIX + "calls"  # forward calls of a watched child (input transforms under a reader)
+
 #: priorities: lower runs first
 MASK_PRIORITY = 0
 QUANT_PRIORITY = 10
@@ -78,30 +84,66 @@ class CompressedModuleMixin:
     _lc_input_transforms: list[Transform]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        params = self._parameters
-        saved: dict[str, Any] = {}
+        saved: list[tuple[dict[str, Any], str, Any]] = []
+        active: list[nn.Module] = []
+        readees = self.__dict__.get(READEES)
+        watched: list[tuple[nn.Module, int]] = []
         try:
-            for name, transforms in self._lc_param_transforms.items():
-                if not transforms:
-                    continue
-                original = params[name]
-                if original is None:
-                    continue
-                value = original
-                for t in transforms:
-                    value = t.fn(self, value)
-                saved[name] = original
-                # plain dict assignment: nn.Module.__setattr__ would refuse a non-Parameter tensor
-                params[name] = value  # type: ignore[assignment]
+            if not self.__dict__.get(ACTIVE):  # else a reader above already put the effective values in
+                _substitute(self, saved)
+            elif CALLS in self.__dict__:
+                self.__dict__[CALLS] += 1
+            for child in readees or ():
+                if is_wrapped(child) and not child.__dict__.get(ACTIVE):
+                    _substitute(child, saved, skip_empty=True)
+                    child.__dict__[ACTIVE] = True
+                    active.append(child)
+                if is_wrapped(child) and child._lc_input_transforms:  # type: ignore[attr-defined]
+                    watched.append((child, child.__dict__.setdefault(CALLS, 0)))
             if self._lc_input_transforms and args:
                 x = args[0]
                 for t in self._lc_input_transforms:
                     x = t.fn(self, x)
                 args = (x,) + tuple(args[1:])
-            return self._lc_original_class.forward(self, *args, **kwargs)
+            if not watched:
+                return self._lc_original_class.forward(self, *args, **kwargs)
+            fast = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)  # the fast path skips the children's forward
+            try:
+                out = self._lc_original_class.forward(self, *args, **kwargs)
+            finally:
+                torch.backends.mha.set_fastpath_enabled(fast)
+            for child, calls in watched:
+                if child.__dict__.get(CALLS, 0) == calls:
+                    raise RuntimeError(
+                        f"{original_class(self).__name__}.forward reads the weights of its child "
+                        f"{original_class(child).__name__} directly and did not call its forward, so the input "
+                        f"transform on it ({[t.owner for t in child._lc_input_transforms]}) was bypassed: "  # type: ignore[attr-defined]
+                        f"exclude that module from activation quantization."
+                    )
+            return out
         finally:
-            for name, original in saved.items():
+            for params, name, original in reversed(saved):
                 params[name] = original
+            for m in active:
+                m.__dict__[ACTIVE] = False
+
+
+def _substitute(module: nn.Module, saved: list[tuple[dict[str, Any], str, Any]], skip_empty: bool = False) -> None:
+    """Put the effective value of every transformed parameter of ``module`` into its ``_parameters``
+    (plain dict assignment: ``nn.Module.__setattr__`` would refuse a non-Parameter tensor), recording
+    the originals in ``saved`` for the caller to restore.  ``skip_empty``: leave empty parameters
+    alone (a reader's forward may run before ZeRO-3 gathered its child's parameters)."""
+    params = module._parameters
+    for name, transforms in module._lc_param_transforms.items():  # type: ignore[attr-defined]
+        original = params.get(name)
+        if not transforms or original is None or (skip_empty and original.numel() == 0):
+            continue
+        value = original
+        for t in transforms:
+            value = t.fn(module, value)
+        saved.append((params, name, original))
+        params[name] = value  # type: ignore[assignment]
 
 
 _CLASS_CACHE: dict[type, type] = {}
@@ -146,10 +188,49 @@ def _unwrap(module: nn.Module) -> nn.Module:
     if not is_wrapped(module):
         return module
     cls = module._lc_original_class  # type: ignore[attr-defined]
-    for attr in ("_lc_param_transforms", "_lc_input_transforms", "_lc_original_class"):
+    for reader in module.__dict__.pop(READERS, []):  # a reader left with nothing to read is unwrapped too
+        rest = [c for c in reader.__dict__.get(READEES, []) if c is not module]
+        reader.__dict__[READEES] = rest
+        if is_wrapped(reader) and not rest and not reader._lc_param_transforms and not reader._lc_input_transforms:
+            _unwrap(reader)
+    for child in module.__dict__.pop(READEES, []):
+        readers = child.__dict__.get(READERS, [])
+        readers[:] = [r for r in readers if r is not module]
+    for attr in ("_lc_param_transforms", "_lc_input_transforms", "_lc_original_class", ACTIVE, CALLS):
         module.__dict__.pop(attr, None)
     module.__class__ = cls
     return module
+
+
+def set_readees(reader: nn.Module, children: list[nn.Module]) -> None:
+    """Make ``reader``'s forward put the effective value of every transformed parameter of each of
+    ``children`` in place for the duration of the call (the children then skip their own
+    substitution, so every transform runs once per call): for a module whose forward reads a child's
+    weights without calling the child's forward (``nn.MultiheadAttention`` and ``out_proj``, the fast
+    paths of ``nn.TransformerEncoderLayer``, torchvision Swin's attention).  While a child with input
+    transforms is read, the reader runs with PyTorch's MHA fast path off (it would skip the child's
+    forward), and raises ``RuntimeError`` if the child's forward still did not run.  Replaces the
+    reader's list; an empty list unwraps a reader that has no transforms of its own.
+    :func:`lightning_compress.core.direct_reads.guard_direct_reads` finds the readers of a model."""
+    for child in reader.__dict__.get(READEES, []):
+        readers = child.__dict__.get(READERS, [])
+        readers[:] = [r for r in readers if r is not reader]
+    if not children:
+        reader.__dict__.pop(READEES, None)
+        if is_wrapped(reader) and not reader._lc_param_transforms and not reader._lc_input_transforms:  # type: ignore[attr-defined]
+            _unwrap(reader)
+        return
+    wrap(reader)
+    reader.__dict__[READEES] = list(children)
+    for child in children:
+        readers = child.__dict__.setdefault(READERS, [])
+        if not any(r is reader for r in readers):
+            readers.append(reader)
+
+
+def readees(reader: nn.Module) -> list[nn.Module]:
+    """The children whose parameters ``reader``'s forward substitutes (see :func:`set_readees`)."""
+    return list(reader.__dict__.get(READEES, []))
 
 
 def _insert(transforms: list[Transform], new: Transform, where: str) -> None:
@@ -206,7 +287,7 @@ def remove_owner(module: nn.Module, owner: str) -> None:
         if not transforms:
             del module._lc_param_transforms[name]  # type: ignore[attr-defined]
     module._lc_input_transforms[:] = [t for t in module._lc_input_transforms if t.owner != owner]  # type: ignore[attr-defined]
-    if not module._lc_param_transforms and not module._lc_input_transforms:  # type: ignore[attr-defined]
+    if not module._lc_param_transforms and not module._lc_input_transforms and not readees(module):  # type: ignore[attr-defined]
         _unwrap(module)
 
 
@@ -326,7 +407,7 @@ def drop(
         keep = [t for t in its if not _matches(t, kinds, owner)]
         gone += len(its) - len(keep)
         its[:] = keep
-    if not module._lc_param_transforms and not module._lc_input_transforms:  # type: ignore[attr-defined]
+    if not module._lc_param_transforms and not module._lc_input_transforms and not readees(module):  # type: ignore[attr-defined]
         _unwrap(module)
     return gone
 

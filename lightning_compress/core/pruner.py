@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from lightning_compress.core import masking
+from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.criteria import CRITERIA, Criterion, ScoreState, resolve_criterion
 from lightning_compress.core.dist import full_grad
 from lightning_compress.core.patterns import Pattern, parse_pattern
@@ -297,6 +298,7 @@ class Pruner:
                 seen[t.name] = group.name
         for t in self.targets:
             t.attach(self.owner, self.kind)
+        guard_direct_reads(model)
         self.model = model
 
     def modules_touched(self) -> dict[str, nn.Module]:

@@ -1,0 +1,127 @@
+"""Modules whose ``forward`` reads a child's parameters directly (pure PyTorch).
+
+Masks and quantizers act inside a module's own ``forward`` (:mod:`lightning_compress.core.masking`).
+Some modules use a child's weights without calling the child's ``forward``:
+
+* ``nn.MultiheadAttention`` passes ``out_proj.weight`` / ``out_proj.bias`` to
+  ``F.multi_head_attention_forward`` (and, on its eval fast path, to ``torch._native_multi_head_attention``);
+* ``nn.TransformerEncoderLayer``'s fast path (eval, or no autograd) hands ``self_attn.in_proj_weight``,
+  ``self_attn.out_proj.weight``, ``linear1.weight``, ``linear2.weight``, the norms' weights ... to
+  ``torch._transformer_encoder_layer_fwd``;
+* torchvision's ``ShiftedWindowAttention`` (Swin) passes ``qkv.weight`` / ``proj.weight`` to
+  ``shifted_window_attention``; torchvision ViT uses ``nn.MultiheadAttention``.
+
+A transform on such a weight would be silently bypassed.  :func:`guard_direct_reads` finds every
+such *reader* in a model and makes it substitute the effective values of its children's transformed
+parameters for the duration of its own ``forward`` (:func:`~lightning_compress.core.masking.set_readees`),
+so training, eval (fast paths included) and ``clean`` all see the masked / quantized weights.
+
+How readers are found: the source of every class of a module (its MRO, ``nn.Module`` and Lightning's
+bases excluded) is scanned for attribute chains ``self.<path>.<name>`` where ``<path>`` is a
+submodule and ``<name>`` one of its own parameters.  A false positive costs only an earlier
+substitution (the result is the same); a class whose source cannot be read (defined in a REPL, built
+in C) is not scanned.
+
+An *input* transform (activation quantization) cannot be moved: it needs the child's ``forward`` to
+run.  A child with input transforms whose reader never calls it (no ``self.<path>(`` in the reader's
+source: ``nn.MultiheadAttention.out_proj``, Swin's ``qkv`` / ``proj``) is refused here with a
+``ValueError``; for a reader that does call it (``nn.TransformerEncoderLayer``'s ``linear1``) the MHA
+fast path is turned off during the reader's forward, and a forward that still skips the child raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import textwrap
+
+from torch import nn
+
+from lightning_compress.core import masking
+
+_CHAIN = re.compile(r"\bself((?:\.[A-Za-z_]\w*)+)(\s*\()?")
+_SKIP_MODULES = ("torch.nn.modules.module", "lightning.", "pytorch_lightning.")
+
+
+@functools.lru_cache(maxsize=None)
+def _class_chains(cls: type) -> tuple[frozenset[str], frozenset[str]]:
+    """``(attribute chains read, chains called)`` in the source of ``cls`` itself, without ``self.``."""
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return frozenset(), frozenset()
+    read, called = set(), set()
+    for m in _CHAIN.finditer(src):
+        chain = m.group(1)[1:]
+        (called if m.group(2) else read).add(chain)
+    return frozenset(read), frozenset(called)
+
+
+def _chains(module: nn.Module) -> tuple[set[str], set[str]]:
+    read: set[str] = set()
+    called: set[str] = set()
+    for cls in masking.original_class(module).__mro__:
+        if cls in (nn.Module, object) or cls.__module__.startswith(_SKIP_MODULES):
+            continue
+        r, c = _class_chains(cls)
+        read |= r
+        called |= c
+    return read, called
+
+
+def direct_reads(module: nn.Module) -> dict[str, list[str]]:
+    """``{child path: [its own parameter names]}`` that ``module``'s class source reads as
+    ``self.<child path>.<name>`` (child path relative to ``module``, never empty)."""
+    read, _ = _chains(module)
+    found: dict[str, list[str]] = {}
+    for chain in sorted(read):
+        parts = chain.split(".")
+        for k in range(1, len(parts)):
+            path, name = ".".join(parts[:k]), parts[k]
+            try:
+                child = module.get_submodule(path)
+            except AttributeError:
+                break
+            if name in child._parameters:
+                if name not in found.setdefault(path, []):
+                    found[path].append(name)
+                break
+    return found
+
+
+def guard_direct_reads(model: nn.Module) -> dict[str, list[str]]:
+    """Make every module of ``model`` that reads a transformed child parameter directly substitute the
+    effective values in its own ``forward`` (idempotent; call again after adding or removing
+    transforms: the compression drivers do so in ``attach``).  Returns ``{reader name: [child names]}``.
+
+    Raises:
+        ValueError: a child with input transforms (activation quantization) is read directly by a
+            reader whose source never calls it, so the transform could never act.
+    """
+    guarded: dict[str, list[str]] = {}
+    for name, reader in model.named_modules():
+        reads = direct_reads(reader)
+        children: list[nn.Module] = []
+        child_names: list[str] = []
+        called = _chains(reader)[1] if reads else set()
+        for path in reads:
+            child = reader.get_submodule(path)
+            if not masking.transformed_params(child) and not masking.input_transforms(child):
+                continue
+            full = f"{name}.{path}" if name else path
+            if masking.input_transforms(child) and path not in called:
+                owners = sorted({t.owner for t in masking.input_transforms(child)})
+                raise ValueError(
+                    f"module {full!r} has an input (activation) quantizer (from {', '.join(owners)}), but its parent "
+                    f"{name or '<model>'!r} ({type(reader).__name__ if not masking.is_wrapped(reader) else masking.original_class(reader).__name__}) "
+                    f"reads its weights directly and never calls its forward, so its input would never be "
+                    f"quantized: exclude {full!r} (argument `exclude`)."
+                )
+            children.append(child)
+            child_names.append(full)
+        if children or masking.readees(reader):
+            masking.set_readees(reader, children)
+        if children:
+            guarded[name] = child_names
+    return guarded
