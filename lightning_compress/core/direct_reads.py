@@ -70,6 +70,15 @@ def _chains(module: nn.Module) -> tuple[set[str], set[str]]:
     return read, called
 
 
+def _submodule(module: nn.Module, path: list[str]) -> nn.Module | None:
+    """The registered submodule at ``path`` (through ``_modules`` only: no property is evaluated)."""
+    for part in path:
+        module = module._modules.get(part)  # type: ignore[assignment]
+        if module is None:
+            return None
+    return module
+
+
 def direct_reads(module: nn.Module) -> dict[str, list[str]]:
     """``{child path: [its own parameter names]}`` that ``module``'s class source reads as
     ``self.<child path>.<name>`` (child path relative to ``module``, never empty)."""
@@ -79,9 +88,8 @@ def direct_reads(module: nn.Module) -> dict[str, list[str]]:
         parts = chain.split(".")
         for k in range(1, len(parts)):
             path, name = ".".join(parts[:k]), parts[k]
-            try:
-                child = module.get_submodule(path)
-            except AttributeError:
+            child = _submodule(module, parts[:k])
+            if child is None:
                 break
             if name in child._parameters:
                 if name not in found.setdefault(path, []):
@@ -106,7 +114,8 @@ def guard_direct_reads(model: nn.Module) -> dict[str, list[str]]:
         child_names: list[str] = []
         called = _chains(reader)[1] if reads else set()
         for path in reads:
-            child = reader.get_submodule(path)
+            child = _submodule(reader, path.split("."))
+            assert child is not None
             if not masking.transformed_params(child) and not masking.input_transforms(child):
                 continue
             full = f"{name}.{path}" if name else path

@@ -21,6 +21,8 @@ Contract used by every compression method:
 * :func:`remove_owner` removes everything an owner registered; the module gets its original class
   back once nothing is left.
 * :func:`effective_param` returns the parameter as forward sees it (for baking / export).
+* :func:`set_readees`: a module whose forward reads a child's weights directly puts the child's
+  effective values in place for its own call (found by :mod:`lightning_compress.core.direct_reads`).
 
 These functions are the only way code outside this file reads or removes transforms (no other file
 names the ``_lc_*`` attributes of a wrapped module):

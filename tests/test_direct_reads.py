@@ -1,0 +1,193 @@
+"""Never wrong: masks and quantizers act on weights that a parent module reads directly.
+
+``nn.MultiheadAttention`` reads ``out_proj.weight`` without calling ``out_proj.forward`` (and all its
+weights on the eval fast path), ``nn.TransformerEncoderLayer``'s fast path reads every weight, torchvision
+Swin's attention reads ``qkv`` / ``proj`` directly and torchvision ViT uses ``nn.MultiheadAttention``.
+For each, the compressed model's output must equal that of a plain copy with the effective (masked /
+quantized) weights baked in, in train and in eval mode; ``clean`` must give the same output again.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_compress.callbacks import ActQuant, HeadPruning, SparsePruning, WeightQuant
+from lightning_compress.core import masking
+from lightning_compress.core.direct_reads import direct_reads, guard_direct_reads
+from lightning_compress.export import clean
+
+
+class MHANet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+class EncoderNet(nn.Module):
+    def __init__(self, nested: bool = False) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=nested)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(self.enc(x))
+
+
+class DirectReader(nn.Module):
+    """A user's module that uses its child's weight with ``F.linear`` instead of calling it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(16, 16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(nn.functional.linear(x, self.inner.weight, self.inner.bias)))
+
+
+def _vit() -> nn.Module:
+    from torchvision.models import VisionTransformer
+
+    m = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=4)
+    nn.init.normal_(m.heads.head.weight, std=0.2)  # torchvision zero-initialises the head
+    return m
+
+
+def _swin() -> nn.Module:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4],
+                           num_classes=4, stochastic_depth_prob=0.0)
+
+
+MODELS = {
+    "mha": (MHANet, (2, 5, 32)),
+    "transformer_encoder": (EncoderNet, (2, 5, 32)),
+    "direct_reader": (DirectReader, (3, 16)),
+    "vit_b_16_small": (_vit, (2, 3, 32, 32)),
+    "swin_t_small": (_swin, (2, 3, 32, 32)),
+}
+METHODS = {
+    "sparse_2:4": lambda: SparsePruning(pattern="2:4", start_step=0),
+    "weight_quant_8": lambda: WeightQuant(bits=8),
+    "head_pruning": lambda: HeadPruning(sparsity=0.5, start_step=0),
+}
+
+
+def _build(name: str):
+    torch.manual_seed(0)
+    ctor, shape = MODELS[name]
+    return ctor(), torch.randn(*shape)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-12))
+
+
+def _compress(model: nn.Module, method: str):
+    cb = METHODS[method]()
+    cb.attach(model)
+    if hasattr(cb, "pruner"):
+        for g in cb.pruner.groups:
+            cb.prune_group(g, g.sparsity)
+    return cb
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_effective_weights_act_in_train_eval_and_clean(name, method):
+    model, x = _build(name)
+    if method == "head_pruning" and name in ("direct_reader", "swin_t_small"):
+        with pytest.raises(ValueError, match="HeadPruning: .* has no attention HeadPruning understands"):
+            _compress(model, method)
+        return
+    _compress(model, method)
+    baked = copy.deepcopy(model)
+    masking.bake(baked)
+    masking.strip(baked)
+    dense = copy.deepcopy(baked)
+    with torch.no_grad():
+        for p, q in zip(dense.parameters(), _build(name)[0].parameters()):
+            p.copy_(q)
+        assert _rel(dense(x), baked(x)) > 1e-4, "the compression changed nothing: the test would prove nothing"
+    for train in (True, False):
+        model.train(train)
+        baked.train(train)
+        with torch.set_grad_enabled(train):
+            assert _rel(model(x), baked(x)) <= 1e-6, f"{name} {method} train={train}"
+    model.eval()
+    with torch.no_grad():
+        masked = model(x)
+        slim = clean(model)
+        assert _rel(slim(x), masked) <= 1e-5
+
+
+def test_transformer_encoder_fast_path_runs_on_the_quantized_weights(monkeypatch):
+    model, x = _build("transformer_encoder")
+    _compress(model, "weight_quant_8")
+    baked = copy.deepcopy(model)
+    masking.bake(baked)
+    masking.strip(baked)
+    calls = []
+    fast = torch._transformer_encoder_layer_fwd
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fast(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", counting)
+    model.eval()
+    baked.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert calls, "the eval fast path was not taken: the test would not cover it"
+        assert _rel(out, baked(x)) <= 1e-6
+
+
+def test_readers_found_and_unwrapped_on_remove():
+    model, _ = _build("transformer_encoder")
+    reads = direct_reads(model.enc.layers[0])
+    assert set(reads) >= {"self_attn", "self_attn.out_proj", "linear1", "linear2"}
+    assert direct_reads(model.enc.layers[0].self_attn) == {"out_proj": ["bias", "weight"]}
+    cb = _compress(model, "sparse_2:4")
+    guarded = guard_direct_reads(model)
+    assert "enc.layers.0" in guarded and "enc.layers.0.self_attn.out_proj" in guarded["enc.layers.0.self_attn"]
+    cb.remove()
+    assert all(not masking.is_wrapped(m) for m in model.modules())
+
+
+def test_act_quant_on_a_child_never_called_is_refused():
+    model, _ = _build("vit_b_16_small")
+    with pytest.raises(ValueError, match=r"ActQuant: module 'encoder\.layers\.encoder_layer_0\.self_attention\.out_proj' "
+                                         r"has an input .* reads its weights directly and never calls its forward"):
+        ActQuant(bits=8).attach(model)
+    assert all(not masking.is_wrapped(m) for m in model.modules())
+
+
+def test_act_quant_under_a_fast_path_reader_still_runs():
+    model, x = _build("transformer_encoder")
+    cb = ActQuant(bits=8, exclude=["out_proj"])
+    cb.attach(model)
+    seen = set()
+    for name, module in cb.modules_touched.items():
+        t = masking.input_transforms(module)[0]
+
+        def counted(mod, inp, fn=t.fn, name=name):
+            seen.add(name)
+            return fn(mod, inp)
+
+        module._lc_input_transforms[0] = masking.Transform(t.owner, t.kind, t.priority, counted)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert seen == set(cb.modules_touched) and {"enc.layers.0.linear1", "enc.layers.1.linear2"} <= seen
+    assert torch.backends.mha.get_fastpath_enabled()
