@@ -88,11 +88,11 @@ class RowPruning(StructuredPruning):
         by_producer = {n: sp for sp in spaces for n in sp.producers}
         names = {id(m): n for n, m in model.named_modules()}
 
-        def usable(sp: ChannelSpace) -> bool:
+        def usable(sp: ChannelSpace) -> bool:  # several producers: one row mask (SwiGLU gate and up)
             return (
-                sp.ok and len(sp.producers) == 1 and bool(sp.consumers)
+                sp.ok and bool(sp.producers) and bool(sp.consumers)
                 and all(isinstance(m, nn.Linear) for m in [*sp.producers.values(), *sp.consumers.values()])
-                and not sp.norms
+                and len({m.out_features for m in sp.producers.values()}) == 1 and not sp.norms
             )
 
         if group.modules is None:
@@ -117,11 +117,25 @@ class RowPruning(StructuredPruning):
                         f"consumers with `related_modules`."
                     )
         out = []
+        done: set[int] = set()
         for n in chosen:
             sp = by_producer[n]
-            prod = sp.producers[n]
-            members = [Member(n, prod, "out", ("weight", "bias") if prod.bias is not None else ("weight",), 0)]
+            if id(sp) in done:
+                continue
+            done.add(id(sp))
+            left_out = sorted(set(sp.producers) - set(chosen))
+            if left_out:
+                raise ValueError(
+                    f"RowPruning: {n!r} shares its rows with {left_out} (their outputs are combined elementwise, "
+                    f"e.g. a SwiGLU gate and up projection), so they take one row mask: select all of "
+                    f"{sorted(sp.producers)} or none (`modules` / `exclude`)."
+                )
+            members = [
+                Member(pn, pm, "out", ("weight", "bias") if pm.bias is not None else ("weight",), 0)
+                for pn, pm in sp.producers.items()
+            ]
             for cn, cm in sp.consumers.items():
                 members.append(Member(names.get(id(cm), cn), cm, "in", ("weight",), 1))
+            prod = sp.producers[n]
             out.append(UnitGroup(name=n, kind=self.mask_kind, num_units=prod.out_features, members=members, holder=prod, unit="row"))
         return out

@@ -119,6 +119,13 @@ def channel_spaces(model: nn.Module) -> tuple[list[ChannelSpace], str]:
         ) from None
 
 
+def after_unit_removal(model: nn.Module) -> None:
+    """Every family fixes the config fields it knows from ``model``'s slim shapes (after ``clean``
+    removed units)."""
+    for f in FAMILIES:
+        f.after_unit_removal(model)
+
+
 # ----------------------------------------------------------------------------------- layer stacks
 def layer_count(model: nn.Module) -> int | None:
     """The number of layers ``model`` declares (first family that knows), else ``None``."""
