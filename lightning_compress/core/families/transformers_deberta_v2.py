@@ -6,8 +6,9 @@
   ``attention_head_size``, that is its parent's ``self`` with the output projection ``output.dense``.
   The relative-position terms are computed per head from the same projections, so a removed head
   takes its share of every term with it.  After removal ``num_attention_heads`` / ``all_head_size``
-  (the forward reshapes with them) and ``config.num_attention_heads`` per layer / globally (with
-  ``config.attention_head_size`` written so the head size is not re-derived from ``hidden_size``).
+  (the forward reshapes with them) and ``config.num_attention_heads_per_layer`` (the global field
+  stays: DeBERTa builds ``attention.output.dense`` as ``hidden_size x hidden_size``, so a config cannot
+  express fewer heads).
 * **Feed-forward**: ``intermediate.dense -> output.dense`` is the BERT-family block
   (:mod:`.hf_bert` finds it and sets ``config.intermediate_size``).
 """
@@ -60,7 +61,4 @@ class HFDebertaV2(Family):
             return
         named = dict(model.named_modules())
         heads = {layer_key(n): i.num_heads for n, m in named.items() if (i := self.attention(n, m, named)) is not None}
-        if heads and getattr(config, "attention_head_size", None) is None:
-            first = next(m for n, m in named.items() if self.attention(n, m, named) is not None)
-            config.attention_head_size = int(first.attention_head_size)  # else hidden_size // heads
-        record_layers(config, "num_attention_heads", heads)
+        record_layers(config, "num_attention_heads", heads, set_global=False)  # output.dense is hidden x hidden
