@@ -191,3 +191,21 @@ def test_act_quant_under_a_fast_path_reader_still_runs():
         model(x)
     assert seen == set(cb.modules_touched) and {"enc.layers.0.linear1", "enc.layers.1.linear2"} <= seen
     assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_post_training_quantize_guards_direct_reads():
+    from lightning_compress.ptq import quantize
+
+    model, x = _build("vit_b_16_small")
+    quantize(model, None, weight_bits=8, act_bits=None)
+    baked = copy.deepcopy(model)
+    masking.bake(baked)
+    masking.strip(baked)
+    model.eval()
+    baked.eval()
+    with torch.no_grad():
+        assert _rel(model(x), baked(x)) <= 1e-6
+    model, _ = _build("mha")
+    with pytest.raises(ValueError, match=r"quantize: module 'attn\.out_proj' has an input"):
+        quantize(model, None, weight_bits=8, act_bits=8, exclude=["fc"])
+    assert all(not masking.is_wrapped(m) for m in model.modules())

@@ -96,8 +96,7 @@ class CompressedModuleMixin:
             elif CALLS in self.__dict__:
                 self.__dict__[CALLS] += 1
             for child in readees or ():
-                if is_wrapped(child) and not child.__dict__.get(ACTIVE):
-                    _substitute(child, saved, skip_empty=True)
+                if is_wrapped(child) and not child.__dict__.get(ACTIVE) and _substitute(child, saved, hoisted=True):
                     child.__dict__[ACTIVE] = True
                     active.append(child)
                 if is_wrapped(child) and child._lc_input_transforms:  # type: ignore[attr-defined]
@@ -131,21 +130,28 @@ class CompressedModuleMixin:
                 m.__dict__[ACTIVE] = False
 
 
-def _substitute(module: nn.Module, saved: list[tuple[dict[str, Any], str, Any]], skip_empty: bool = False) -> None:
+def _substitute(module: nn.Module, saved: list[tuple[dict[str, Any], str, Any]], hoisted: bool = False) -> bool:
     """Put the effective value of every transformed parameter of ``module`` into its ``_parameters``
     (plain dict assignment: ``nn.Module.__setattr__`` would refuse a non-Parameter tensor), recording
-    the originals in ``saved`` for the caller to restore.  ``skip_empty``: leave empty parameters
-    alone (a reader's forward may run before ZeRO-3 gathered its child's parameters)."""
+    the originals in ``saved`` for the caller to restore.  ``hoisted`` (a reader substitutes for its
+    child): do nothing and return False when a transformed parameter is empty (not gathered yet by
+    ZeRO-3), so the child's own forward still applies its transforms."""
     params = module._parameters
+    if hoisted and any(
+        (p := params.get(n)) is not None and p.numel() == 0
+        for n, ts in module._lc_param_transforms.items() if ts  # type: ignore[attr-defined]
+    ):
+        return False
     for name, transforms in module._lc_param_transforms.items():  # type: ignore[attr-defined]
         original = params.get(name)
-        if not transforms or original is None or (skip_empty and original.numel() == 0):
+        if not transforms or original is None:
             continue
         value = original
         for t in transforms:
             value = t.fn(module, value)
         saved.append((params, name, original))
         params[name] = value  # type: ignore[assignment]
+    return True
 
 
 _CLASS_CACHE: dict[type, type] = {}
@@ -205,15 +211,13 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def set_readees(reader: nn.Module, children: list[nn.Module]) -> None:
-    """Make ``reader``'s forward put the effective value of every transformed parameter of each of
-    ``children`` in place for the duration of the call (the children then skip their own
-    substitution, so every transform runs once per call): for a module whose forward reads a child's
-    weights without calling the child's forward (``nn.MultiheadAttention`` and ``out_proj``, the fast
-    paths of ``nn.TransformerEncoderLayer``, torchvision Swin's attention).  While a child with input
-    transforms is read, the reader runs with PyTorch's MHA fast path off (it would skip the child's
-    forward), and raises ``RuntimeError`` if the child's forward still did not run.  Replaces the
-    reader's list; an empty list unwraps a reader that has no transforms of its own.
-    :func:`lightning_compress.core.direct_reads.guard_direct_reads` finds the readers of a model."""
+    """``reader``'s forward puts the effective values of ``children``'s transformed parameters in
+    place for its call (the children then skip their own substitution: one run per transform per
+    call), for a forward that reads a child's weights without calling it (``nn.MultiheadAttention``'s
+    ``out_proj``, ``nn.TransformerEncoderLayer``'s fast path, torchvision Swin).  A read child with
+    input transforms: the MHA fast path is off during the call, and ``RuntimeError`` if the child's
+    forward still did not run.  Replaces the list; ``[]`` unwraps a reader with no transforms of its
+    own.  :func:`lightning_compress.core.direct_reads.guard_direct_reads` finds a model's readers."""
     for child in reader.__dict__.get(READEES, []):
         readers = child.__dict__.get(READERS, [])
         readers[:] = [r for r in readers if r is not reader]
