@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_compress.callbacks import ActQuant, HeadPruning, SparsePruning, WeightQuant
+from lightning_compress.callbacks import ActQuant, HeadPruning, RowPruning, SparsePruning, WeightQuant
 from lightning_compress.core import masking
 from lightning_compress.core.direct_reads import direct_reads, guard_direct_reads
 from lightning_compress.export import clean
@@ -77,9 +77,20 @@ MODELS = {
     "swin_t_small": (_swin, (2, 3, 32, 32)),
 }
 METHODS = {
-    "sparse_2:4": lambda: SparsePruning(pattern="2:4", start_step=0),
-    "weight_quant_8": lambda: WeightQuant(bits=8),
-    "head_pruning": lambda: HeadPruning(sparsity=0.5, start_step=0),
+    "sparse_2:4": lambda: [SparsePruning(pattern="2:4", start_step=0)],
+    "weight_quant_8": lambda: [WeightQuant(bits=8)],
+    "head_pruning": lambda: [HeadPruning(sparsity=0.5, start_step=0)],
+    "row_pruning": lambda: [RowPruning(sparsity=0.5, start_step=0)],
+    "head+row": lambda: [HeadPruning(sparsity=0.5, start_step=0), RowPruning(sparsity=0.5, start_step=0)],
+}
+_NO_ROWS = r"RowPruning: no Linear layer of \w+ feeds only other Linear layers"
+_NO_HEADS = r"HeadPruning: DirectReader has no attention HeadPruning understands"
+#: the cases refused at setup, with the error they raise
+REFUSED = {
+    ("mha", "row_pruning"): _NO_ROWS, ("mha", "head+row"): _NO_ROWS,
+    ("transformer_encoder", "row_pruning"): _NO_ROWS, ("transformer_encoder", "head+row"): _NO_ROWS,
+    ("direct_reader", "head_pruning"): _NO_HEADS, ("direct_reader", "head+row"): _NO_HEADS,
+    ("direct_reader", "row_pruning"): _NO_ROWS,
 }
 
 
@@ -94,20 +105,21 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _compress(model: nn.Module, method: str):
-    cb = METHODS[method]()
-    cb.attach(model)
-    if hasattr(cb, "pruner"):
-        for g in cb.pruner.groups:
-            cb.prune_group(g, g.sparsity)
-    return cb
+    cbs = METHODS[method]()
+    for cb in cbs:
+        cb.attach(model)
+        if hasattr(cb, "pruner"):
+            for g in cb.pruner.groups:
+                cb.prune_group(g, g.sparsity)
+    return cbs[0]
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("name", list(MODELS))
 def test_effective_weights_act_in_train_eval_and_clean(name, method):
     model, x = _build(name)
-    if method == "head_pruning" and name in ("direct_reader", "swin_t_small"):
-        with pytest.raises(ValueError, match="HeadPruning: .* has no attention HeadPruning understands"):
+    if (name, method) in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[name, method]):
             _compress(model, method)
         return
     _compress(model, method)
