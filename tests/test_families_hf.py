@@ -187,3 +187,38 @@ def test_swiglu_gate_and_up_are_selected_together():
     with pytest.raises(ValueError, match=r"RowPruning: 'model\.layers\.0\.mlp\.gate_proj' shares its rows with "
                                          r"\['model\.layers\.0\.mlp\.up_proj'\].*select all of"):
         RowPruning(sparsity=0.5, modules=[r"gate_proj"]).attach(model)
+
+
+def test_lightning_module_without_forward_llama_head_and_row():
+    """Fit a LightningModule with no ``forward`` (``training_step`` calls ``self.net``) under HeadPruning
+    + RowPruning; ``clean`` of the module gives the slim Llama with the same outputs."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.models import cpu_trainer
+
+    class Wrapper(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, _ = _build("llama")
+
+        def training_step(self, batch, batch_idx):
+            (ids,) = batch
+            return self.net(input_ids=ids, labels=ids).loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    module = Wrapper()
+    data = DataLoader(TensorDataset(torch.randint(0, V, (8, 7), generator=torch.Generator().manual_seed(2))), batch_size=4)
+    cbs = [HeadPruning(sparsity=0.5, end_step=1), RowPruning(sparsity=0.5, end_step=1)]
+    cpu_trainer(max_steps=2, callbacks=cbs).fit(module, data)
+    inputs = {"input_ids": _ids()}
+    module.eval()
+    with torch.no_grad():
+        masked = _out(module.net, inputs)
+        slim = clean(module)
+        assert _rel(_out(slim.net, inputs), masked) <= 1e-5
+    c = slim.net.config
+    assert (c.num_attention_heads, c.num_key_value_heads, c.intermediate_size) == (2, 1, 64)
+    assert slim.net.model.layers[1].mlp.gate_proj.out_features == 64
