@@ -20,8 +20,10 @@ class RowPruning(StructuredPruning):
     """Prune whole output rows of Linear layers (FFN neurons); the consumers' input columns go too.
 
     Which layers read a Linear's outputs is found by tracing the model (``torch.fx``; for Hugging Face
-    BERT-family models, which fx cannot trace, the ``intermediate.dense -> output.dense`` structure),
-    see :mod:`lightning_compress.core.graph`.  The mask zeroes the row's weight and bias and the
+    models, which fx cannot trace, the feed-forward blocks the model families know: BERT's
+    ``intermediate.dense -> output.dense``, SwiGLU ``gate_proj`` + ``up_proj -> down_proj``, ...), see
+    :mod:`lightning_compress.core.graph`.  Producers whose outputs are combined elementwise (a SwiGLU
+    gate and up projection) share one row mask and must be selected together.  The mask zeroes the row's weight and bias and the
     consumers' columns, so the masked model computes exactly what the slim model from
     :func:`lightning_compress.clean` computes.
 
