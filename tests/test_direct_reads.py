@@ -221,3 +221,26 @@ def test_post_training_quantize_guards_direct_reads():
     with pytest.raises(ValueError, match=r"quantize: module 'attn\.out_proj' has an input"):
         quantize(model, None, weight_bits=8, act_bits=8, exclude=["fc"])
     assert all(not masking.is_wrapped(m) for m in model.modules())
+
+
+def test_deberta_encoder_reads_rel_embeddings_weight_directly():
+    """``DebertaV2Encoder.get_rel_embedding`` uses ``self.rel_embeddings.weight``: quantizing it must act."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.DebertaV2Model(transformers.DebertaV2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=32, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
+        max_relative_positions=16)).eval()
+    for p in model.parameters():  # the default init (std 0.02) makes the relative terms invisible
+        if p.dim() > 1:
+            nn.init.normal_(p, std=0.5)
+    ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    WeightQuant(bits=4, modules=[r"rel_embeddings"]).attach(model)
+    assert "encoder" in guard_direct_reads(model)
+    baked = copy.deepcopy(model)
+    masking.bake(baked)
+    masking.strip(baked)
+    with torch.no_grad():
+        assert _rel(model(input_ids=ids).last_hidden_state, baked(input_ids=ids).last_hidden_state) <= 1e-6
+        masking.set_readees(model.encoder, [])  # without the guard the quantizer is bypassed (rel ~0.09)
+        assert _rel(model(input_ids=ids).last_hidden_state, baked(input_ids=ids).last_hidden_state) > 1e-3

@@ -16,11 +16,15 @@ such *reader* in a model and makes it substitute the effective values of its chi
 parameters for the duration of its own ``forward`` (:func:`~lightning_compress.core.masking.set_readees`),
 so training, eval (fast paths included) and ``clean`` all see the masked / quantized weights.
 
-How readers are found: the source of every class of a module (its MRO, ``nn.Module`` and Lightning's
-bases excluded) is scanned for attribute chains ``self.<path>.<name>`` where ``<path>`` is a
-submodule and ``<name>`` one of its own parameters.  A false positive costs only an earlier
-substitution (the result is the same); a class whose source cannot be read (defined in a REPL, built
-in C) is not scanned.
+How readers are found: the methods of every class of a module (its MRO, ``nn.Module`` and
+Lightning's bases excluded; not ``__init__``, ``reset_parameters``, ``_init_weights``, ``tie_*``,
+``configure_*``, ``on_*`` and the like, which never run in a forward) are scanned for attribute chains
+``self.<path>.<name>`` where ``<path>`` is a submodule and ``<name>`` one of its own parameters (not
+followed by a metadata attribute: ``.dtype``, ``.device``, ``.shape`` ...).  A false positive costs
+only an earlier substitution (the result is the same); a class whose source cannot be read (defined
+in a REPL, built in C) is not scanned, and a read through a local alias (``w = self.fc.weight`` is
+found; ``fc = self.fc; fc.weight`` is not) or from a module that is not an ancestor (tied weights)
+is not seen.
 
 An *input* transform (activation quantization) cannot be moved: it needs the child's ``forward`` to
 run.  A child with input transforms whose reader never calls it (no ``self.<path>(`` in the reader's
@@ -31,6 +35,7 @@ fast path is turned off during the reader's forward, and a forward that still sk
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import re
@@ -42,19 +47,39 @@ from lightning_compress.core import masking
 
 _CHAIN = re.compile(r"\bself((?:\.[A-Za-z_]\w*)+)(\s*\()?")
 _SKIP_MODULES = ("torch.nn.modules.module", "lightning.", "pytorch_lightning.")
+#: methods that never run inside a forward (initialisation, bookkeeping, optimizer set-up)
+_NOT_FORWARD = re.compile(
+    r"^(__init__|extra_repr|_?reset_parameters|_init_weights|init_weights|_?tie_\w*|resize_\w*|get_\w*_embeddings|"
+    r"set_\w*_embeddings|configure_\w*|on_\w*|state_dict|load_state_dict|_load_from_state_dict)$"
+)
+#: attributes of a tensor that are metadata: reading them needs no effective value
+_METADATA = frozenset({"dtype", "device", "shape", "size", "ndim", "dim", "requires_grad", "is_cuda", "numel"})
+
+
+def _method_sources(cls: type) -> list[str]:
+    """The source of every method defined in ``cls``'s body, except :data:`_NOT_FORWARD` ones."""
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+        tree = ast.parse(src)
+    except (OSError, TypeError, SyntaxError):
+        return []
+    out = []
+    for node in tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not _NOT_FORWARD.match(node.name):
+            seg = ast.get_source_segment(src, node)
+            if seg:
+                out.append(seg)
+    return out
 
 
 @functools.lru_cache(maxsize=None)
 def _class_chains(cls: type) -> tuple[frozenset[str], frozenset[str]]:
-    """``(attribute chains read, chains called)`` in the source of ``cls`` itself, without ``self.``."""
-    try:
-        src = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return frozenset(), frozenset()
+    """``(attribute chains read, chains called)`` in the methods of ``cls`` itself, without ``self.``."""
     read, called = set(), set()
-    for m in _CHAIN.finditer(src):
-        chain = m.group(1)[1:]
-        (called if m.group(2) else read).add(chain)
+    for src in _method_sources(cls):
+        for m in _CHAIN.finditer(src):
+            chain = m.group(1)[1:]
+            (called if m.group(2) else read).add(chain)
     return frozenset(read), frozenset(called)
 
 
@@ -92,6 +117,8 @@ def direct_reads(module: nn.Module) -> dict[str, list[str]]:
             if child is None:
                 break
             if name in child._parameters:
+                if k + 1 < len(parts) and parts[k + 1] in _METADATA:
+                    break  # e.g. ``self.wo.weight.dtype``: no value is read
                 if name not in found.setdefault(path, []):
                     found[path].append(name)
                 break
