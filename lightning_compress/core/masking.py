@@ -93,7 +93,7 @@ class CompressedModuleMixin:
         try:
             if not self.__dict__.get(ACTIVE):  # else a reader above already put the effective values in
                 _substitute(self, saved)
-            elif CALLS in self.__dict__:
+            if CALLS in self.__dict__:  # a reader checks that this forward ran (input transforms)
                 self.__dict__[CALLS] += 1
             for child in readees or ():
                 if is_wrapped(child) and not child.__dict__.get(ACTIVE) and _substitute(child, saved, hoisted=True):
