@@ -38,8 +38,8 @@ class EncoderNet(nn.Module):
         self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=nested)
         self.fc = nn.Linear(32, 4)
 
-    def forward(self, x):
-        return self.fc(self.enc(x))
+    def forward(self, x, pad=None):
+        return self.fc(self.enc(x, src_key_padding_mask=pad))
 
 
 class DirectReader(nn.Module):
@@ -88,7 +88,6 @@ _NO_HEADS = r"HeadPruning: DirectReader has no attention HeadPruning understands
 #: the cases refused at setup, with the error they raise
 REFUSED = {
     ("mha", "row_pruning"): _NO_ROWS, ("mha", "head+row"): _NO_ROWS,
-    ("transformer_encoder", "row_pruning"): _NO_ROWS, ("transformer_encoder", "head+row"): _NO_ROWS,
     ("direct_reader", "head_pruning"): _NO_HEADS, ("direct_reader", "head+row"): _NO_HEADS,
     ("direct_reader", "row_pruning"): _NO_ROWS,
 }
@@ -244,3 +243,28 @@ def test_deberta_encoder_reads_rel_embeddings_weight_directly():
         assert _rel(model(input_ids=ids).last_hidden_state, baked(input_ids=ids).last_hidden_state) <= 1e-6
         masking.set_readees(model.encoder, [])  # without the guard the quantizer is bypassed (rel ~0.09)
         assert _rel(model(input_ids=ids).last_hidden_state, baked(input_ids=ids).last_hidden_state) > 1e-3
+
+
+def test_transformer_encoder_nested_tensor_fast_path_with_padding():
+    """``enable_nested_tensor`` + a padding mask in eval: the encoder converts to a nested tensor and
+    every layer takes the fast path; 2:4 masks and row pruning still act, and clean matches."""
+    torch.manual_seed(0)
+    model, x = EncoderNet(nested=True), torch.randn(2, 6, 32)
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    for cb in (SparsePruning(pattern="2:4", modules=[r"out_proj", r"linear2"]),
+               RowPruning(sparsity=0.5)):
+        cb.attach(model)
+        for g in cb.pruner.groups:
+            cb.prune_group(g, g.sparsity)
+    baked = copy.deepcopy(model)
+    masking.bake(baked)
+    masking.strip(baked)
+    model.eval()
+    baked.eval()
+    keep = ~pad  # padded positions of a nested-tensor run come back as zeros
+    with torch.no_grad():
+        out = model(x, pad)
+        assert _rel(out[keep], baked(x, pad)[keep]) <= 1e-5
+        slim = clean(model)
+        assert slim.enc.layers[0].linear1.out_features == 32
+        assert _rel(slim(x, pad)[keep], out[keep]) <= 1e-5
