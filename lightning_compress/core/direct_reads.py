@@ -13,7 +13,7 @@ Some modules use a child's weights without calling the child's ``forward``:
 
 A transform on such a weight would be silently bypassed.  :func:`guard_direct_reads` finds every
 such *reader* in a model and makes it substitute the effective values of its children's transformed
-parameters for the duration of its own ``forward`` (:func:`~lightning_compress.core.masking.set_readees`),
+parameters for the duration of its own ``forward`` (:func:`set_readees`),
 so training, eval (fast paths included) and ``clean`` all see the masked / quantized weights.
 
 How readers are found: the methods of every class of a module (its MRO, ``nn.Module`` and
@@ -125,6 +125,35 @@ def direct_reads(module: nn.Module) -> dict[str, list[str]]:
     return found
 
 
+def set_readees(reader: nn.Module, children: list[nn.Module]) -> None:
+    """``reader``'s forward puts the effective values of ``children``'s transformed parameters in
+    place for its call (the children then skip their own substitution: one run per transform per
+    call), for a forward that reads a child's weights without calling it (``nn.MultiheadAttention``'s
+    ``out_proj``, ``nn.TransformerEncoderLayer``'s fast path, torchvision Swin).  A read child with
+    input transforms: the MHA fast path is off during the call, and ``RuntimeError`` if the child's
+    forward still did not run (:class:`~lightning_compress.core.masking.CompressedModuleMixin`).
+    Replaces the list; ``[]`` unwraps a reader with no transforms of its own.  A child that loses
+    its last transform leaves its readers' lists (and unwraps a reader left with nothing)."""
+    for child in reader.__dict__.get(masking.READEES, []):
+        readers = child.__dict__.get(masking.READERS, [])
+        readers[:] = [r for r in readers if r is not reader]
+    if not children:
+        reader.__dict__.pop(masking.READEES, None)
+        masking.drop(reader, kinds=())  # unwraps it when it carries nothing of its own
+        return
+    masking.wrap(reader)
+    reader.__dict__[masking.READEES] = list(children)
+    for child in children:
+        readers = child.__dict__.setdefault(masking.READERS, [])
+        if not any(r is reader for r in readers):
+            readers.append(reader)
+
+
+def readees(reader: nn.Module) -> list[nn.Module]:
+    """The children whose parameters ``reader``'s forward substitutes (see :func:`set_readees`)."""
+    return list(reader.__dict__.get(masking.READEES, []))
+
+
 def guard_direct_reads(model: nn.Module) -> dict[str, list[str]]:
     """Make every module of ``model`` that reads a transformed child parameter directly substitute the
     effective values in its own ``forward`` (idempotent; call again after adding or removing
@@ -156,8 +185,8 @@ def guard_direct_reads(model: nn.Module) -> dict[str, list[str]]:
                 )
             children.append(child)
             child_names.append(full)
-        if children or masking.readees(reader):
-            masking.set_readees(reader, children)
+        if children or readees(reader):
+            set_readees(reader, children)
         if children:
             guarded[name] = child_names
     return guarded

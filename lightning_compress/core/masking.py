@@ -21,8 +21,8 @@ Contract used by every compression method:
 * :func:`remove_owner` removes everything an owner registered; the module gets its original class
   back once nothing is left.
 * :func:`effective_param` returns the parameter as forward sees it (for baking / export).
-* :func:`set_readees`: a module whose forward reads a child's weights directly puts the child's
-  effective values in place for its own call (found by :mod:`lightning_compress.core.direct_reads`).
+* *readers*: a module whose forward reads a child's weights directly puts the child's effective
+  values in place for its own call (:func:`lightning_compress.core.direct_reads.set_readees`).
 
 These functions are the only way code outside this file reads or removes transforms (no other file
 names the ``_lc_*`` attributes of a wrapped module):
@@ -59,7 +59,7 @@ def private_name(name: str) -> str:
     return PRIVATE_PREFIX + name
 
 
-#: attribute names of the direct-read machinery (see :func:`set_readees`)
+#: attribute names of the direct-read machinery (:func:`lightning_compress.core.direct_reads.set_readees`)
 READEES = PRIVATE_PREFIX + "readees"  # on a reader: the children whose parameters its forward reads
 READERS = PRIVATE_PREFIX + "readers"  # on a child: the readers that list it
 ACTIVE = PRIVATE_PREFIX + "active"  # True while a forward has the module's effective values in place
@@ -117,40 +117,42 @@ class CompressedModuleMixin:
             for child, calls in watched:
                 if child.__dict__.get(CALLS, 0) == calls:
                     raise RuntimeError(
-                        f"{original_class(self).__name__}.forward reads the weights of its child "
-                        f"{original_class(child).__name__} directly and did not call its forward, so the input "
-                        f"transform on it ({[t.owner for t in child._lc_input_transforms]}) was bypassed: "  # type: ignore[attr-defined]
-                        f"exclude that module from activation quantization."
+                        f"{original_class(self).__name__}.forward read the weights of its child {original_class(child).__name__} "
+                        f"without calling it: its input transform was bypassed; exclude it from activation quantization."
                     )
             return out
         finally:
-            for params, name, original in reversed(saved):
-                params[name] = original
+            for home, name, original in reversed(saved):
+                home[name] = original
             for m in active:
                 m.__dict__[ACTIVE] = False
 
 
 def _substitute(module: nn.Module, saved: list[tuple[dict[str, Any], str, Any]], hoisted: bool = False) -> bool:
-    """Put the effective value of every transformed parameter of ``module`` into its ``_parameters``
-    (plain dict assignment: ``nn.Module.__setattr__`` would refuse a non-Parameter tensor), recording
-    the originals in ``saved`` for the caller to restore.  ``hoisted`` (a reader substitutes for its
-    child): do nothing and return False when a transformed parameter is empty (not gathered yet by
-    ZeRO-3), so the child's own forward still applies its transforms."""
-    params = module._parameters
-    if hoisted and any(
-        (p := params.get(n)) is not None and p.numel() == 0
-        for n, ts in module._lc_param_transforms.items() if ts  # type: ignore[attr-defined]
-    ):
+    """Put the effective value of each transformed parameter where ``forward`` reads it (plain dict
+    assignment: ``__setattr__`` refuses a non-Parameter), the originals into ``saved``: ``_parameters``
+    (FSDP2 puts the gathered parameter there), and the instance attribute too where FSDP1
+    (``use_orig_params``) set the unsharded view as one.  ``hoisted`` (a reader for its child): return
+    False, doing nothing, when a parameter is empty (not gathered yet: the child's forward applies it)."""
+    params, inst = module._parameters, module.__dict__
+
+    def current(name: str) -> Any:
+        return inst[name] if isinstance(inst.get(name), torch.Tensor) else params.get(name)
+
+    transformed = [(n, ts) for n, ts in module._lc_param_transforms.items() if ts]  # type: ignore[attr-defined]
+    if hoisted and any((p := current(n)) is not None and p.numel() == 0 for n, _ in transformed):
         return False
-    for name, transforms in module._lc_param_transforms.items():  # type: ignore[attr-defined]
-        original = params.get(name)
-        if not transforms or original is None:
+    for name, transforms in transformed:
+        in_dict = isinstance(inst.get(name), torch.Tensor)
+        value = original = current(name)
+        if original is None:
             continue
-        value = original
         for t in transforms:
             value = t.fn(module, value)
-        saved.append((params, name, original))
-        params[name] = value  # type: ignore[assignment]
+        for home in (params, inst) if in_dict else (params,):
+            if name in home:
+                saved.append((home, name, home[name]))
+                home[name] = value
     return True
 
 
@@ -206,37 +208,33 @@ def _unwrap(module: nn.Module) -> nn.Module:
         readers[:] = [r for r in readers if r is not module]
     for attr in ("_lc_param_transforms", "_lc_input_transforms", "_lc_original_class", ACTIVE, CALLS):
         module.__dict__.pop(attr, None)
-    module.__class__ = cls
+    module.__class__ = _without_mixin(type(module), cls)
     return module
 
 
-def set_readees(reader: nn.Module, children: list[nn.Module]) -> None:
-    """``reader``'s forward puts the effective values of ``children``'s transformed parameters in
-    place for its call (the children then skip their own substitution: one run per transform per
-    call), for a forward that reads a child's weights without calling it (``nn.MultiheadAttention``'s
-    ``out_proj``, ``nn.TransformerEncoderLayer``'s fast path, torchvision Swin).  A read child with
-    input transforms: the MHA fast path is off during the call, and ``RuntimeError`` if the child's
-    forward still did not run.  Replaces the list; ``[]`` unwraps a reader with no transforms of its
-    own.  :func:`lightning_compress.core.direct_reads.guard_direct_reads` finds a model's readers."""
-    for child in reader.__dict__.get(READEES, []):
-        readers = child.__dict__.get(READERS, [])
-        readers[:] = [r for r in readers if r is not reader]
-    if not children:
-        reader.__dict__.pop(READEES, None)
-        if is_wrapped(reader) and not reader._lc_param_transforms and not reader._lc_input_transforms:  # type: ignore[attr-defined]
-            _unwrap(reader)
-        return
-    wrap(reader)
-    reader.__dict__[READEES] = list(children)
-    for child in children:
-        readers = child.__dict__.setdefault(READERS, [])
-        if not any(r is reader for r in readers):
-            readers.append(reader)
+_REBUILT: dict[tuple[type, type, type], type] = {}
 
 
-def readees(reader: nn.Module) -> list[nn.Module]:
-    """The children whose parameters ``reader``'s forward substitutes (see :func:`set_readees`)."""
-    return list(reader.__dict__.get(READEES, []))
+def replace_base(current: type, layer: type, base: type) -> type:
+    """``current`` with the class ``layer`` (a swapped-in subclass of ``base``) taken out: ``base``
+    when ``current`` is ``layer``; when another class was swapped in on top of ``layer`` afterwards
+    (FSDP2's ``fully_shard`` turns ``Compressed<Linear>`` into ``FSDP<Compressed<Linear>>``, bases
+    ``(FSDPModule, Compressed<Linear>)``), a class with ``layer`` replaced by ``base`` among its bases
+    (``(FSDPModule, Linear)``), so the module keeps that outer layer (cached)."""
+    if current is layer or layer not in current.__bases__:
+        return base
+    key = (current, layer, base)
+    if key not in _REBUILT:
+        bases = tuple(base if b is layer else b for b in current.__bases__)
+        body = {k: v for k, v in current.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        _REBUILT[key] = type(current.__name__.replace(layer.__name__, base.__name__), bases, body)
+    return _REBUILT[key]
+
+
+def _without_mixin(current: type, original: type) -> type:
+    """``current`` without the compressed subclass of ``original`` (see :func:`replace_base`)."""
+    compressed = _CLASS_CACHE.get(original)
+    return original if compressed is None else replace_base(current, compressed, original)
 
 
 def _insert(transforms: list[Transform], new: Transform, where: str) -> None:
@@ -293,7 +291,7 @@ def remove_owner(module: nn.Module, owner: str) -> None:
         if not transforms:
             del module._lc_param_transforms[name]  # type: ignore[attr-defined]
     module._lc_input_transforms[:] = [t for t in module._lc_input_transforms if t.owner != owner]  # type: ignore[attr-defined]
-    if not module._lc_param_transforms and not module._lc_input_transforms and not readees(module):  # type: ignore[attr-defined]
+    if not module._lc_param_transforms and not module._lc_input_transforms and not module.__dict__.get(READEES):  # type: ignore[attr-defined]
         _unwrap(module)
 
 
@@ -413,7 +411,7 @@ def drop(
         keep = [t for t in its if not _matches(t, kinds, owner)]
         gone += len(its) - len(keep)
         its[:] = keep
-    if not module._lc_param_transforms and not module._lc_input_transforms and not readees(module):  # type: ignore[attr-defined]
+    if not module._lc_param_transforms and not module._lc_input_transforms and not module.__dict__.get(READEES):  # type: ignore[attr-defined]
         _unwrap(module)
     return gone
 
