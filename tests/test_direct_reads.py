@@ -268,3 +268,16 @@ def test_transformer_encoder_nested_tensor_fast_path_with_padding():
         slim = clean(model)
         assert slim.enc.layers[0].linear1.out_features == 32
         assert _rel(slim(x, pad)[keep], out[keep]) <= 1e-5
+
+
+def test_row_pruning_traces_through_modules_that_already_carry_masks():
+    """fx keeps a module carrying transforms as a leaf: tracing into it ran the masks and stored their
+    results on the model as ``_tensor_constant*`` (and hid the Linear, so RowPruning found no rows)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    SparsePruning(sparsity=0.5, modules=[r"^2$"]).attach(model)
+    rows = RowPruning(sparsity=0.5)
+    rows.attach(model)
+    assert [t.name for t in rows.pruner.targets] == ["0", "2"]
+    assert not [k for k in model.__dict__ if k.startswith("_tensor_constant")]
+    copy.deepcopy(model)
