@@ -6,7 +6,9 @@ every mask transform (``"sparse_mask"`` of SparsePruning, ``"row_mask"``, ``"cha
 channels / heads are removed physically with every shape attribute updated
 (:func:`lightning_compress.core.surgery.remove_units`), the fake-quantized (dequantized float) values
 of quantized weights are baked in, and all wrappers, ``_lc_*`` buffers and attributes go
-(:func:`lightning_compress.core.masking.strip`).
+(:func:`lightning_compress.core.masking.strip`).  Activation quantization (``ActQuant``) is kept: each
+quantized input becomes a plain quantize-dequantize forward pre-hook
+(:class:`lightning_compress.export.act_qdq.InputQDQ`), so the slim model computes what the trained one did.
 
 :func:`clean_for_storage` also returns what real low-bit storage needs: the quantized weights packed
 in low bits (:func:`lightning_compress.core.quantize.pack_model`: int8, or 4/2/1-bit codes packed in
@@ -29,6 +31,7 @@ from torch import nn
 from lightning_compress.core import masking
 from lightning_compress.core.quantize import pack_model
 from lightning_compress.core.surgery import remove_units, unit_groups
+from lightning_compress.export import act_qdq
 from lightning_compress.export.batchnorm import fold_batchnorm as _fold
 from lightning_compress.export.int8 import int8_model
 
@@ -110,8 +113,12 @@ def _clean(model: nn.Module, inplace: bool, fold_batchnorm: bool, storage: bool)
     notes = remove_units(model, groups)
     packed = (pack_quantized(model) or {}) if storage else {}
     stored = int8_model(model, storage_only=True)[0] if packed else None
+    act_quant = act_qdq.collect(model)  # input quantizers stay, as plain pre-hooks
     masking.bake(model)
     masking.strip(model)
+    act_qdq.install(model, act_quant)
+    if stored is not None:
+        act_qdq.install(stored, act_quant)
     if fold_batchnorm:
         notes += _fold(model, quantized)
         if stored is not None:
