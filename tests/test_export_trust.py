@@ -213,12 +213,12 @@ def test_failed_export_leaves_the_earlier_one_untouched(tmp_path, monkeypatch):
     out = tmp_path / "slim"
     _fit_export(tmp_path, RedundancyClean(out, latency_runs=0))
     before = {n: (out / n).read_bytes() for n in os.listdir(out)}
-    import lightning_compress.export.save as save
+    import lightning_compress.export.writers as writers
 
     def broken(*a, **k):
         raise RuntimeError("export failed")
 
-    monkeypatch.setattr(save, "export_program", broken)
+    monkeypatch.setattr(writers, "export_program", broken)
     with pytest.raises(RuntimeError, match="export failed"):
         _fit_export(tmp_path, RedundancyClean(out, latency_runs=0, overwrite=True), steps=3)
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before  # no new safetensors next to the old pt2

@@ -20,8 +20,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-#: names an export writes into its folder (anything else there is the user's and is never deleted)
-EXPORT_FILES = ("model.pt2", "model.safetensors", "model.onnx", "model.onnx.data", "report.json")
+#: names an export writes into its folder besides the registered formats' files (anything else
+#: there is the user's and is never deleted)
+EXPORT_FILES = ("model.onnx.data", "report.json")
+
+
+def export_files() -> set[str]:
+    """Every file name an export may write: each registered format's file
+    (:mod:`lightning_compress.export.formats`) and :data:`EXPORT_FILES`."""
+    from lightning_compress.export import writers  # noqa: F401  (registers the built-in formats)
+    from lightning_compress.export.formats import WRITERS
+
+    return {w.filename for w in WRITERS.values()} | set(EXPORT_FILES)
 
 
 def _writable_parent(path: Path) -> Path:
@@ -54,7 +64,8 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, owner: str 
         if not os.access(out, os.W_OK | os.X_OK):
             raise PermissionError(f"{owner}: `output_dir`={str(output_dir)!r} is not writable; fix its permissions or choose another.")
         entries = sorted(p.name for p in out.iterdir())
-        foreign = [n for n in entries if n not in EXPORT_FILES]
+        ours = export_files()
+        foreign = [n for n in entries if n not in ours]
         if foreign:
             raise ValueError(
                 f"{owner}: `output_dir`={str(output_dir)!r} holds files an export does not write ({foreign[:5]}"
@@ -96,4 +107,4 @@ def staged_dir(output_dir: str | os.PathLike, overwrite: bool, owner: str = "Red
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["EXPORT_FILES", "check_output_dir", "staged_dir"]
+__all__ = ["EXPORT_FILES", "check_output_dir", "export_files", "staged_dir"]
