@@ -81,6 +81,7 @@ def test_every_saved_form_computes_the_trained_function(tmp_path, case):
     rc = RedundancyClean(tmp_path / "slim", formats=ALL[:2] if bf16 else ALL, latency_runs=0)
     cpu_trainer(max_steps=3, callbacks=[*callbacks(), rc], **kw).fit(model, loader())
     assert rc.report["complete"], rc.report["notes"]
+    assert rc.report["dtype"] == ("torch.bfloat16" if bf16 else "torch.float32")
     dtype = next(model.parameters()).dtype
     example = rc._stashed
     example = example.to(dtype) if example.is_floating_point() else example

@@ -38,27 +38,32 @@ def atomic_zero2(ctx: Context) -> None:
     t4 = _fit(ctx, 4, ckpt=step2)
     t4.save_checkpoint(step4)
 
-    # a kill in the middle of writing: every rank's engine dies right after writing its optimizer shard
-    # (rank 0 has written the model states too); nothing after that runs
+    # a kill in the middle of writing, two ways: every rank dies right before writing its optimizer
+    # shard (rank 0 has written the model states: in place, that is a step-4 model with step-2 optimizer
+    # shards), or right after writing it; nothing after that runs
     engine = t4.strategy.deepspeed_engine
     original = engine.checkpoint_engine.save
+    killed, manifest_steps = [], []
+    for when in ("before", "after"):
 
-    def save_then_die(*args, **kwargs):
-        original(*args, **kwargs)
-        path = kwargs.get("path", args[1] if len(args) > 1 else None)
-        if "optim_states" in str(path):
-            raise SimulatedKill(f"simulated kill after writing {path}")
+        def save_then_die(*args, **kwargs):
+            path = str(kwargs.get("path", args[1] if len(args) > 1 else ""))
+            if when == "before" and "optim_states" in path:
+                raise SimulatedKill(f"simulated kill before writing {path}")
+            original(*args, **kwargs)
+            if when == "after" and "optim_states" in path:
+                raise SimulatedKill(f"simulated kill after writing {path}")
 
-    engine.checkpoint_engine.save = save_then_die
-    killed = None
-    try:
-        t4.save_checkpoint(last)
-    except SimulatedKill as err:
-        killed = str(err)
-    finally:
-        engine.checkpoint_engine.save = original
-    dist.barrier()
-    manifest = checkpoint_files.verify(last)  # raises if torn
+        engine.checkpoint_engine.save = save_then_die
+        try:
+            t4.save_checkpoint(last)
+        except SimulatedKill as err:
+            killed.append(str(err))
+        finally:
+            engine.checkpoint_engine.save = original
+        dist.barrier()
+        manifest = checkpoint_files.verify(last)  # raises if torn
+        manifest_steps.append(manifest["step"] if manifest else None)
     leftovers = sorted(p.name for p in work.iterdir() if "lc-partial" in p.name or "lc-old" in p.name)
     # resume from it: a complete checkpoint of step 2; the next save replaces it and removes what the
     # killed save left
@@ -81,7 +86,7 @@ def atomic_zero2(ctx: Context) -> None:
         refused = str(err)
     dist.barrier()
     ctx.save({
-        "killed": killed, "manifest_step": manifest["step"] if manifest else None, "leftovers": leftovers,
+        "killed": killed, "manifest_steps": manifest_steps, "leftovers": leftovers,
         "resumed_step": t_resumed.global_step, "step_after_next_save": after["step"],
         "leftovers_after_next_save": leftovers_after_next_save, "refused": refused, "shard": shard,
         "manifest_parts": sorted(json.loads((work / "step4.ckpt" / checkpoint_files.MANIFEST).read_text())["parts"]),
