@@ -15,7 +15,7 @@ from lightning_compress.core.dist import gathered
 from lightning_compress.export import FORMATS, clean_for_storage, fold_batchnorm, plain_copy, save_slim, write_json
 from lightning_compress.export.folder import check_output_dir, staged_dir
 from lightning_compress.export.input_quant import attach_input_quant, collect_input_quant
-from lightning_compress.export.save import model_dtype
+from lightning_compress.export.save import cast_floats, model_dtype
 from lightning_compress.report import compression_report, format_table, log_report, schedule_status, unfinished_warning
 
 Format = Literal["torch_export", "safetensors", "onnx"]
@@ -205,13 +205,14 @@ class RedundancyClean(Callback):
         if not trainer.is_global_zero:
             return
         notes = list(getattr(slim, "lc_clean_notes", []))
+        example = cast_floats(example, model_dtype(slim))  # the precision the model was trained in
         runs = self.latency_runs if example is not None else 0
         if self.save:
             final = Path(self.output_dir)
             with staged_dir(final, self.overwrite) as tmp:
                 files = save_slim(slim, tmp, example, self.formats, packed=packed, stored=stored)
                 self.report = compression_report(before, slim, example, files, runs, notes, self.schedules)
-                self.report["dtype"] = str(model_dtype(slim))  # the saved forms compute (and take inputs) in it
+                self.report["dtype"] = str(model_dtype(slim) or "mixed")  # the saved forms compute (and take inputs) in it
                 self.files = {k: str(final / Path(v).name) for k, v in files.items()}
                 for k, f in self.report["files"].items():
                     f["path"] = self.files[k]
@@ -219,6 +220,6 @@ class RedundancyClean(Callback):
             self.files["report"] = str(final / "report.json")
         else:
             self.report = compression_report(before, slim, example, self.files, runs, notes, self.schedules)
-            self.report["dtype"] = str(model_dtype(slim))
+            self.report["dtype"] = str(model_dtype(slim) or "mixed")
         print(format_table(self.report))
         log_report(trainer.logger, self.report, step=trainer.global_step)

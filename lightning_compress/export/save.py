@@ -22,26 +22,26 @@ from lightning_compress.export.formats import FORMATS, WRITERS, SaveJob
 from lightning_compress.export.tensors import state_for_safetensors, unique_tensors  # noqa: F401  (re-exported)
 
 
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype of ``model``'s parameters (float32 when it has none).
-
-    Raises:
-        ValueError: parameters of several floating dtypes (the precision a saved form should run in is
-            ambiguous; cast the model first).
-    """
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of ``model``'s parameters (float32 when it has none; None when they mix
+    dtypes: then example inputs are not cast and the safetensors metadata has no ``dtype``)."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if len(dtypes) > 1:
-        raise ValueError(f"save_slim: the model's parameters mix dtypes {sorted(map(str, dtypes))}; cast it to one first.")
+        return None
     return dtypes.pop() if dtypes else torch.float32
 
 
-def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+def cast_floats(value: Any, dtype: torch.dtype | None) -> Any:
+    """``value`` (a tensor, or dicts / tuples / lists of them) with every floating tensor cast to
+    ``dtype`` (None: unchanged)."""
+    if dtype is None:
+        return value
     if isinstance(value, torch.Tensor):
         return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
     if isinstance(value, dict):
-        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+        return {k: cast_floats(v, dtype) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_cast_floats(v, dtype) for v in value)
+        return type(value)(cast_floats(v, dtype) for v in value)
     return value
 
 
@@ -80,7 +80,7 @@ def save_slim(
     dtype = model_dtype(model)
     if "onnx" in formats and dtype != torch.float32:
         raise ValueError(
-            f"save_slim: format 'onnx' with a {dtype} model: ONNX Runtime's CPU kernels do not run {dtype} "
+            f"save_slim: format 'onnx' with a {dtype or 'mixed-precision'} model: ONNX Runtime's CPU kernels do not run {dtype} "
             f"(e.g. Gemm), so the file could not be checked against the model; drop 'onnx' from `formats` or "
             f"train / cast the model in float32."
         )
@@ -93,7 +93,7 @@ def save_slim(
                 f"save_slim: formats {names} need `example_input` (the first training batch's "
                 f"input, or pass example_input=...)."
             )
-        args, kwargs = split_example(_cast_floats(example_input, dtype))
+        args, kwargs = split_example(cast_floats(example_input, dtype))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}

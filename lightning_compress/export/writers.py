@@ -36,11 +36,10 @@ def write_safetensors(job: SaveJob, path: Path) -> None:
         state = {k: v for k, v in state.items() if k not in prefixes}
         state.update({f"{PACKED_PREFIX}{k}": v.contiguous() for k, v in job.packed.items()})
     model = job.model
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    metadata = {
-        "format": FORMAT, "class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "dtype": str(dtypes.pop() if len(dtypes) == 1 else torch.float32),
-    }
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()} or {torch.float32}
+    metadata = {"format": FORMAT, "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    if len(dtypes) == 1:  # mixed dtypes: none recorded, load_slim keeps the model's own
+        metadata["dtype"] = str(dtypes.pop())
     act = input_quantizers(model)
     if act:
         act_tensors, metadata[ACT_META] = to_safetensors(act)
