@@ -28,6 +28,10 @@ class ActQuant(CompressionCallback):
     A thin adapter over :class:`lightning_compress.core.act_quantizer.ActQuantizer` (use it directly
     from a plain PyTorch loop): attached in ``setup`` of every stage; two instances on disjoint
     ``modules`` coexist in one Trainer (their ``state_key`` differs, see :meth:`identity`).
+    ``validate`` / ``test`` / ``predict`` with ``ckpt_path`` use the checkpoint's static ranges; a second
+    ``fit`` of the same model goes on updating them; another model re-targets the callback (new
+    quantizers, no range yet); resuming needs every constructor argument of the saving run
+    (``ValueError`` naming the argument otherwise).
 
     Args:
         bits: activation width in bits (8 or 4).
@@ -73,6 +77,11 @@ class ActQuant(CompressionCallback):
             "exclude": q.exclude, "momentum": q.momentum,
         }
 
+    def arguments(self) -> dict[str, Any]:
+        """What the saved ranges depend on: all of :meth:`identity` but ``momentum`` (a resumed run may
+        change it: the ranges go on with the new EMA factor)."""
+        return {k: v for k, v in self.identity().items() if k != "momentum"}
+
     @property
     def targets(self) -> dict[str, nn.Module]:
         """``{qualified name: module}`` whose input this callback quantizes (after ``setup``)."""
@@ -100,9 +109,20 @@ class ActQuant(CompressionCallback):
         self.quantizer.remove()
         super().remove()
 
+    def reset_state(self) -> None:
+        """Forget the old model's ranges (they went with the quantizers in :meth:`remove`)."""
+        self.quantizer._pending = None
+        self._pending_state = None
+
     @override
-    def state_dict(self) -> dict[str, Any]:
+    def own_state(self) -> dict[str, Any]:
         return self.quantizer.state_dict()
 
     def apply_state(self, state: dict[str, Any]) -> None:
         self.quantizer.load_state_dict(state)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.is_attached and set(state_dict.get("ranges", {})) - set(self.quantizer.targets):
+            self.quantizer.load_state_dict(state_dict)  # raises, naming the module it does not target
+        super().load_state_dict(state_dict)

@@ -59,10 +59,14 @@ class LayerReductionKD(CompressionCallback):
     Place it before pruning/quantization callbacks (so they see the reduced model).  If one of them already
     wrapped the model, its transforms are removed from the teacher copy (the teacher stays full precision).
 
-    It acts at ``setup(stage="fit")`` only (evaluation runs the model as it is).  A second ``fit`` on the same
-    LightningModule keeps the reduction; a different LightningModule is reduced anew.  Checkpoint state
-    (the kept layers) that arrives before ``setup`` decides which layers are kept; after ``setup`` it must
-    agree.  ``state_key`` is the class name (one instance per Trainer; a model is reduced once).
+    It reduces the model at ``setup`` of every stage: ``validate`` / ``test`` / ``predict`` (with
+    ``ckpt_path``: a fresh full-depth model takes the checkpoint's reduced weights) run the reduced student,
+    as after training; they distil nothing and keep no teacher copy, so a later ``fit`` of a model reduced
+    by evaluation needs a given ``teacher`` when distilling (``ValueError`` otherwise).  A second ``fit`` on
+    the same LightningModule keeps the reduction; a different LightningModule is reduced anew.  Checkpoint
+    state (the kept layers) that arrives before ``setup`` decides which layers are kept; after ``setup`` it
+    must agree (``ValueError`` naming both lists otherwise).  ``state_key`` is the class name (one instance
+    per Trainer; a model is reduced once).
 
     Args:
         teacher: the teacher network; ``None`` = a frozen copy of the LightningModule's network before
@@ -253,7 +257,8 @@ class LayerReductionKD(CompressionCallback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage != "fit":  # evaluation: the reduced student, no teacher, no distillation step
+            self.attach(pl_module, trainer, stage)
             return
         if not pl_module.automatic_optimization:
             raise ValueError(
@@ -261,7 +266,13 @@ class LayerReductionKD(CompressionCallback):
                 f"loss to the loss training_step returns, which manual optimization does not backpropagate. Use "
                 f"automatic optimization, or call lightning_compress.core.distill.DistillRecorder yourself."
             )
-        if self.attached_model is pl_module:  # a second fit(): already reduced
+        if self.attached_model is pl_module:  # a second fit(), or a fit after evaluation: already reduced
+            if self.distilling and self.teacher is None:
+                raise ValueError(
+                    f"{_OWNER}: {type(pl_module).__name__} was reduced by validate/test/predict before this fit, so "
+                    f"no copy of the full network exists to distil from. Pass `teacher=` (the full model), or fit "
+                    f"before evaluating."
+                )
             self._install(pl_module)
             return
         self.attach(pl_module, trainer, stage)
@@ -281,7 +292,8 @@ class LayerReductionKD(CompressionCallback):
                 f"model has {n}; load it into a model built like the original."
             )
         keep = resolve_keep_layers(requested, n, owner=_OWNER, stack=full_name)
-        if self.distilling or self._given_teacher:  # a given teacher also serves copy_modules without KD
+        training = stage in ("fit", None)
+        if self._given_teacher or (self.distilling and training):  # a given teacher also serves copy_modules
             if self.teacher is None:
                 self.teacher = masking.strip(copy.deepcopy(net))
                 t_name, t_stack = name, self.teacher.get_submodule(name) if name else self.teacher
@@ -322,7 +334,8 @@ class LayerReductionKD(CompressionCallback):
             self.teacher.eval()
             self.teacher.requires_grad_(False)
             self._teacher_blocks = [t_blocks[j] for j in mapping]
-        self._install(pl_module)
+        if training:
+            self._install(pl_module)
 
     def _install(self, pl_module: LightningModule) -> None:
         if not self.distilling:
@@ -402,7 +415,7 @@ class LayerReductionKD(CompressionCallback):
 
     # ------------------------------------------------------------------------------------------ state
     @override
-    def state_dict(self) -> dict[str, Any]:
+    def own_state(self) -> dict[str, Any]:
         return {
             "keep_layers": list(self.keep) if self.keep is not None else self.keep_layers,
             "teacher_layers": self.mapping,

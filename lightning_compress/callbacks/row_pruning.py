@@ -74,6 +74,9 @@ class RowPruning(StructuredPruning):
             raise ValueError("RowPruning: `related_modules` must be a dict {producer regex: [consumer regexes]}.")
         self.related_modules = related_modules
 
+    def arguments(self) -> dict[str, Any]:
+        return {**super().arguments(), "related_modules": self.related_modules}
+
     def _spaces(self, model: nn.Module) -> list[ChannelSpace]:
         if self.related_modules:
             return related_spaces(model, self.related_modules, "RowPruning")

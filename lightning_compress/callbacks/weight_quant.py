@@ -15,6 +15,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.callbacks._clock import ScheduleClock
 from lightning_compress.callbacks._steps import optimizer_step_count
 from lightning_compress.core.fake_quant import WeightFakeQuant
 from lightning_compress.core.weight_quantizer import WeightQuantizer
@@ -42,6 +43,14 @@ class WeightQuant(CompressionCallback):
 
     The quantizers stay on the modules after ``fit`` (the model keeps its quantized forward, and
     ``RedundancyClean`` / :func:`core.quantize.pack_state` read them); :meth:`remove` takes them off.
+
+    Lifecycle: steps are optimizer steps done on the model, counted across fits
+    (:class:`~lightning_compress.callbacks._clock.ScheduleClock`; ``trainer.global_step`` within one fit,
+    resumed or not).  A second ``fit`` of the same model continues the bits schedule where the first
+    stopped (it never goes back to a wider width or to full precision); another model re-targets the
+    callback (quantizers come off the old model, the schedule position restarts at 0); resuming from a
+    checkpoint needs every constructor argument of the saving run (``ValueError`` naming the argument
+    otherwise); ``validate`` / ``test`` / ``predict`` with ``ckpt_path`` use the checkpoint's width.
 
     Args:
         bits: final weight width in bits, one of 8, 4, 3, 2 (ternary), 1 (binary).
@@ -79,6 +88,7 @@ class WeightQuant(CompressionCallback):
         start_step: int = 0,
     ) -> None:
         super().__init__()
+        self.clock = ScheduleClock()
         self.quantizer = WeightQuantizer(
             None, bits, start_bits, period, granularity, group_size, symmetric, modules, exclude, start_step,
             owner=self.owner, name=type(self).__name__,
@@ -127,8 +137,20 @@ class WeightQuant(CompressionCallback):
         self.quantizer.step(optimizer_step_count(trainer) if trainer is not None else 0)
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.start(optimizer_step_count(trainer))
+
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self.quantizer.step(optimizer_step_count(trainer))
+        self.quantizer.step(self.clock.now(optimizer_step_count(trainer)))
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.clock.now(optimizer_step_count(trainer))  # after the optimizer step: what a checkpoint records
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.now(optimizer_step_count(trainer))
 
     def remove(self) -> None:
         """Take the quantizers off the modules (full-precision forward again)."""
@@ -136,17 +158,21 @@ class WeightQuant(CompressionCallback):
         super().remove()
 
     def reset_state(self) -> None:
+        """Forget the old model's schedule position (the quantizers went with :meth:`remove`)."""
         self.quantizer.steps_done = 0
+        self.clock.reset()
+        self._pending_state = None
 
     # ---------------------------------------------------------------- state
     @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.quantizer.state_dict()
+    def own_state(self) -> dict[str, Any]:
+        return {**self.quantizer.state_dict(), "clock": self.clock.state_dict()}
 
     def apply_state(self, state: dict[str, Any]) -> None:
         self.quantizer.load_state_dict(state)
+        self.clock.load_state_dict(state.get("clock"))
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.quantizer.check_state(state_dict)
-        super().load_state_dict(state_dict)
+        self.quantizer.check_state(state_dict)  # another bits schedule: names levels and start_step
+        super().load_state_dict(state_dict)  # then every other argument

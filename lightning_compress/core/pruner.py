@@ -316,11 +316,13 @@ class Pruner:
         self.model = None
 
     def reset(self) -> None:
-        """Forget events and history (before pruning another model)."""
+        """Forget events, history, position and the resolved ``end_step`` (before pruning another model)."""
         for g in self.groups:
             g.events_done = 0
+            g.schedule = None
         self.history = []
         self.steps_done = 0
+        self.resolved_end = self.end_step
 
     # ------------------------------------------------------------------ schedule
     def resolve_end_step(self, total_steps: int | None = None) -> int:
@@ -330,12 +332,20 @@ class Pruner:
             if total_steps is None:
                 raise ValueError(f"{self.name}: `end_step` is None; pass `end_step` or the number of optimizer steps.")
             end = max(self.start_step, int(total_steps) - 1)
+        self._build_schedules(end)
+        return end
+
+    @property
+    def schedule_resolved(self) -> bool:
+        """True once the schedule has an end (:meth:`resolve_end_step`, or restored by :meth:`load_state_dict`)."""
+        return all(g.schedule is not None for g in self.groups)
+
+    def _build_schedules(self, end: int) -> None:
         self.resolved_end = end
         for group in self.groups:
             group.schedule = SparsitySchedule(
                 final=group.sparsity, kind=self.schedule_kind, start_step=self.start_step, end_step=end, frequency=self.frequency
             )
-        return end
 
     # ------------------------------------------------------------------ training loop
     def update_scores(self, grad_fn: GradFn | None = None, step: int | None = None) -> None:
@@ -417,7 +427,9 @@ class Pruner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore events, masks and scores onto the attached targets."""
+        """Restore events, the resolved ``end_step``, masks and scores onto the attached targets."""
+        if state.get("resolved_end") is not None:
+            self._build_schedules(int(state["resolved_end"]))
         events = state.get("events_done", {})
         for g in self.groups:
             g.events_done = int(events.get(g.name, 0))
