@@ -42,6 +42,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.callbacks._sharding import check_sharding
 from lightning_compress.core import masking
 
 _COUNTER = itertools.count()
@@ -108,6 +109,7 @@ class CompressionCallback(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_sharding(trainer, type(self).__name__)
         self.attach(pl_module, trainer, stage)
 
     def remove(self) -> None:

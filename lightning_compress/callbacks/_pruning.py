@@ -10,7 +10,8 @@ It only translates trainer events (steps = optimizer steps, see
 * ``on_train_start``: resolve ``end_step=None`` to the last optimizer step of the fit (the *first* fit
   of the model: a later one keeps that end);
 * ``on_before_optimizer_step`` at an accumulation boundary: :meth:`Pruner.update_scores` with the
-  reduced, full gradient (DeepSpeed's getter under an engine);
+  reduced, full gradient (DeepSpeed's getter under an engine; FSDP1 inside ``summon_full_params``,
+  FSDP2 through ``DTensor.full_tensor``, see :mod:`lightning_compress.callbacks._sharding`);
 * ``on_train_batch_start``: :meth:`Pruner.step` (the latest due prune event; masks broadcast from
   rank 0), then log the sparsity.
 
@@ -47,6 +48,7 @@ from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
 from lightning_compress.callbacks._clock import ScheduleClock
+from lightning_compress.callbacks._sharding import full_params
 from lightning_compress.callbacks._steps import (
     deepspeed_engine,
     is_accumulation_boundary,
@@ -235,7 +237,13 @@ class BasePruning(CompressionCallback):
         if not is_accumulation_boundary(trainer):
             return
         grad = functools.partial(full_grad, in_engine=self.pruner.in_engine)
-        self.pruner.update_scores(grad, step=self.clock.now(optimizer_step_count(trainer)))
+        now = self.clock.now(optimizer_step_count(trainer))
+        if not self.criterion.learns:  # magnitude: nothing read per step (no gather under FSDP1)
+            self.pruner.update_scores(grad, step=now)
+            return
+        # FSDP1: full weights and full reduced gradients while scoring (FSDP2 / ZeRO: the getters gather)
+        with full_params(trainer, with_grads=True):
+            self.pruner.update_scores(grad, step=now)
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -252,7 +260,12 @@ class BasePruning(CompressionCallback):
     def maybe_prune(self, trainer: Trainer, pl_module: LightningModule | None = None) -> bool:
         """Run the latest due prune event, if any (:meth:`Pruner.step`).  Returns True when masks changed."""
         step = optimizer_step_count(trainer)
-        changed = self.pruner.step(self.clock.now(step))
+        now = self.clock.now(step)
+        if self.pruner.event_due(now):
+            with full_params(trainer):  # FSDP1: the event ranks full weights (collective, every rank)
+                changed = self.pruner.step(now)
+        else:
+            changed = self.pruner.step(now)
         if changed and pl_module is not None and trainer.logger is not None:
             stats = {k: v for k, v in self.history[-1].items() if k != "step"}
             prefix = type(self).__name__

@@ -11,7 +11,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.callbacks._sharding import sharding
 from lightning_compress.core.dist import gathered
+from lightning_compress.core.sharded_copy import full_model_copy
 from lightning_compress.export import FORMATS, clean_for_storage, fold_batchnorm, plain_copy, save_slim, write_json
 from lightning_compress.export.folder import check_output_dir, staged_dir
 from lightning_compress.export.input_quant import attach_input_quant, collect_input_quant
@@ -96,6 +98,9 @@ class RedundancyClean(Callback):
 
     Under DeepSpeed ZeRO-3 the parameters are gathered on every rank in ``on_train_end`` (before
     teardown); only rank 0 writes.  The slim model is kept as ``self.slim_model`` (every rank).
+    Under FSDP1 / FSDP2 the full model is gathered on rank 0 only, as one CPU copy built from the full
+    state dict (see :mod:`lightning_compress.core.sharded_copy`); ``self.slim_model`` is None on the
+    other ranks.
 
     Args:
         output_dir: folder for the files (created).
@@ -193,7 +198,14 @@ class RedundancyClean(Callback):
             import warnings
 
             warnings.warn(f"RedundancyClean: {warning}", UserWarning, stacklevel=2)
-        model = full_copy(pl_module)  # collective under ZeRO-3: every rank
+        if sharding(trainer) != "none":
+            # FSDP1 / FSDP2: one full CPU copy, on rank 0 only (collective: every rank gathers its shards)
+            model = full_model_copy(trainer.strategy.model, pl_module)
+            if model is None:
+                self.slim_model = None
+                return
+        else:
+            model = full_copy(pl_module)  # collective under ZeRO-3: every rank
         before = plain_copy(model)  # masks and quantizers baked, full shapes
         attach_input_quant(before, collect_input_quant(model))  # computes what the trained model does
         if self.fold_batchnorm:

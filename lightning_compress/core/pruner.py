@@ -364,6 +364,16 @@ class Pruner:
         for t in self.targets:
             t.update(grad, in_engine)
 
+    def event_due(self, step: int) -> bool:
+        """True when :meth:`step` with ``step`` would compute masks (a new event is due and its
+        criterion is ready); the caller can then make full weights available (FSDP1) first."""
+        for group in self.groups:
+            due = group.schedule.events_due(step) if group.schedule is not None else None
+            if due is None or due > group.events_done:
+                if all(self.criterion.ready(t.score) for t in group.targets):
+                    return True
+        return False
+
     def step(self, step: int) -> bool:
         """Run the latest due prune event once ``step`` optimizer steps are done.  Returns True when
         masks changed (then :attr:`history` got an entry)."""
