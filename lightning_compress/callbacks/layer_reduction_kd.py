@@ -89,6 +89,10 @@ class LayerReductionKD(CompressionCallback):
             loss the user's ``training_step`` returns; ``hidden`` = MSE between the outputs of student layer
             ``i`` and teacher layer ``mapping[i]``; ``attention`` = MSE between their attention
             probabilities (Hugging Face models with ``attn_implementation="eager"``).
+        teacher_layers: the teacher layer of each kept student layer (student layer ``i`` <- teacher layer
+            ``teacher_layers[i]``; DeepSpeed's ``teacher_layer``) instead of the default mapping.  With a
+            given ``teacher`` and a student whose stack already has ``len(teacher_layers)`` layers (built
+            shallow, as DeepSpeed's examples do), the student keeps all its layers.
 
     Raises:
         ValueError: in ``__init__`` for a bad ``keep_layers`` / ``weights`` / ``temperature`` / ``teacher`` /
@@ -113,6 +117,7 @@ class LayerReductionKD(CompressionCallback):
         copy_modules: Sequence[str] | None = None,
         temperature: float = 2.0,
         weights: Mapping[str, float] | None = None,
+        teacher_layers: Sequence[int] | None = None,
     ) -> None:
         if teacher is not None and not isinstance(teacher, nn.Module):
             raise ValueError(f"{_OWNER}: `teacher` must be an nn.Module or None, got {type(teacher).__name__}.")
@@ -148,7 +153,14 @@ class LayerReductionKD(CompressionCallback):
                 )
             if isinstance(copy_modules, str) or not all(isinstance(n, str) for n in copy_modules):
                 raise ValueError(f"{_OWNER}: `copy_modules` must be a list of module names, got {copy_modules!r}.")
+        if teacher_layers is not None:
+            tl = list(teacher_layers)
+            if not tl or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in tl):
+                raise ValueError(f"{_OWNER}: `teacher_layers` must be a non-empty list of layer indices >= 0, got {teacher_layers!r}.")
+            if isinstance(keep_layers, int) and keep_layers != len(tl) or not isinstance(keep_layers, int) and len(list(keep_layers)) != len(tl):
+                raise ValueError(f"{_OWNER}: `teacher_layers` {tl} needs one entry per kept layer (keep_layers={keep_layers!r}).")
         super().__init__()
+        self.teacher_layers = list(teacher_layers) if teacher_layers is not None else None
         self.teacher = teacher
         self._given_teacher = teacher is not None
         self.keep_layers = keep_layers if isinstance(keep_layers, int) else list(keep_layers)
@@ -291,6 +303,8 @@ class LayerReductionKD(CompressionCallback):
                 f"{_OWNER}: the checkpoint was made from a {loaded['num_layers']}-layer {full_name!r}, this "
                 f"model has {n}; load it into a model built like the original."
             )
+        if self.teacher_layers is not None and self._given_teacher and loaded is None and n == len(self.teacher_layers):
+            requested = list(range(n))  # the student is built shallow already: it keeps all its layers
         keep = resolve_keep_layers(requested, n, owner=_OWNER, stack=full_name)
         training = stage in ("fit", None)
         if self._given_teacher or (self.distilling and training):  # a given teacher also serves copy_modules
@@ -309,6 +323,13 @@ class LayerReductionKD(CompressionCallback):
                 except ValueError as err:
                     raise ValueError(f"{str(err)} (in the `teacher`)") from None
             mapping = teacher_mapping(keep, n, len(t_stack), stack=t_name, owner=_OWNER)
+            if self.teacher_layers is not None:
+                if max(self.teacher_layers) >= len(t_stack):
+                    raise ValueError(
+                        f"{_OWNER}: `teacher_layers` {self.teacher_layers} names a layer beyond the teacher's "
+                        f"{len(t_stack)} layers in {t_name!r}."
+                    )
+                mapping = list(self.teacher_layers)
             t_blocks = list(t_stack.children())
             if self._given_teacher:
                 check_teacher(

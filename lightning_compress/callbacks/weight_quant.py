@@ -56,14 +56,20 @@ class WeightQuant(CompressionCallback):
         bits: final weight width in bits, one of 8, 4, 3, 2 (ternary), 1 (binary).
         start_bits: first width of the schedule (None: ``bits`` from the start).
         period: optimizer steps spent at each width of the schedule (needed with ``start_bits``).
-        granularity: one scale per ``"tensor"``, per output ``"channel"``, or per ``"group"`` of
-            ``group_size`` consecutive input values of each output channel.
+        granularity: one scale per ``"tensor"``, per output ``"channel"``, per ``"group"`` of
+            ``group_size`` consecutive input values of each output channel, or per ``"row_block"``.
         group_size: values per group (input dimension; Conv2d: ``in*kh*kw``) for ``"group"``.
         symmetric: symmetric (zero-point 0) or asymmetric affine quantization (affine widths only).
         modules: regexes of module names to quantize (Linear, Conv2d, Embedding); None: every
             Linear and Conv2d except the last one (the classifier).
         exclude: regexes of module names to leave alone.
         start_step: optimizer steps to run in full precision before quantization starts.
+        groups: with ``granularity="row_block"``: the weight (``[out, in]``; a Hugging Face ``Conv1D``'s
+            transposed) flattened and cut into ``groups`` equal chunks, one scale each (blocks of
+            ``out / groups`` rows: DeepSpeed's ``quantize_groups``).
+        scheme: ``"affine"`` or ``"deepspeed"``: DeepSpeed's quantizer grids (2**b levels; any width 1..16;
+            Embedding weights per row) and its MoQ bits schedule (one bit less once ``start_step + period *
+            2**(k-1)`` optimizer steps are done), see :class:`~lightning_compress.core.weight_quantizer.WeightQuantizer`.
 
     Raises:
         ValueError: unsupported ``bits`` / ``start_bits``, ``start_bits < bits``, a bad ``period``,
@@ -80,18 +86,20 @@ class WeightQuant(CompressionCallback):
         bits: int = 8,
         start_bits: int | None = None,
         period: int | None = None,
-        granularity: Literal["tensor", "channel", "group"] = "channel",
+        granularity: Literal["tensor", "channel", "group", "row_block"] = "channel",
         group_size: int | None = None,
         symmetric: bool = True,
         modules: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         start_step: int = 0,
+        groups: int | None = None,
+        scheme: Literal["affine", "deepspeed"] = "affine",
     ) -> None:
         super().__init__()
         self.clock = ScheduleClock()
         self.quantizer = WeightQuantizer(
             None, bits, start_bits, period, granularity, group_size, symmetric, modules, exclude, start_step,
-            owner=self.owner, name=type(self).__name__,
+            groups=groups, scheme=scheme, owner=self.owner, name=type(self).__name__,
         )
         self.spec = self.quantizer.spec
         self.bits = bits
@@ -104,11 +112,14 @@ class WeightQuant(CompressionCallback):
 
     def identity(self) -> dict[str, Any]:
         q = self.quantizer
-        return {
+        ident = {
             "bits": q.bits, "start_bits": q.start_bits, "period": q.period, "granularity": q.spec.granularity,
             "group_size": q.spec.group_size, "symmetric": q.spec.symmetric, "modules": q.modules,
             "exclude": q.exclude, "start_step": q.start_step,
         }
+        if q.spec.groups is not None or q.scheme != "affine":  # only when set: older state keys stay
+            ident.update(groups=q.spec.groups, scheme=q.scheme)
+        return ident
 
     # ---------------------------------------------------------------- schedule
     def bits_at(self, step: int) -> int | None:

@@ -1,6 +1,6 @@
 """Activation (layer input) quantization kept in a slim model: a plain quantize-dequantize pre-hook.
 
-``ActQuant`` / :func:`lightning_compress.quantize` put an
+``ActQuant`` (and DeepSpeed's ``activation_quantization``) / :func:`lightning_compress.quantize` put an
 :class:`~lightning_compress.core.act_quant.ActFakeQuant` on a layer's first input; the trained model
 computes with it.  :func:`lightning_compress.export.clean` must not drop it (the slim model would
 compute another function), so it is replaced by an :class:`InputQuantize`: a forward pre-hook
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lightning_compress.core import masking
-from lightning_compress.core.act_quant import ActFakeQuant, static_range
+from lightning_compress.core.act_quant import ActFakeQuant, dynamic_dims, static_range
 from lightning_compress.core.fake_quant import fake_quant_dynamic
 from lightning_compress.core.quant_grid import ACT_QUANT_KIND, affine_params, qrange
 
@@ -103,8 +103,8 @@ def from_act_fake_quant(module: nn.Module, q: ActFakeQuant) -> InputQuantize | N
     if not q.enabled or q.observer is not None:
         return None
     if q.range == "dynamic":
-        # as core.act_quant.dynamic_dims: per token for Linear, per sample otherwise
-        granularity = "token" if isinstance(module, nn.Linear) else "sample"
+        # as core.act_quant.dynamic_dims: per token for Linear and HF Conv1D, per sample otherwise
+        granularity = "token" if dynamic_dims(module, torch.zeros(1, 1, 1)) == (-1,) else "sample"
         return InputQuantize(q.bits, bool(q.symmetric), "dynamic", granularity)
     rng = static_range(module)
     if rng is None:  # no range learned: ActFakeQuant uses the call's own per-tensor min / max

@@ -165,8 +165,8 @@ def int8_model(
             summary["float"].append(name)
             continue
         if isinstance(module, nn.Embedding):
-            how = "integer" if spec.granularity != "group" else "float"
-        elif storage_only or spec.granularity == "group" or (isinstance(module, nn.Conv2d) and conv == "float"):
+            how = "integer" if spec.granularity in ("tensor", "channel") else "float"
+        elif storage_only or spec.granularity in ("group", "row_block") or (isinstance(module, nn.Conv2d) and conv == "float"):
             how = "int8 storage"
         else:
             how = "integer"

@@ -53,7 +53,11 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
 
     strategy_name = "deepspeed_compression"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, compression_teacher: Any = None, compression_distill: Any = None, **kwargs: Any) -> None:
+        """Every argument of ``DeepSpeedStrategy``, plus for ``compression_training.layer_reduction``:
+        ``compression_teacher`` (a separate teacher network) and ``compression_distill`` (False: no
+        distillation loss, as DeepSpeed; True or a weights dict: LayerReductionKD's), passed to
+        :func:`lightning_compress.from_deepspeed_config` as ``teacher`` / ``distill``."""
         super().__init__(*args, **kwargs)
         # DeepSpeed 0.19 no longer knows `compression_training` (and rejects it): take it out of a
         # copy of the config (the user's dict stays whole) and build the callbacks now, so a bad
@@ -66,7 +70,14 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
             self.compression_config = self.config.pop("compression_training")
             from lightning_compress.deepspeed import from_deepspeed_config
 
-            self._compression_callbacks = from_deepspeed_config({"compression_training": self.compression_config})
+            self._compression_callbacks = from_deepspeed_config(
+                {"compression_training": self.compression_config}, teacher=compression_teacher, distill=compression_distill
+            )
+        elif compression_teacher is not None or compression_distill:
+            raise ValueError(
+                "DeepSpeedCompressionStrategy: `compression_teacher` / `compression_distill` need a config with a "
+                "`compression_training.layer_reduction` section."
+            )
 
     @property
     def _on_cuda(self) -> bool:
