@@ -273,3 +273,16 @@ def test_onnx_refused_for_half_precision(tmp_path):
         cpu_trainer(max_steps=2, precision="bf16-true", callbacks=[RedundancyClean(tmp_path / "s", formats=ALL)]).fit(TinyMLP(), mlp_loader())
     with pytest.raises(ValueError, match=r"save_slim: format 'onnx' with a torch.bfloat16 model"):
         save_slim(TinyMLP().to(torch.bfloat16), tmp_path / "b", torch.randn(2, 16), formats=("onnx",))
+
+
+def test_act_quant_not_switched_on_is_reported_and_not_kept(tmp_path):
+    torch.manual_seed(0)
+    model = TinyMLP()
+    rc = RedundancyClean(tmp_path / "slim", formats=("torch_export",), latency_runs=0)
+    with pytest.warns(UserWarning, match=r"ActQuant#\d+ did not finish \(8-bit dynamic on 2 layers; switched off on \['net.0', 'net.2'\]"):
+        cpu_trainer(max_steps=4, callbacks=[ActQuant(bits=8, start_step=3), StopAt(2), rc]).fit(model, mlp_loader())
+    assert input_quantizers(rc.slim_model) == {} and rc.report["complete"] is False
+    x = rc._stashed
+    with torch.no_grad():
+        expected = model.eval()(x)
+        torch.testing.assert_close(load_program(tmp_path / "slim" / "model.pt2")(x), expected)
