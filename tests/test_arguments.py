@@ -201,7 +201,7 @@ def test_formats_empty_or_unknown_is_an_error():
 def test_two_redundancy_clean_on_one_folder_is_an_error_at_setup(tmp_path):
     a = lc.RedundancyClean(tmp_path / "slim", formats=["safetensors"], latency_runs=0)
     b = lc.RedundancyClean(str(tmp_path / "x" / ".." / "slim"), formats=["safetensors"], latency_runs=0)
-    with raises(ValueError, "RedundancyClean", "output_dir", "another RedundancyClean"):
+    with raises(ValueError, "RedundancyClean", "output_dir", "two RedundancyClean callbacks write this folder"):
         fit([lc.SparsePruning(), a, b, NoBatch()])
     assert not (tmp_path / "slim").exists()
 

@@ -13,6 +13,12 @@ Trainer's callbacks at ``setup``, so an existing DeepSpeed user changes nothing 
 On CPU, DeepSpeed's JIT-built shared-memory allreduce kernel is skipped (gloo does the same work;
 set ``LC_DEEPSPEED_SHM=1`` to build and use it).
 
+Checkpoints are atomic (:mod:`lightning_compress.strategies.checkpoint_files`): every part is written
+into a temporary sibling folder, a manifest (step, size and SHA-256 of each part) is added, and the
+folder replaces the target only when complete, so ``last.ckpt`` is always a complete earlier or later
+checkpoint, whatever kills a save; on load a checkpoint whose parts do not match its manifest (parts
+from different steps, truncated) is refused, naming the parts.
+
 Registered names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and
 ``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``; ``import lightning_compress`` registers
 them (see :mod:`lightning_compress.strategies.registration`).
@@ -21,6 +27,8 @@ them (see :mod:`lightning_compress.strategies.registration`).
 from __future__ import annotations
 
 import os
+import uuid
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +38,7 @@ from lightning.pytorch.strategies.parallel import ParallelStrategy
 from lightning.fabric.utilities.seed import reset_seed
 from typing_extensions import override
 
+from lightning_compress.strategies import checkpoint_files
 from lightning_compress.strategies.registration import register
 
 
@@ -133,6 +142,63 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         if self._on_cuda:
             return super()._get_process_group_backend()
         return self._process_group_backend or "gloo"
+
+    @override
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any | None = None) -> None:
+        """DeepSpeed's save, made atomic (module docstring): all ranks write into one temporary
+        sibling folder; rank 0 adds the manifest and renames it onto ``filepath``.  On an error the
+        temporary folder is deleted and ``filepath`` keeps the previous checkpoint."""
+        filepath = self.broadcast(str(filepath))
+        token = self.broadcast(uuid.uuid4().hex[:12])
+        partial = checkpoint_files.partial_path(filepath, token)
+        if self.is_global_zero:
+            Path(partial).parent.mkdir(parents=True, exist_ok=True)
+            checkpoint_files.discard_stale(filepath)  # left by a save that was killed
+        self.barrier("lc_checkpoint_start")
+        try:
+            super().save_checkpoint(checkpoint, str(partial), storage_options)
+        except BaseException:
+            # no collective here (the other ranks may be dead); best effort: a rank still writing may
+            # recreate it, and the next save removes it (discard_stale)
+            if self.is_global_zero:
+                checkpoint_files.discard(partial)
+            raise
+        self.barrier("lc_checkpoint_written")  # every rank's shards are on disk
+        if self.is_global_zero:
+            try:
+                checkpoint_files.write_manifest(
+                    partial, int(checkpoint.get("global_step", -1)),
+                    {"epoch": checkpoint.get("epoch"), "world_size": self.world_size, "zero_stage": self.config.get("zero_optimization", {}).get("stage")},
+                )
+                checkpoint_files.swap_in(partial, filepath, token)
+            except BaseException:
+                checkpoint_files.discard(partial)
+                raise
+        self.barrier("lc_checkpoint_swapped")
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Refuse a checkpoint folder whose parts do not match its manifest (checked on rank 0, the
+        verdict broadcast so every rank raises the same error), then DeepSpeed's load."""
+        path = str(checkpoint_path)
+        problem: str | None = None
+        unchecked = False
+        if self.is_global_zero and os.path.isdir(path):
+            try:
+                unchecked = checkpoint_files.verify(path) is None
+            except ValueError as err:
+                problem = str(err)
+        problem, unchecked = self.broadcast((problem, unchecked))
+        if problem is not None:
+            raise ValueError(f"{type(self).__name__}: {problem}")
+        if unchecked:
+            from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+            rank_zero_warn(
+                f"{type(self).__name__}: checkpoint {path!r} has no {checkpoint_files.MANIFEST} (not written by this "
+                f"strategy): its parts cannot be checked to come from one step."
+            )
+        return super().load_checkpoint(checkpoint_path, weights_only)
 
     @classmethod
     @override
