@@ -99,12 +99,12 @@ def test_frequency_true_is_a_type_error(name):
 @pytest.mark.parametrize("name", ["WeightQuant", "ActQuant"])
 @pytest.mark.parametrize("value", ["no", 0, 1, None])
 def test_symmetric_must_be_a_bool(name, value):
-    with raises(TypeError, name, "symmetric", "not a bool"):
+    with raises(TypeError, name, "symmetric", "must be a bool"):
         make(name, symmetric=value)
 
 
 def test_other_booleans_must_be_bools():
-    with raises(TypeError, "RedundancyClean", "save", "not a bool"):
+    with raises(TypeError, "RedundancyClean", "save", "must be a bool"):
         make("RedundancyClean", save="no")
     with raises(TypeError, "RedundancyClean", "fold_batchnorm"):
         make("RedundancyClean", fold_batchnorm=1)

@@ -69,7 +69,7 @@ def check_bool(value: Any, argument: str, owner: str, *, allow_none: bool = Fals
     if value is None and allow_none:
         return None
     if not isinstance(value, bool):
-        fail(owner, argument, value, f"is {_a(value)}, not a bool", "pass True or False" + (" (or None)" if allow_none else ""), TypeError)
+        fail(owner, argument, value, f"must be a bool, not {_a(value)}", "pass True or False" + (" (or None)" if allow_none else ""), TypeError)
     return value
 
 
