@@ -14,8 +14,14 @@ On CPU, DeepSpeed's JIT-built shared-memory allreduce kernel is skipped (gloo do
 set ``LC_DEEPSPEED_SHM=1`` to build and use it).
 
 Registered names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and
-``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``; ``import lightning_compress`` registers
-them (see :mod:`lightning_compress.strategies.registration`).
+``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``, and Lightning's own DeepSpeed names
+(``"deepspeed"``, ``"deepspeed_stage_3"``, ... with the same init params as Lightning's), so that
+``Trainer(strategy="deepspeed")`` runs on a CPU-only machine too once ``lightning_compress`` is imported.
+On CUDA this class is Lightning's strategy unchanged, so those names behave exactly as Lightning's;
+only where Lightning's would raise (the CPU accelerator) does it run instead.  Any other accelerator
+gets Lightning's own behaviour (its CUDA check).  ``import lightning_compress`` registers the names (see
+:mod:`lightning_compress.strategies.registration`); pass ``DeepSpeedStrategy(...)`` as an object to get
+the stock class.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import os
 from typing import Any
 
 import torch
-from lightning.pytorch.accelerators.cuda import CUDAAccelerator
+from lightning.pytorch.accelerators.cpu import CPUAccelerator
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.strategies.parallel import ParallelStrategy
 from lightning.fabric.utilities.seed import reset_seed
@@ -36,10 +42,14 @@ from lightning_compress.strategies.registration import register
 class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
     """DeepSpeed strategy for CUDA *and* CPU (gloo).  Takes every argument of ``DeepSpeedStrategy``.
 
+    After ``import lightning_compress``, ``strategy="deepspeed"`` (and every other Lightning DeepSpeed
+    name) builds this class too: identical to Lightning's on CUDA, running where Lightning's refuses (CPU).
+
     Example::
 
         Trainer(accelerator="cpu", devices=2, strategy=DeepSpeedCompressionStrategy(stage=3))
         Trainer(accelerator="cpu", devices=2, strategy="deepspeed_compression_stage_3")
+        Trainer(strategy="deepspeed")  # this class, on CUDA or CPU
     """
 
     strategy_name = "deepspeed_compression"
@@ -60,8 +70,10 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
             self._compression_callbacks = from_deepspeed_config({"compression_training": self.compression_config})
 
     @property
-    def _on_cuda(self) -> bool:
-        return isinstance(self.accelerator, CUDAAccelerator)
+    def _stock_path(self) -> bool:
+        """False only on the CPU accelerator: everything else (CUDA, or an accelerator Lightning's
+        DeepSpeed refuses) takes Lightning's own code path unchanged."""
+        return not isinstance(self.accelerator, CPUAccelerator)
 
     def _add_compression_callbacks(self) -> None:
         """Put the callbacks built from ``compression_training`` on the Trainer (once), before its
@@ -81,7 +93,7 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
     @override
     def setup_environment(self) -> None:
         self._add_compression_callbacks()
-        if self._on_cuda:
+        if self._stock_path:
             super().setup_environment()
             return
         # DeepSpeedStrategy.setup_environment only adds the CUDA check; DDPStrategy's body is
@@ -91,7 +103,7 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
 
     @override
     def setup_distributed(self) -> None:
-        if self._on_cuda:
+        if self._stock_path:
             super().setup_distributed()
             return
         reset_seed()
@@ -100,7 +112,7 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
 
     @override
     def _init_deepspeed_distributed(self) -> None:
-        if not self._on_cuda and os.environ.get("LC_DEEPSPEED_SHM", "0") != "1":
+        if not self._stock_path and os.environ.get("LC_DEEPSPEED_SHM", "0") != "1":
             # DeepSpeed's CPU accelerator JIT-compiles a shared-memory allreduce kernel
             # (deepspeed_shm_comm) at every init_distributed: 35 s to minutes of C++ build on a
             # small machine, for a speed-up of intra-node CPU collectives only.  gloo does the same
@@ -113,13 +125,13 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
     @property
     @override
     def root_device(self) -> torch.device:
-        if self._on_cuda or self.parallel_devices is None:
+        if self._stock_path or self.parallel_devices is None:
             return super().root_device
         return torch.device("cpu", self.local_rank)
 
     @override
     def _get_process_group_backend(self) -> str:
-        if self._on_cuda:
+        if self._stock_path:
             return super()._get_process_group_backend()
         return self._process_group_backend or "gloo"
 

@@ -11,11 +11,19 @@ imports :class:`~lightning_compress.strategies.DeepSpeedCompressionStrategy` whe
 name, so the hook runs no import of ours in the middle of Lightning's own.
 
 Names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and ``deepspeed_compression_stage_1`` /
-``_stage_2`` / ``_stage_3``.
+``_stage_2`` / ``_stage_3``; and Lightning's own DeepSpeed names (``deepspeed``, ``deepspeed_stage_1``, ...,
+``deepspeed_stage_3_offload_nvme``: whatever ``DeepSpeedStrategy.register_strategies`` registers, read from
+it, with the same init params) now also name ``DeepSpeedCompressionStrategy``.  On CUDA that class *is*
+Lightning's ``DeepSpeedStrategy`` (a subclass whose every override defers to it there), so those names
+behave exactly as before; on the CPU accelerator, where Lightning's raises ``RuntimeError: The DeepSpeed
+strategy is only supported on CUDA GPUs``, they run (gloo).  This is what makes README's first snippet,
+``Trainer(..., strategy="deepspeed")``, run as written on a CPU-only machine.  A program that wants the
+stock class passes it as an object: ``Trainer(strategy=DeepSpeedStrategy(...))``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -38,6 +46,15 @@ STRATEGY_NAMES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
+def lightning_deepspeed_names(strategies_module: ModuleType) -> dict[str, tuple[dict[str, Any], str]]:
+    """``{name: (init params, description)}`` of the names Lightning registers for ``DeepSpeedStrategy``
+    (read from ``DeepSpeedStrategy.register_strategies`` into a scratch registry, so a Lightning release
+    that adds or changes names is followed as it is)."""
+    scratch = type(strategies_module.StrategyRegistry)()
+    strategies_module.DeepSpeedStrategy.register_strategies(scratch)
+    return {name: (dict(data["init_params"]), data["description"]) for name, data in scratch.items()}
+
+
 def deepspeed_compression_strategy(**kwargs: Any) -> Any:
     """``DeepSpeedCompressionStrategy(**kwargs)``, imported on first use (what the registry calls)."""
     from lightning_compress.strategies.deepspeed_compression import DeepSpeedCompressionStrategy
@@ -46,11 +63,14 @@ def deepspeed_compression_strategy(**kwargs: Any) -> Any:
 
 
 def register(registry: Any = None, strategy: Callable[..., Any] = deepspeed_compression_strategy) -> None:
-    """Add the names to ``registry`` (default: Lightning's ``StrategyRegistry``, which this imports).
+    """Add the names to ``registry`` (default: Lightning's ``StrategyRegistry``, which this imports):
+    :data:`STRATEGY_NAMES` and Lightning's own DeepSpeed names (:func:`lightning_deepspeed_names`).
     Idempotent; ``strategy`` is what the registry calls with the init params (a class or a factory)."""
+    strategies_module = importlib.import_module(LIGHTNING_STRATEGIES)  # the one in sys.modules when imported
     if registry is None:
-        from lightning.pytorch.strategies import StrategyRegistry as registry
-    for name, (params, description) in STRATEGY_NAMES.items():
+        registry = strategies_module.StrategyRegistry
+    names = {**lightning_deepspeed_names(strategies_module), **STRATEGY_NAMES}
+    for name, (params, description) in names.items():
         registry.register(name, strategy, description=description, override=True, **params)
 
 
