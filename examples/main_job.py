@@ -43,6 +43,7 @@ from torch import nn  # noqa: E402
 
 import lightning_compress  # noqa: E402,F401
 from examples.cifar.data import CifarDataModule, prepare_subset  # noqa: E402
+from examples._quiet import hide_lightning_tips  # noqa: E402
 from examples.cifar.model import CifarResNet  # noqa: E402
 
 
@@ -185,6 +186,7 @@ def slim_model(model: CifarResNet, callbacks: list[pl.Callback]) -> nn.Module | 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    hide_lightning_tips()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data/cifar10", help="image folders (created from --source if missing)")
     parser.add_argument("--source", default=None,

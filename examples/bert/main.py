@@ -22,6 +22,7 @@ import lightning_compress  # noqa: E402,F401  (registers the deepspeed_compressi
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from examples.bert.data import GlueDataModule  # noqa: E402
+from examples._quiet import hide_lightning_tips  # noqa: E402
 from examples.bert.model import GlueBert  # noqa: E402
 
 try:
@@ -44,6 +45,7 @@ class GlueCLI(LightningCLI):
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> GlueCLI:
+    hide_lightning_tips()
     return GlueCLI(
         GlueBert,
         GlueDataModule,

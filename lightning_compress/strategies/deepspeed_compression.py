@@ -13,6 +13,10 @@ Trainer's callbacks at ``setup``, so an existing DeepSpeed user changes nothing 
 On CPU, DeepSpeed's JIT-built shared-memory allreduce kernel is skipped (gloo does the same work;
 set ``LC_DEEPSPEED_SHM=1`` to build and use it).
 
+From ``setup_environment`` to ``teardown`` a few known-harmless DeepSpeed messages are hidden, each by
+its exact text (torch's deprecation of the collectives DeepSpeed calls, DeepSpeed's "untested
+optimizer" line): see :mod:`lightning_compress.strategies.quiet`; ``LC_DEEPSPEED_WARNINGS=1`` shows them.
+
 Registered names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and
 ``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``, and Lightning's own DeepSpeed names
 (``"deepspeed"``, ``"deepspeed_stage_3"``, ... with the same init params as Lightning's), so that
@@ -36,6 +40,7 @@ from lightning.pytorch.strategies.parallel import ParallelStrategy
 from lightning.fabric.utilities.seed import reset_seed
 from typing_extensions import override
 
+from lightning_compress.strategies.quiet import QuietDeepSpeed
 from lightning_compress.strategies.registration import register
 
 
@@ -62,6 +67,7 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         self.compression_config: dict[str, Any] | None = None
         self._compression_callbacks: list[Any] = []
         self._compression_callbacks_attached = False
+        self._quiet = QuietDeepSpeed()
         if isinstance(self.config, dict) and "compression_training" in self.config:
             self.config = dict(self.config)
             self.compression_config = self.config.pop("compression_training")
@@ -92,6 +98,7 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
 
     @override
     def setup_environment(self) -> None:
+        self._quiet.enter()  # known-harmless DeepSpeed messages, until teardown (see strategies/quiet.py)
         self._add_compression_callbacks()
         if self._stock_path:
             super().setup_environment()
@@ -134,6 +141,13 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         if self._stock_path:
             return super()._get_process_group_backend()
         return self._process_group_backend or "gloo"
+
+    @override
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            self._quiet.exit()
 
     @classmethod
     @override
