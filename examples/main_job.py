@@ -1,7 +1,7 @@
 """The main job: train a CIFAR-10 ResNet-20 briefly on CPU, compress it, and print what it bought.
 
     python examples/main_job.py                      # offline: reads ../shared/data/cifar10 zips
-    python examples/main_job.py --data-dir data/cifar10 --recipe snip_momentum
+    python examples/main_job.py --data-dir data/cifar10_subset --recipe snip_momentum
 
 Steps (no network needed):
 
@@ -190,7 +190,9 @@ def slim_model(model: CifarResNet, callbacks: list[pl.Callback]) -> nn.Module | 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     hide_lightning_tips()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="data/cifar10", help="image folders (created from --source if missing)")
+    parser.add_argument("--data-dir", default="data/cifar10_subset",
+                        help="the subset's image folders (created from --source if missing; not data/cifar10, the "
+                        "folder the CIFAR example CLI reads the full set from)")
     parser.add_argument("--source", default=None,
                         help="folder with CIFAR-10 train.zip/test.zip (or image folders) to take the subset from "
                         "(default: ../shared/data/cifar10 from the current folder or from the repository root)")
