@@ -58,10 +58,13 @@ from lightning_compress.export.load import load_program, load_slim_state
 from lightning_compress.export.onnx import export_float, export_int8, export_qdq, write_onnx
 from lightning_compress.export.plain import plain_copy
 from lightning_compress.export.program import export_program
-from lightning_compress.export.save import FORMATS, save_slim, state_for_safetensors, unique_tensors, write_json
+from lightning_compress.export.formats import FORMATS, SaveJob, register_format
+from lightning_compress.export.save import save_slim, state_for_safetensors, unique_tensors, write_json
 
 __all__ = [
     "FORMATS",
+    "SaveJob",
+    "register_format",
     "Int8Conv2d",
     "Int8Embedding",
     "Int8Linear",

@@ -1,7 +1,8 @@
 """Saving slim models: ``torch.export`` program, ``safetensors`` weights, ONNX; JSON reports.
 
 :func:`save_slim` writes a model made by :func:`lightning_compress.export.clean` (or the forms of
-:func:`lightning_compress.export.clean_for_storage`) in the formats of :data:`FORMATS`; read them back
+:func:`lightning_compress.export.clean_for_storage`) in the registered formats (:mod:`lightning_compress.export.formats`, built-ins in
+:mod:`lightning_compress.export.writers`); read them back
 with :mod:`lightning_compress.export.load`.
 """
 
@@ -15,33 +16,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from lightning_compress.export import writers as _builtin_writers  # noqa: F401  (registers the built-in formats)
 from lightning_compress.export.adapt import split_example
-from lightning_compress.export.load import PACKED_PREFIX
-from lightning_compress.export.onnx import write_onnx
-from lightning_compress.export.program import export_program
-
-FORMATS = ("torch_export", "safetensors", "onnx")
-
-
-def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors of ``model.state_dict()``, each shared tensor (tied embeddings) once, under its
-    first key; not copied."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, int, tuple]] = set()
-    for k, v in model.state_dict().items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.numel() else (id(v), 0, ())
-        if key in seen:
-            continue
-        seen.add(key)
-        out[k] = v
-    return out
-
-
-def state_for_safetensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with shared tensors stored once (tied embeddings) and contiguous CPU tensors."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in unique_tensors(model).items()}
+from lightning_compress.export.formats import FORMATS, WRITERS, SaveJob
+from lightning_compress.export.tensors import state_for_safetensors, unique_tensors  # noqa: F401  (re-exported)
 
 
 def save_slim(
@@ -59,54 +37,42 @@ def save_slim(
     float values (read it back with :func:`lightning_compress.export.load_slim_state`), and with ``stored`` the ``torch.export`` / ONNX files are made from
     that integer-storage twin.
 
-    * ``"torch_export"``: ``model.pt2`` via ``torch.export.export`` + ``torch.export.save`` (needs
-      ``example_input``: a tensor, a tuple of positional inputs, or a dict of keyword inputs).  Load
-      with ``torch.export.load(path).module()(*inputs)`` (:func:`lightning_compress.export.load_program`):
-      no class code needed; the batch dimension is dynamic where the model allows it.
-    * ``"safetensors"``: ``model.safetensors`` (weights + buffers; metadata has the class name).
-    * ``"onnx"``: ``model.onnx`` (:func:`lightning_compress.export.onnx.write_onnx`, opset 17; the
-      model's own inputs and outputs, no adaptation).
+    Each name in ``formats`` is a registered format (:data:`FORMATS`; the built-ins
+    ``"safetensors"``, ``"torch_export"`` (``model.pt2``) and ``"onnx"`` are described in
+    :mod:`lightning_compress.export.writers`); formats that trace the model need ``example_input`` (a
+    tensor, a tuple of positional inputs, or a dict of keyword inputs), checked before anything is
+    written.  Writers run in registration order.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"`formats` has unknown entries {unknown}; choose from {FORMATS}.")
+    chosen = [WRITERS[f] for f in WRITERS if f in formats]  # registration order
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    if any(w.needs_example for w in chosen):
+        if example_input is None:
+            names = [w.name for w in chosen if w.needs_example]
+            raise ValueError(
+                f"save_slim: formats {names} need `example_input` (the first training batch's "
+                f"input, or pass example_input=...)."
+            )
+        args, kwargs = split_example(example_input)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
-    was_training = model.training
+    runnable = stored if stored is not None else model
+    was_training, runnable_training = model.training, runnable.training
     model.eval()
+    runnable.eval()
     try:
-        if "safetensors" in formats:
-            from safetensors.torch import save_file
-
-            state = state_for_safetensors(model)
-            if packed:
-                prefixes = {k.rsplit(".", 1)[0] for k in packed}
-                state = {k: v for k, v in state.items() if k not in prefixes}
-                state.update({f"{PACKED_PREFIX}{k}": v.contiguous() for k, v in packed.items()})
-            p = out / "model.safetensors"
-            save_file(state, str(p), metadata={"class": f"{type(model).__module__}.{type(model).__qualname__}"})
-            paths["safetensors"] = str(p)
-        if "torch_export" in formats or "onnx" in formats:
-            if example_input is None:
-                raise ValueError(
-                    "save_slim: formats 'torch_export'/'onnx' need `example_input` (the first training batch's "
-                    "input, or pass example_input=...)."
-                )
-            args, kwargs = split_example(example_input)
-        runnable = stored if stored is not None else model
-        runnable.eval()
-        if "torch_export" in formats:
-            ep = export_program(runnable, args, kwargs)
-            p = out / "model.pt2"
-            torch.export.save(ep, str(p))
-            paths["torch_export"] = str(p)
-        if "onnx" in formats:
-            p = out / "model.onnx"
-            write_onnx(runnable, args, p, kwargs=kwargs, constant_folding=stored is None)
-            paths["onnx"] = str(p)
+        job = SaveJob(model=model, runnable=runnable, packed=packed or None, args=args, kwargs=kwargs)
+        for w in chosen:
+            p = out / w.filename
+            w.write(job, p)
+            paths[w.name] = str(p)
     finally:
         model.train(was_training)
+        runnable.train(runnable_training)
     return paths
 
 
