@@ -1,8 +1,8 @@
 """``DeepSpeedCompressionStrategy``: Lightning's DeepSpeed strategy that also runs on CPU.
 
-On CUDA it is exactly :class:`lightning.pytorch.strategies.DeepSpeedStrategy`.  On the CPU
-accelerator it skips the CUDA-only checks (``setup_environment``'s accelerator test and the device
-index validation of ``setup_distributed``), reports ``root_device`` as ``cpu:<local_rank>`` (DeepSpeed
+On CUDA (any accelerator but the CPU) it runs :class:`lightning.pytorch.strategies.DeepSpeedStrategy`'s
+code.  On the CPU accelerator it skips the CUDA-only checks (``setup_environment``'s accelerator test and
+the device index validation of ``setup_distributed``), reports ``root_device`` as ``cpu:<local_rank>`` (DeepSpeed
 reads the index as its device rank) and communicates over gloo.  ZeRO stages 0-3 run this way with
 any number of processes, which is what CI and CPU-only users need.
 
@@ -21,9 +21,9 @@ Registered names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and
 ``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``, and Lightning's own DeepSpeed names
 (``"deepspeed"``, ``"deepspeed_stage_3"``, ... with the same init params as Lightning's), so that
 ``Trainer(strategy="deepspeed")`` runs on a CPU-only machine too once ``lightning_compress`` is imported.
-On CUDA this class is Lightning's strategy unchanged, so those names behave exactly as Lightning's;
-only where Lightning's would raise (the CPU accelerator) does it run instead.  Any other accelerator
-gets Lightning's own behaviour (its CUDA check).  ``import lightning_compress`` registers the names (see
+On CUDA this class runs Lightning's code (plus the ``compression_training`` callbacks and the hidden
+messages above), so those names behave as Lightning's; only where Lightning's would raise (the CPU
+accelerator) does it run instead.  Any other accelerator gets Lightning's own behaviour (its CUDA check).  ``import lightning_compress`` registers the names (see
 :mod:`lightning_compress.strategies.registration`); pass ``DeepSpeedStrategy(...)`` as an object to get
 the stock class.
 """

@@ -13,9 +13,11 @@ name, so the hook runs no import of ours in the middle of Lightning's own.
 Names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and ``deepspeed_compression_stage_1`` /
 ``_stage_2`` / ``_stage_3``; and Lightning's own DeepSpeed names (``deepspeed``, ``deepspeed_stage_1``, ...,
 ``deepspeed_stage_3_offload_nvme``: whatever ``DeepSpeedStrategy.register_strategies`` registers, read from
-it, with the same init params) now also name ``DeepSpeedCompressionStrategy``.  On CUDA that class *is*
-Lightning's ``DeepSpeedStrategy`` (a subclass whose every override defers to it there), so those names
-behave exactly as before; on the CPU accelerator, where Lightning's raises ``RuntimeError: The DeepSpeed
+it, with the same init params) now also name ``DeepSpeedCompressionStrategy``.  On CUDA that class runs
+Lightning's ``DeepSpeedStrategy`` code (a subclass whose every override defers to it there; the only
+additions: a ``compression_training`` config section becomes callbacks, where DeepSpeed 0.19 would reject
+it, and :mod:`~lightning_compress.strategies.quiet` hides two known-harmless messages), so those names
+behave as before; on the CPU accelerator, where Lightning's raises ``RuntimeError: The DeepSpeed
 strategy is only supported on CUDA GPUs``, they run (gloo).  This is what makes README's first snippet,
 ``Trainer(..., strategy="deepspeed")``, run as written on a CPU-only machine.  A program that wants the
 stock class passes it as an object: ``Trainer(strategy=DeepSpeedStrategy(...))``.
