@@ -15,6 +15,8 @@ import textwrap
 from tests.readme_blocks import FRESH, PRELUDE, ROOT, STOP_AFTER, runnable_blocks
 
 README = (ROOT / "README.md").read_text()
+DIST_VARS = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+             "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED"}
 
 # Blocks run in order in one interpreter (the first one in a fresh one: its own imports register our
 # strategy names), each with new stand-ins; after each, what must hold goes to stdout as a JSON line.
@@ -40,7 +42,10 @@ def run_blocks(tmp_path) -> list[dict]:
         script.append(FRESH)
         script.append(f"# README.md:{line}\nexec(compile({code!r}, 'README.md:{line}', 'exec'))")
         script.append(textwrap.dedent(CHECKS.get(i, "print('CHECK', json.dumps({}))")))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # a fresh interpreter as a user's: without the torch.distributed variables an earlier in-process fit of
+    # this pytest process left in os.environ (its MASTER_PORT is still bound here: EADDRINUSE otherwise)
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", "\n".join(script)], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
