@@ -18,13 +18,22 @@ It owns, once for all methods:
 * **a stable** ``state_key``: built from :meth:`identity` (the arguments that identify the instance, e.g.
   ``modules``, ``bits``), so two instances of one class on disjoint modules coexist in one Trainer and a
   checkpoint finds its callback again in a new process.
+* **resume with the same arguments**: :meth:`state_dict` stores :meth:`arguments` (every constructor
+  argument that decides what the state means) next to the subclass's :meth:`own_state`;
+  :meth:`load_state_dict` raises ``ValueError`` naming each argument whose checkpoint value differs
+  from the current one.  When a changed argument changes ``state_key`` the state is not found at all:
+  :meth:`on_load_checkpoint` then looks for state of a callback of the same class that no callback of
+  the Trainer claims and raises, naming the differing arguments, instead of starting dense again (when
+  only arguments outside :meth:`arguments` differ, e.g. ActQuant's ``momentum``, it loads that state).
 
-Subclasses implement :meth:`attach_model` (and, if they keep state, :meth:`state_dict` +
-:meth:`apply_state`); they call ``super().setup(...)`` if they override :meth:`setup`.
+Subclasses implement :meth:`attach_model` (and, if they keep state, :meth:`own_state` +
+:meth:`apply_state`, and :meth:`reset_state` forgetting all of it); they call ``super().setup(...)`` if
+they override :meth:`setup`.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import weakref
 from typing import Any
@@ -33,6 +42,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.callbacks._sharding import check_sharding
 from lightning_compress.core import masking
 
 _COUNTER = itertools.count()
@@ -52,6 +62,11 @@ class CompressionCallback(Callback):
     def identity(self) -> dict[str, Any]:
         """Arguments that identify this instance (they make ``state_key``); override in subclasses."""
         return {}
+
+    def arguments(self) -> dict[str, Any]:
+        """Every argument that decides what this callback's saved state means (stored in the state and
+        compared on load); default :meth:`identity`.  Values are plain (str, numbers, None, lists, dicts)."""
+        return self.identity()
 
     @property
     @override
@@ -94,6 +109,7 @@ class CompressionCallback(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_sharding(trainer, type(self).__name__)
         self.attach(pl_module, trainer, stage)
 
     def remove(self) -> None:
@@ -108,15 +124,87 @@ class CompressionCallback(Callback):
         """Forget per-model state before attaching to a new model (override when there is any)."""
 
     # ------------------------------------------------------------------ state
+    def own_state(self) -> dict[str, Any]:
+        """The subclass's state (masks, scores, schedule position...), restored by :meth:`apply_state`."""
+        return {}
+
     def apply_state(self, state: dict[str, Any]) -> None:
-        """Restore ``state`` (from :meth:`state_dict`) onto the attached targets."""
+        """Restore ``state`` (from :meth:`own_state`) onto the attached targets."""
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        args = self.arguments()
+        return {**self.own_state(), "arguments": _plain(args)} if args else self.own_state()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        saved = state.pop("arguments", None)
+        if saved is not None:  # checkpoints written before arguments were stored are not checked
+            self._raise_on_changed_arguments(saved)
         if self.is_attached:
-            self.apply_state(state_dict)
+            self.apply_state(state)
         else:
-            self._pending_state = dict(state_dict)
+            self._pending_state = state
+
+    def changed_arguments(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """``{argument: (checkpoint value, current value)}`` for every argument that differs."""
+        now = _plain(self.arguments())
+        return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+
+    def _raise_on_changed_arguments(self, saved: dict[str, Any]) -> None:
+        diff = self.changed_arguments(saved)
+        if not diff:
+            return
+        name = type(self).__name__
+        what = "; ".join(f"`{k}` = {old!r} in the checkpoint, {new!r} now" for k, (old, new) in diff.items())
+        raise ValueError(
+            f"{name}: the checkpoint holds {name} state written with other arguments ({what}). Its masks / "
+            f"quantization state cannot serve the new arguments, and dropping them would train and evaluate "
+            f"a dense model. Resume with the checkpoint's values, or load only the weights (without "
+            f"`ckpt_path`) to compress anew."
+        )
+
+    @override
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint that has state for a callback of this class under another ``state_key``
+        (a changed identifying argument), unless another callback of the Trainer claims it."""
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        cls = type(self).__qualname__
+        claimed = {cb.state_key for cb in trainer.callbacks}
+        cands = [
+            (k, v) for k, v in states.items()
+            if isinstance(k, str) and k not in claimed and (k == cls or k.startswith(cls + "{"))
+        ]
+        if not cands:
+            return
+        with_args = [v["arguments"] for _, v in cands if isinstance(v, dict) and isinstance(v.get("arguments"), dict)]
+        if with_args:
+            best = min(with_args, key=lambda a: len(self.changed_arguments(a)))
+            self._raise_on_changed_arguments(best)
+            # only arguments that may change on resume differ: this is our state under an older key
+            state = next(v for _, v in cands if isinstance(v, dict) and v.get("arguments") is best)
+            self.load_state_dict(copy.deepcopy(state))
+            return
+        raise ValueError(
+            f"{type(self).__name__}: the checkpoint holds state for {[k for k, _ in cands]} but this callback's "
+            f"state_key is {self.state_key!r}: it was written with other arguments. Resume with the arguments of "
+            f"the run that saved it, or load only the weights (without `ckpt_path`) to compress anew."
+        )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data (tuples as lists, objects by ``repr``) so that it compares equal after
+    a checkpoint round trip."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return repr(value)
 
 
 __all__ = ["CompressionCallback"]

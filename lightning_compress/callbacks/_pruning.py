@@ -7,11 +7,31 @@ It only translates trainer events (steps = optimizer steps, see
 * ``setup`` (every stage, via :class:`~lightning_compress.callbacks._base.CompressionCallback`):
   :meth:`Pruner.attach` puts all-ones masks on the targets (before ``deepspeed.initialize`` for
   ``fit``; on validate / test / predict so that a restored checkpoint's masks apply);
-* ``on_train_start``: resolve ``end_step=None`` to the last optimizer step of the fit;
+* ``on_train_start``: resolve ``end_step=None`` to the last optimizer step of the fit (the *first* fit
+  of the model: a later one keeps that end);
 * ``on_before_optimizer_step`` at an accumulation boundary: :meth:`Pruner.update_scores` with the
-  reduced, full gradient (DeepSpeed's getter under an engine);
+  reduced, full gradient (DeepSpeed's getter under an engine; FSDP1 inside ``summon_full_params``,
+  FSDP2 through ``DTensor.full_tensor``, see :mod:`lightning_compress.callbacks._sharding`);
 * ``on_train_batch_start``: :meth:`Pruner.step` (the latest due prune event; masks broadcast from
   rank 0), then log the sparsity.
+
+Steps are positions of a :class:`~lightning_compress.callbacks._clock.ScheduleClock`: optimizer steps
+done on the model, counted across fits.  In one fit (resumed or not) that is ``trainer.global_step``.
+Lifecycle (the same for every pruning callback):
+
+* **a second ``fit`` of the same model** (same or new Trainer) continues the schedule where the first
+  stopped: a schedule that finished stays finished (masks, sparsity and scores are kept, no prune
+  event runs again), one that did not goes on to ``end_step``; the sparsity never goes back.
+  ``end_step=None`` was resolved against the first fit and stays so.  To prune further, bake the
+  masks (:func:`lightning_compress.clean`) and use a new callback.
+* **another model** (:meth:`CompressionCallback.attach` re-targets): the masks come off the old model
+  and everything is forgotten (masks, scores, prune events, history, schedule position, resolved
+  ``end_step``): the callback reports the new model's sparsity only.
+* **resume** (``ckpt_path``): masks, scores, prune events, resolved ``end_step`` and position come
+  from the checkpoint; every constructor argument must equal the saving run's (``ValueError`` naming
+  the argument otherwise, see :meth:`arguments`).
+* **evaluation** (``validate`` / ``test`` / ``predict``, with or without ``ckpt_path``): the masks are
+  on the model (from the checkpoint when given), so it computes what it computed after training.
 
 Subclasses choose the defaults: ``mask_kind``, ``target_types`` and, for structured pruning, the unit
 groups (:class:`~lightning_compress.callbacks._structured.StructuredPruning`).
@@ -27,6 +47,8 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.callbacks._clock import ScheduleClock
+from lightning_compress.callbacks._sharding import full_params
 from lightning_compress.callbacks._steps import (
     deepspeed_engine,
     is_accumulation_boundary,
@@ -43,6 +65,13 @@ from lightning_compress.core.types import MethodName, ScheduleName, Scope
 
 class BasePruning(CompressionCallback):
     """Shared adapter; use a subclass.
+
+    Lifecycle (every pruning callback; details in the module docstring): steps count optimizer steps
+    done on the model across fits; a second ``fit`` of the same model continues the schedule (finished
+    stays finished, never un-prunes; ``end_step=None`` stays resolved against the first fit); another
+    model re-targets the callback and forgets the old one; resuming needs the saving run's arguments
+    (``ValueError`` naming each changed one); ``validate`` / ``test`` / ``predict`` with ``ckpt_path``
+    on a new Trainer and a fresh model run the checkpoint's masks.
 
     Args:
         sparsity: fraction of the targeted weights zeroed at ``end_step`` (in [0, 1)).
@@ -77,6 +106,8 @@ class BasePruning(CompressionCallback):
         groups: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
+        self.clock = ScheduleClock()
+        self._grouped = bool(groups)
         self.pruner = Pruner(
             None, sparsity=sparsity, method=method, pattern=pattern, schedule=schedule, start_step=start_step,
             end_step=end_step, frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer,
@@ -147,6 +178,25 @@ class BasePruning(CompressionCallback):
         }
 
     @override
+    def arguments(self) -> dict[str, Any]:
+        """Every argument a checkpoint's masks and schedule depend on (compared on resume)."""
+        p = self.pruner
+        args: dict[str, Any] = {
+            "method": p.method, "pattern": p.pattern.name, "schedule": p.schedule_kind, "start_step": p.start_step,
+            "end_step": p.end_step, "frequency": p.frequency, "scope": p.scope,
+            "max_sparsity_per_layer": p.max_sparsity_per_layer,
+        }
+        if self._grouped:
+            args["groups"] = {
+                g.name: {"modules": g.modules, "exclude": g.exclude, "sparsity": g.sparsity, "pattern": g.pattern.name}
+                for g in p.groups
+            }
+        else:
+            g = p.groups[0]
+            args.update(sparsity=g.sparsity, modules=g.modules, exclude=g.exclude)
+        return args
+
+    @override
     def attach_model(self, trainer: Trainer | None, model: nn.Module, stage: str | None) -> None:
         self.pruner.attach(model)
         self.modules_touched = self.pruner.modules_touched()
@@ -158,12 +208,19 @@ class BasePruning(CompressionCallback):
 
     @override
     def reset_state(self) -> None:
+        """Forget the old model: prune events, history, resolved ``end_step``, schedule position (masks
+        and scores went with the targets in :meth:`remove`; :meth:`attach_model` makes new ones)."""
         self.pruner.reset()
+        self.clock.reset()
+        self._pending_state = None
 
     # ------------------------------------------------------------------ trainer events
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.pruner.in_engine = deepspeed_engine(trainer) is not None
+        offset = self.clock.start(optimizer_step_count(trainer))
+        if self.pruner.schedule_resolved:  # a later fit of this model, or a resumed one: keep the schedule
+            return
         total = None
         if self.end_step is None:
             total = total_optimizer_steps(trainer)
@@ -172,6 +229,7 @@ class BasePruning(CompressionCallback):
                     f"{type(self).__name__}: `end_step` is None and the number of optimizer steps is unknown "
                     f"(max_steps=-1 with an unsized dataloader); pass `end_step`."
                 )
+            total += offset
         self.pruner.resolve_end_step(total)
 
     @override
@@ -179,16 +237,35 @@ class BasePruning(CompressionCallback):
         if not is_accumulation_boundary(trainer):
             return
         grad = functools.partial(full_grad, in_engine=self.pruner.in_engine)
-        self.pruner.update_scores(grad, step=optimizer_step_count(trainer))
+        now = self.clock.now(optimizer_step_count(trainer))
+        if not self.criterion.learns:  # magnitude: nothing read per step (no gather under FSDP1)
+            self.pruner.update_scores(grad, step=now)
+            return
+        # FSDP1: full weights and full reduced gradients while scoring (FSDP2 / ZeRO: the getters gather)
+        with full_params(trainer, with_grads=True):
+            self.pruner.update_scores(grad, step=now)
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self.maybe_prune(trainer, pl_module)
 
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.clock.now(optimizer_step_count(trainer))  # after the optimizer step: what a checkpoint records
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.clock.now(optimizer_step_count(trainer))
+
     def maybe_prune(self, trainer: Trainer, pl_module: LightningModule | None = None) -> bool:
         """Run the latest due prune event, if any (:meth:`Pruner.step`).  Returns True when masks changed."""
         step = optimizer_step_count(trainer)
-        changed = self.pruner.step(step)
+        now = self.clock.now(step)
+        if self.pruner.event_due(now):
+            with full_params(trainer):  # FSDP1: the event ranks full weights (collective, every rank)
+                changed = self.pruner.step(now)
+        else:
+            changed = self.pruner.step(now)
         if changed and pl_module is not None and trainer.logger is not None:
             stats = {k: v for k, v in self.history[-1].items() if k != "step"}
             prefix = type(self).__name__
@@ -209,12 +286,13 @@ class BasePruning(CompressionCallback):
 
     # ------------------------------------------------------------------ state
     @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.pruner.state_dict()
+    def own_state(self) -> dict[str, Any]:
+        return {**self.pruner.state_dict(), "clock": self.clock.state_dict()}
 
     @override
     def apply_state(self, state: dict[str, Any]) -> None:
         self.pruner.load_state_dict(state)
+        self.clock.load_state_dict(state.get("clock"))
 
 
 __all__ = ["BasePruning", "PruneGroup", "PruneTarget", "UnitTarget", "WeightTarget"]

@@ -10,12 +10,15 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.callbacks._clock import ScheduleClock
+from lightning_compress.callbacks._steps import optimizer_step_count
 from lightning_compress.core.act_quant import ActFakeQuant
 from lightning_compress.core.act_quantizer import ActQuantizer
 
 
 class ActQuant(CompressionCallback):
-    """Fake-quantizes the input of every targeted Linear / Conv2d (straight-through in backward).
+    """Fake-quantizes the input of every targeted Linear / Conv2d / Hugging Face ``Conv1D``
+    (straight-through in backward).
 
     * ``range="dynamic"``: scale (and zero-point) computed at every call, per token for Linear
       (over the last dimension) and per image for Conv2d (over C, H, W).
@@ -28,6 +31,10 @@ class ActQuant(CompressionCallback):
     A thin adapter over :class:`lightning_compress.core.act_quantizer.ActQuantizer` (use it directly
     from a plain PyTorch loop): attached in ``setup`` of every stage; two instances on disjoint
     ``modules`` coexist in one Trainer (their ``state_key`` differs, see :meth:`identity`).
+    ``validate`` / ``test`` / ``predict`` with ``ckpt_path`` use the checkpoint's static ranges; a second
+    ``fit`` of the same model goes on updating them; another model re-targets the callback (new
+    quantizers, no range yet); resuming needs every constructor argument of the saving run
+    (``ValueError`` naming the argument otherwise).
 
     Args:
         bits: activation width in bits (8 or 4).
@@ -36,6 +43,8 @@ class ActQuant(CompressionCallback):
         modules: regexes of module names (Linear, Conv2d); None: all except the last one.
         exclude: regexes of module names to leave alone.
         momentum: EMA factor of the static range (0 <= momentum < 1).
+        start_step: inputs pass unquantized until this many optimizer steps are done on the model
+            (counted across fits, as WeightQuant's schedule; DeepSpeed's ``schedule_offset``).
 
     Raises:
         ValueError: unsupported ``bits``, ``range`` or ``momentum`` (``__init__``); a regex matching
@@ -61,11 +70,16 @@ class ActQuant(CompressionCallback):
         modules: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         momentum: float = 0.95,
+        start_step: int = 0,
     ) -> None:
         super().__init__()
         self.quantizer = ActQuantizer(
-            None, bits, range, symmetric, modules, exclude, momentum, owner=self.owner, name=type(self).__name__
+            None, bits, range, symmetric, modules, exclude, momentum, start_step=start_step, owner=self.owner,
+            name=type(self).__name__,
         )
+        self.start_step = start_step
+        #: optimizer steps done on the model across fits (``start_step`` is counted on it)
+        self.clock = ScheduleClock()
         self.bits = bits
         self.range = range
         self.symmetric = symmetric
@@ -77,8 +91,13 @@ class ActQuant(CompressionCallback):
         q = self.quantizer
         return {
             "bits": q.bits, "range": q.range, "symmetric": q.symmetric, "modules": q.modules,
-            "exclude": q.exclude, "momentum": q.momentum,
+            "exclude": q.exclude, "momentum": q.momentum, **({"start_step": q.start_step} if q.start_step else {}),
         }
+
+    def arguments(self) -> dict[str, Any]:
+        """What the saved ranges depend on: all of :meth:`identity` but ``momentum`` (a resumed run may
+        change it: the ranges go on with the new EMA factor)."""
+        return {k: v for k, v in self.identity().items() if k != "momentum"}
 
     @property
     def targets(self) -> dict[str, nn.Module]:
@@ -95,21 +114,49 @@ class ActQuant(CompressionCallback):
 
     def attach_model(self, trainer: pl.Trainer | None, model: nn.Module, stage: str | None) -> None:
         self.modules_touched = self.quantizer.attach(model)
+        self.quantizer.step(max(self.clock.seen, optimizer_step_count(trainer) if trainer is not None else 0))
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.start(optimizer_step_count(trainer))
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.quantizer.step(self.clock.now(optimizer_step_count(trainer)))
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # every micro-batch (not only at accumulation boundaries): every forward updates the EMA, and
         # under DeepSpeed the boundary flag has already moved on when this hook runs
         self.quantizer.sync_ranges()
+        self.clock.now(optimizer_step_count(trainer))  # after the optimizer step: what a checkpoint records
 
     def remove(self) -> None:
         """Take the quantizers off the modules."""
         self.quantizer.remove()
         super().remove()
 
+    def reset_state(self) -> None:
+        """Forget the old model's ranges (they went with the quantizers in :meth:`remove`)."""
+        self.quantizer._pending = None
+        self._pending_state = None
+        self.clock.reset()
+
     @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.quantizer.state_dict()
+    def own_state(self) -> dict[str, Any]:
+        state = self.quantizer.state_dict()
+        if self.start_step:  # only then does the position matter (older checkpoints stay the same)
+            state["clock"] = self.clock.state_dict()
+        return state
 
     def apply_state(self, state: dict[str, Any]) -> None:
+        self.clock.load_state_dict(state.get("clock"))
         self.quantizer.load_state_dict(state)
+        if self.quantizer.is_attached:
+            self.quantizer.step(max(self.quantizer.steps_done, self.clock.seen))
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.is_attached and set(state_dict.get("ranges", {})) - set(self.quantizer.targets):
+            self.quantizer.load_state_dict(state_dict)  # raises, naming the module it does not target
+        super().load_state_dict(state_dict)

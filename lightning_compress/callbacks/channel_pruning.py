@@ -12,7 +12,7 @@ from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.graph import ChannelSpace, TracingError, trace_channel_spaces
 from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import Member, UnitGroup
-from lightning_compress.core.types import ScheduleName, Scope, StructuredMethodName
+from lightning_compress.core.types import Rounding, ScheduleName, Scope, StructuredMethodName
 
 
 class ChannelPruning(StructuredPruning):
@@ -31,6 +31,9 @@ class ChannelPruning(StructuredPruning):
         method: ``"l1"`` (mean ``|W|`` of the channel's filters) or ``"topk"`` (movement scores).
         schedule, start_step, end_step, frequency, scope, max_sparsity_per_layer, exclude, groups:
             as :class:`~lightning_compress.SparsePruning`.
+        rounding: ``"nearest"`` (default) or ``"floor"``: a layer's pruned channels are
+            ``round(sparsity * n)`` or ``floor(sparsity * n)`` (then ``ceil((1 - sparsity) * n)`` stay,
+            DeepSpeed's count; the DeepSpeed importer sets it).
         modules: regexes of Conv2d layers; a named conv tied to others by a residual add brings its
             whole group.  Default: every conv whose consumers can all be fixed (groups=1 convs,
             BatchNorm, Linear after global pooling); convs feeding the model output, a concat, a
@@ -70,11 +73,12 @@ class ChannelPruning(StructuredPruning):
         modules: list[str] | None = None,
         exclude: list[str] | None = None,
         groups: dict[str, dict[str, Any]] | None = None,
+        rounding: Rounding = "nearest",
     ) -> None:
         super().__init__(
             sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,
             frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer, modules=modules,
-            exclude=exclude, groups=groups,
+            exclude=exclude, groups=groups, rounding=rounding,
         )
 
     def find_groups(self, model: nn.Module, group: PruneGroup) -> list[UnitGroup]:

@@ -12,7 +12,7 @@ from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.families import describe, find_attentions
 from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import UnitGroup, attention_group
-from lightning_compress.core.types import ScheduleName, Scope, StructuredMethodName
+from lightning_compress.core.types import Rounding, ScheduleName, Scope, StructuredMethodName
 
 
 class HeadPruning(StructuredPruning):
@@ -35,6 +35,9 @@ class HeadPruning(StructuredPruning):
         method: ``"l1"`` (mean ``|W|`` of the head's q/k/v rows) or ``"topk"`` (movement scores).
         schedule, start_step, end_step, frequency, scope, max_sparsity_per_layer, exclude, groups:
             as :class:`~lightning_compress.SparsePruning`.
+        rounding: ``"nearest"`` (default) or ``"floor"``: a layer's pruned heads are
+            ``round(sparsity * n)`` or ``floor(sparsity * n)`` (then ``ceil((1 - sparsity) * n)`` stay,
+            DeepSpeed's count; the DeepSpeed importer sets it).
         modules: regexes of attention module names (``...attention.self`` or the
             ``MultiheadAttention``); default: every attention it understands.
 
@@ -71,11 +74,12 @@ class HeadPruning(StructuredPruning):
         modules: list[str] | None = None,
         exclude: list[str] | None = None,
         groups: dict[str, dict[str, Any]] | None = None,
+        rounding: Rounding = "nearest",
     ) -> None:
         super().__init__(
             sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,
             frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer, modules=modules,
-            exclude=exclude, groups=groups,
+            exclude=exclude, groups=groups, rounding=rounding,
         )
 
     def find_groups(self, model: nn.Module, group: PruneGroup) -> list[UnitGroup]:

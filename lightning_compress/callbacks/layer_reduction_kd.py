@@ -59,10 +59,14 @@ class LayerReductionKD(CompressionCallback):
     Place it before pruning/quantization callbacks (so they see the reduced model).  If one of them already
     wrapped the model, its transforms are removed from the teacher copy (the teacher stays full precision).
 
-    It acts at ``setup(stage="fit")`` only (evaluation runs the model as it is).  A second ``fit`` on the same
-    LightningModule keeps the reduction; a different LightningModule is reduced anew.  Checkpoint state
-    (the kept layers) that arrives before ``setup`` decides which layers are kept; after ``setup`` it must
-    agree.  ``state_key`` is the class name (one instance per Trainer; a model is reduced once).
+    It reduces the model at ``setup`` of every stage: ``validate`` / ``test`` / ``predict`` (with
+    ``ckpt_path``: a fresh full-depth model takes the checkpoint's reduced weights) run the reduced student,
+    as after training; they distil nothing and keep no teacher copy, so a later ``fit`` of a model reduced
+    by evaluation needs a given ``teacher`` when distilling (``ValueError`` otherwise).  A second ``fit`` on
+    the same LightningModule keeps the reduction; a different LightningModule is reduced anew.  Checkpoint
+    state (the kept layers) that arrives before ``setup`` decides which layers are kept; after ``setup`` it
+    must agree (``ValueError`` naming both lists otherwise).  ``state_key`` is the class name (one instance
+    per Trainer; a model is reduced once).
 
     Args:
         teacher: the teacher network; ``None`` = a frozen copy of the LightningModule's network before
@@ -85,6 +89,10 @@ class LayerReductionKD(CompressionCallback):
             loss the user's ``training_step`` returns; ``hidden`` = MSE between the outputs of student layer
             ``i`` and teacher layer ``mapping[i]``; ``attention`` = MSE between their attention
             probabilities (Hugging Face models with ``attn_implementation="eager"``).
+        teacher_layers: the teacher layer of each kept student layer (student layer ``i`` <- teacher layer
+            ``teacher_layers[i]``; DeepSpeed's ``teacher_layer``) instead of the default mapping.  With a
+            given ``teacher`` and a student whose stack already has ``len(teacher_layers)`` layers (built
+            shallow, as DeepSpeed's examples do), the student keeps all its layers.
 
     Raises:
         ValueError: in ``__init__`` for a bad ``keep_layers`` / ``weights`` / ``temperature`` / ``teacher`` /
@@ -113,6 +121,7 @@ class LayerReductionKD(CompressionCallback):
         copy_modules: Sequence[str] | None = None,
         temperature: float = 2.0,
         weights: Mapping[str, float] | None = None,
+        teacher_layers: Sequence[int] | None = None,
     ) -> None:
         if teacher is not None and not isinstance(teacher, nn.Module):
             raise ValueError(f"{_OWNER}: `teacher` must be an nn.Module or None, got {type(teacher).__name__}.")
@@ -148,7 +157,14 @@ class LayerReductionKD(CompressionCallback):
                 )
             if isinstance(copy_modules, str) or not all(isinstance(n, str) for n in copy_modules):
                 raise ValueError(f"{_OWNER}: `copy_modules` must be a list of module names, got {copy_modules!r}.")
+        if teacher_layers is not None:
+            tl = list(teacher_layers)
+            if not tl or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in tl):
+                raise ValueError(f"{_OWNER}: `teacher_layers` must be a non-empty list of layer indices >= 0, got {teacher_layers!r}.")
+            if isinstance(keep_layers, int) and keep_layers != len(tl) or not isinstance(keep_layers, int) and len(list(keep_layers)) != len(tl):
+                raise ValueError(f"{_OWNER}: `teacher_layers` {tl} needs one entry per kept layer (keep_layers={keep_layers!r}).")
         super().__init__()
+        self.teacher_layers = list(teacher_layers) if teacher_layers is not None else None
         self.teacher = teacher
         self._given_teacher = teacher is not None
         self.keep_layers = keep_layers if isinstance(keep_layers, int) else list(keep_layers)
@@ -257,7 +273,8 @@ class LayerReductionKD(CompressionCallback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage != "fit":  # evaluation: the reduced student, no teacher, no distillation step
+            self.attach(pl_module, trainer, stage)
             return
         if not pl_module.automatic_optimization:
             raise ValueError(
@@ -265,7 +282,13 @@ class LayerReductionKD(CompressionCallback):
                 f"loss to the loss training_step returns, which manual optimization does not backpropagate. Use "
                 f"automatic optimization, or call lightning_compress.core.distill.DistillRecorder yourself."
             )
-        if self.attached_model is pl_module:  # a second fit(): already reduced
+        if self.attached_model is pl_module:  # a second fit(), or a fit after evaluation: already reduced
+            if self.distilling and self.teacher is None:
+                raise ValueError(
+                    f"{_OWNER}: {type(pl_module).__name__} was reduced by validate/test/predict before this fit, so "
+                    f"no copy of the full network exists to distil from. Pass `teacher=` (the full model), or fit "
+                    f"before evaluating."
+                )
             self._install(pl_module)
             return
         self.attach(pl_module, trainer, stage)
@@ -284,8 +307,11 @@ class LayerReductionKD(CompressionCallback):
                 f"{_OWNER}: the checkpoint was made from a {loaded['num_layers']}-layer {full_name!r}, this "
                 f"model has {n}; load it into a model built like the original."
             )
+        if self.teacher_layers is not None and self._given_teacher and loaded is None and n == len(self.teacher_layers):
+            requested = list(range(n))  # the student is built shallow already: it keeps all its layers
         keep = resolve_keep_layers(requested, n, owner=_OWNER, stack=full_name)
-        if self.distilling or self._given_teacher:  # a given teacher also serves copy_modules without KD
+        training = stage in ("fit", None)
+        if self._given_teacher or (self.distilling and training):  # a given teacher also serves copy_modules
             if self.teacher is None:
                 self.teacher = masking.strip(copy.deepcopy(net))
                 t_name, t_stack = name, self.teacher.get_submodule(name) if name else self.teacher
@@ -301,6 +327,13 @@ class LayerReductionKD(CompressionCallback):
                 except ValueError as err:
                     raise ValueError(f"{str(err)} (in the `teacher`)") from None
             mapping = teacher_mapping(keep, n, len(t_stack), stack=t_name, owner=_OWNER)
+            if self.teacher_layers is not None:
+                if max(self.teacher_layers) >= len(t_stack):
+                    raise ValueError(
+                        f"{_OWNER}: `teacher_layers` {self.teacher_layers} names a layer beyond the teacher's "
+                        f"{len(t_stack)} layers in {t_name!r}."
+                    )
+                mapping = list(self.teacher_layers)
             t_blocks = list(t_stack.children())
             if self._given_teacher:
                 check_teacher(
@@ -326,7 +359,8 @@ class LayerReductionKD(CompressionCallback):
             self.teacher.eval()
             self.teacher.requires_grad_(False)
             self._teacher_blocks = [t_blocks[j] for j in mapping]
-        self._install(pl_module)
+        if training:
+            self._install(pl_module)
 
     def _install(self, pl_module: LightningModule) -> None:
         if not self.distilling:
@@ -406,7 +440,7 @@ class LayerReductionKD(CompressionCallback):
 
     # ------------------------------------------------------------------------------------------ state
     @override
-    def state_dict(self) -> dict[str, Any]:
+    def own_state(self) -> dict[str, Any]:
         return {
             "keep_layers": list(self.keep) if self.keep is not None else self.keep_layers,
             "teacher_layers": self.mapping,

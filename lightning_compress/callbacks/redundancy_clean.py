@@ -11,9 +11,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.callbacks._sharding import sharding
 from lightning_compress.core.dist import gathered
+from lightning_compress.core.sharded_copy import full_model_copy
 from lightning_compress.export import FORMATS, clean_for_storage, fold_batchnorm, plain_copy, save_slim, write_json
-from lightning_compress.report import compression_report, format_table, log_report
+from lightning_compress.export.folder import check_output_dir, staged_dir
+from lightning_compress.export.input_quant import attach_input_quant, collect_input_quant
+from lightning_compress.export.save import cast_floats, model_dtype
+from lightning_compress.report import compression_report, format_table, log_report, schedule_status, unfinished_warning
 
 Format = Literal["torch_export", "safetensors", "onnx"]
 
@@ -72,11 +77,30 @@ class RedundancyClean(Callback):
     * ``model.safetensors``: the slim weights;
     * ``model.onnx`` when ``"onnx"`` is in ``formats``;
     * ``report.json``: per-layer shapes before/after, parameters, zeros, file sizes, CPU latency
-      before/after (median of interleaved runs on the example input).  The table is printed and the
-      totals logged to the Trainer's logger.
+      before/after (median of interleaved runs on the example input), and under ``"schedules"`` /
+      ``"complete"`` whether every compression callback on the Trainer finished its schedule
+      (:func:`lightning_compress.report.schedule_status`: pruning ran its last event, WeightQuant
+      reached its final bits, ActQuant is on with learned ranges).  The table is printed and the
+      totals logged to the Trainer's logger.  An unfinished schedule (e.g. a fit stopped early) is
+      exported as trained, with a ``UserWarning`` and an ``INCOMPLETE`` note in the report.
+
+    Every saved form computes what the trained model computes in ``eval()``: activation
+    quantization is kept as a plain input quantize-dequantize
+    (:mod:`lightning_compress.export.input_quant`), a WeightQuant that never switched on is saved
+    in float everywhere, and a bf16-trained model is saved (and its program / ONNX file take
+    inputs) in bf16.
+
+    The folder never holds a mix of runs: ``output_dir`` is checked at ``setup`` (not a file,
+    writable, not an earlier export unless ``overwrite=True``, no foreign files), every file is
+    written into a temporary sibling folder, and that folder replaces ``output_dir`` whole only once
+    all files (the report included) are written (:func:`lightning_compress.export.staged_dir`).
+    On a failure ``output_dir`` is left as it was.
 
     Under DeepSpeed ZeRO-3 the parameters are gathered on every rank in ``on_train_end`` (before
     teardown); only rank 0 writes.  The slim model is kept as ``self.slim_model`` (every rank).
+    Under FSDP1 / FSDP2 the full model is gathered on rank 0 only, as one CPU copy built from the full
+    state dict (see :mod:`lightning_compress.core.sharded_copy`); ``self.slim_model`` is None on the
+    other ranks.
 
     Args:
         output_dir: folder for the files (created).
@@ -91,9 +115,14 @@ class RedundancyClean(Callback):
             keeps the trained structure and can be fine-tuned; turn it on for inference-only
             deployment.  The report's "before" model is folded too, so its latency comparison stays
             fair; pairs left alone are listed in the report's notes.
+        overwrite: replace an earlier export in ``output_dir`` (whole: no file of it is kept).
+            False: such a folder is refused at ``setup``.
 
     Raises:
-        ValueError: at ``__init__`` for an unknown format or a negative ``latency_runs``.
+        ValueError: at ``__init__`` for an unknown format or a negative ``latency_runs``; at
+            ``setup`` (fit) for an ``output_dir`` that is a file, holds files no export writes, holds
+            an earlier export without ``overwrite=True``, or is shared with another RedundancyClean.
+        PermissionError: at ``setup`` (fit) when ``output_dir`` cannot be written.
 
     Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
@@ -115,6 +144,7 @@ class RedundancyClean(Callback):
         latency_runs: int = 10,
         save: bool = True,
         fold_batchnorm: bool = False,
+        overwrite: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(formats, str):
@@ -130,10 +160,35 @@ class RedundancyClean(Callback):
         self.latency_runs = int(latency_runs)
         self.save = save
         self.fold_batchnorm = bool(fold_batchnorm)
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"RedundancyClean: `overwrite`={overwrite!r} must be a bool (True or False).")
+        self.overwrite = overwrite
+        self.schedules: list[dict[str, Any]] = []
         self._stashed: Any = None
         self.slim_model: nn.Module | None = None
         self.report: dict[str, Any] | None = None
         self.files: dict[str, str] = {}
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit" or not self.save:
+            return
+        mine = Path(self.output_dir).expanduser().resolve()
+        for cb in trainer.callbacks:
+            if isinstance(cb, RedundancyClean) and cb is not self and cb.save and Path(cb.output_dir).expanduser().resolve() == mine:
+                raise ValueError(
+                    f"RedundancyClean: two RedundancyClean callbacks write `output_dir`={str(self.output_dir)!r}; "
+                    f"give each its own folder (one would replace the other's export)."
+                )
+        check_output_dir(self.output_dir, self.overwrite)
+        precision = str(getattr(trainer, "precision", ""))
+        deepspeed = "deepspeed" in type(trainer.strategy).__name__.lower()
+        if "onnx" in self.formats and "16" in precision and (precision.endswith("true") or deepspeed):
+            raise ValueError(
+                f"RedundancyClean: `formats` has 'onnx' but the model trains in precision={precision!r} (half-precision "
+                f"weights); ONNX Runtime's CPU kernels do not run them, so the file could not compute what the model "
+                f"does. Drop 'onnx' from `formats`, or train in float32 / '-mixed' precision."
+            )
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -143,8 +198,22 @@ class RedundancyClean(Callback):
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         example = self.example_input if self.example_input is not None else self._stashed
-        model = full_copy(pl_module)  # collective under ZeRO-3: every rank
+        self.schedules = schedule_status(list(trainer.callbacks))
+        warning = unfinished_warning(self.schedules)
+        if warning and trainer.is_global_zero:
+            import warnings
+
+            warnings.warn(f"RedundancyClean: {warning}", UserWarning, stacklevel=2)
+        if sharding(trainer) != "none":
+            # FSDP1 / FSDP2: one full CPU copy, on rank 0 only (collective: every rank gathers its shards)
+            model = full_model_copy(trainer.strategy.model, pl_module)
+            if model is None:
+                self.slim_model = None
+                return
+        else:
+            model = full_copy(pl_module)  # collective under ZeRO-3: every rank
         before = plain_copy(model)  # masks and quantizers baked, full shapes
+        attach_input_quant(before, collect_input_quant(model))  # computes what the trained model does
         if self.fold_batchnorm:
             fold_batchnorm(before)  # fair latency comparison: both folded
         slim, packed, stored = clean_for_storage(model, fold_batchnorm=self.fold_batchnorm)
@@ -153,13 +222,22 @@ class RedundancyClean(Callback):
         self.slim_model = slim
         if not trainer.is_global_zero:
             return
+        notes = list(getattr(slim, "lc_clean_notes", []))
+        example = cast_floats(example, model_dtype(slim))  # the precision the model was trained in
+        runs = self.latency_runs if example is not None else 0
         if self.save:
-            self.files = save_slim(slim, self.output_dir, example, self.formats, packed=packed, stored=stored)
-        self.report = compression_report(
-            before, slim, example, self.files, latency_runs=self.latency_runs if example is not None else 0,
-            notes=list(getattr(slim, "lc_clean_notes", [])),
-        )
-        if self.save:
-            self.files["report"] = write_json(self.report, self.output_dir / "report.json")
+            final = Path(self.output_dir)
+            with staged_dir(final, self.overwrite) as tmp:
+                files = save_slim(slim, tmp, example, self.formats, packed=packed, stored=stored)
+                self.report = compression_report(before, slim, example, files, runs, notes, self.schedules)
+                self.report["dtype"] = str(model_dtype(slim) or "mixed")  # the saved forms compute (and take inputs) in it
+                self.files = {k: str(final / Path(v).name) for k, v in files.items()}
+                for k, f in self.report["files"].items():
+                    f["path"] = self.files[k]
+                write_json(self.report, tmp / "report.json")
+            self.files["report"] = str(final / "report.json")
+        else:
+            self.report = compression_report(before, slim, example, self.files, runs, notes, self.schedules)
+            self.report["dtype"] = str(model_dtype(slim) or "mixed")
         print(format_table(self.report))
         log_report(trainer.logger, self.report, step=trainer.global_step)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -13,7 +13,7 @@ from lightning_compress.core.families import channel_spaces
 from lightning_compress.core.graph import ChannelSpace, related_spaces
 from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import Member, UnitGroup
-from lightning_compress.core.types import ScheduleName, Scope, StructuredMethodName
+from lightning_compress.core.types import Rounding, ScheduleName, Scope, StructuredMethodName
 
 
 class RowPruning(StructuredPruning):
@@ -30,11 +30,18 @@ class RowPruning(StructuredPruning):
         method: ``"l1"`` (mean ``|W|`` of the row) or ``"topk"`` (movement scores).
         schedule, start_step, end_step, frequency, scope, max_sparsity_per_layer, exclude, groups:
             as :class:`~lightning_compress.SparsePruning` (steps are optimizer steps).
+        rounding: ``"nearest"`` (default) or ``"floor"``: a layer's pruned rows are
+            ``round(sparsity * n)`` or ``floor(sparsity * n)`` (then ``ceil((1 - sparsity) * n)`` stay,
+            DeepSpeed's count; the DeepSpeed importer sets it).
         modules: regexes of Linear layers whose rows are pruned; default: every Linear whose outputs
             feed only other Linear layers (a transformer FFN's first projection; never the residual
             stream or the model output).
         related_modules: ``{producer regex: [consumer regexes]}`` naming the consumers by hand
             (tracing is skipped for those producers).
+        related_pairing: ``"all"``: every module a consumer regex matches reads every producer of its
+            key; ``"index"``: the j-th matched producer is read by the j-th module each consumer regex
+            matches (DeepSpeed's ``related_modules`` rule, the importer's setting).  A consumer whose
+            input width differs from its producer's output width is refused at ``setup``.
 
     Raises:
         ValueError: at ``setup`` when a named layer's outputs go somewhere that cannot be narrowed
@@ -71,19 +78,27 @@ class RowPruning(StructuredPruning):
         exclude: list[str] | None = None,
         groups: dict[str, dict[str, Any]] | None = None,
         related_modules: dict[str, list[str]] | None = None,
+        rounding: Rounding = "nearest",
+        related_pairing: Literal["all", "index"] = "all",
     ) -> None:
         super().__init__(
             sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,
             frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer, modules=modules,
-            exclude=exclude, groups=groups,
+            exclude=exclude, groups=groups, rounding=rounding,
         )
         if related_modules is not None and not isinstance(related_modules, dict):
             raise ValueError("RowPruning: `related_modules` must be a dict {producer regex: [consumer regexes]}.")
+        if related_pairing not in ("all", "index"):
+            raise ValueError(f"RowPruning: `related_pairing`={related_pairing!r} must be 'all' or 'index'.")
         self.related_modules = related_modules
+        self.related_pairing = related_pairing
+
+    def arguments(self) -> dict[str, Any]:
+        return {**super().arguments(), "related_modules": self.related_modules}
 
     def _spaces(self, model: nn.Module) -> list[ChannelSpace]:
         if self.related_modules:
-            return related_spaces(model, self.related_modules, "RowPruning")
+            return related_spaces(model, self.related_modules, "RowPruning", self.related_pairing)
         try:  # fx tracing, else what the model families know (a BERT FFN block)
             spaces, _ = channel_spaces(model)
         except ValueError as err:

@@ -27,8 +27,9 @@ class SparsePruning(BasePruning):
             (``"4x1"``); ``"N:M"`` keeps N of every M consecutive weights along the input dimension
             (``"2:4"``).  Conv2d weights are seen as ``[out, in*kh*kw]``.
         schedule: ``"exp"`` | ``"cos"`` | ``"linear"`` | ``"cubic"``: sparsity after each prune event.
-        start_step: optimizer step (``trainer.global_step``) of the first prune event.
-        end_step: optimizer step of the last prune event; ``None`` = last step of the fit.
+        start_step: optimizer step (``trainer.global_step``; counted across fits of the model, see
+            *Lifecycle*) of the first prune event.
+        end_step: optimizer step of the last prune event; ``None`` = last step of the (first) fit.
         frequency: optimizer steps between prune events.
         scope: ``"global"`` ranks all targeted layers together (one threshold); ``"local"`` per layer.
         max_sparsity_per_layer: under global ranking no layer goes above this sparsity.
@@ -37,8 +38,15 @@ class SparsePruning(BasePruning):
         exclude: regexes of modules to leave out.
         groups: per-group settings ``{name: {"modules": [...], "sparsity": 0.8, "pattern": "2:4"}}``.
 
+    Lifecycle: a second ``fit`` of the same model continues the schedule (a finished one stays
+    finished: the masks stay, nothing is un-pruned); reused on another model the callback re-targets
+    it (masks off the old model, masks / scores / events / history / position forgotten); resuming
+    with ``ckpt_path`` needs the saving run's arguments; ``validate`` / ``test`` / ``predict`` with
+    ``ckpt_path`` run the checkpoint's masks (see :class:`~lightning_compress.callbacks._pruning.BasePruning`).
+
     Raises:
-        ValueError: at ``__init__`` for an unknown method/schedule/pattern, sparsity outside [0, 1),
+        ValueError: on resume (``ckpt_path``) when an argument differs from the saving run's (the message
+            names it, with both values); at ``__init__`` for an unknown method/schedule/pattern, sparsity outside [0, 1),
             ``end_step < start_step``, ``N > M``; at ``setup`` for a regex that matches no module, a
             pattern whose block does not divide a targeted weight, or a weight already masked by
             another sparsity callback.

@@ -15,6 +15,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
+from lightning_compress.callbacks._clock import ScheduleClock
 from lightning_compress.callbacks._steps import optimizer_step_count
 from lightning_compress.core.fake_quant import WeightFakeQuant
 from lightning_compress.core.weight_quantizer import WeightQuantizer
@@ -43,18 +44,32 @@ class WeightQuant(CompressionCallback):
     The quantizers stay on the modules after ``fit`` (the model keeps its quantized forward, and
     ``RedundancyClean`` / :func:`core.quantize.pack_state` read them); :meth:`remove` takes them off.
 
+    Lifecycle: steps are optimizer steps done on the model, counted across fits
+    (:class:`~lightning_compress.callbacks._clock.ScheduleClock`; ``trainer.global_step`` within one fit,
+    resumed or not).  A second ``fit`` of the same model continues the bits schedule where the first
+    stopped (it never goes back to a wider width or to full precision); another model re-targets the
+    callback (quantizers come off the old model, the schedule position restarts at 0); resuming from a
+    checkpoint needs every constructor argument of the saving run (``ValueError`` naming the argument
+    otherwise); ``validate`` / ``test`` / ``predict`` with ``ckpt_path`` use the checkpoint's width.
+
     Args:
         bits: final weight width in bits, one of 8, 4, 3, 2 (ternary), 1 (binary).
         start_bits: first width of the schedule (None: ``bits`` from the start).
         period: optimizer steps spent at each width of the schedule (needed with ``start_bits``).
-        granularity: one scale per ``"tensor"``, per output ``"channel"``, or per ``"group"`` of
-            ``group_size`` consecutive input values of each output channel.
+        granularity: one scale per ``"tensor"``, per output ``"channel"``, per ``"group"`` of
+            ``group_size`` consecutive input values of each output channel, or per ``"row_block"``.
         group_size: values per group (input dimension; Conv2d: ``in*kh*kw``) for ``"group"``.
         symmetric: symmetric (zero-point 0) or asymmetric affine quantization (affine widths only).
         modules: regexes of module names to quantize (Linear, Conv2d, Embedding); None: every
             Linear and Conv2d except the last one (the classifier).
         exclude: regexes of module names to leave alone.
         start_step: optimizer steps to run in full precision before quantization starts.
+        groups: with ``granularity="row_block"``: the weight (``[out, in]``; a Hugging Face ``Conv1D``'s
+            transposed) flattened and cut into ``groups`` equal chunks, one scale each (blocks of
+            ``out / groups`` rows: DeepSpeed's ``quantize_groups``).
+        scheme: ``"affine"`` or ``"deepspeed"``: DeepSpeed's quantizer grids (2**b levels; any width 1..16;
+            Embedding weights per row) and its MoQ bits schedule (one bit less once ``start_step + period *
+            2**(k-1)`` optimizer steps are done), see :class:`~lightning_compress.core.weight_quantizer.WeightQuantizer`.
 
     Raises:
         ValueError: unsupported ``bits`` / ``start_bits``, ``start_bits < bits``, a bad ``period``,
@@ -78,17 +93,20 @@ class WeightQuant(CompressionCallback):
         bits: int = 8,
         start_bits: int | None = None,
         period: int | None = None,
-        granularity: Literal["tensor", "channel", "group"] = "channel",
+        granularity: Literal["tensor", "channel", "group", "row_block"] = "channel",
         group_size: int | None = None,
         symmetric: bool = True,
         modules: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         start_step: int = 0,
+        groups: int | None = None,
+        scheme: Literal["affine", "deepspeed"] = "affine",
     ) -> None:
         super().__init__()
+        self.clock = ScheduleClock()
         self.quantizer = WeightQuantizer(
             None, bits, start_bits, period, granularity, group_size, symmetric, modules, exclude, start_step,
-            owner=self.owner, name=type(self).__name__,
+            groups=groups, scheme=scheme, owner=self.owner, name=type(self).__name__,
         )
         self.spec = self.quantizer.spec
         self.bits = bits
@@ -101,11 +119,14 @@ class WeightQuant(CompressionCallback):
 
     def identity(self) -> dict[str, Any]:
         q = self.quantizer
-        return {
+        ident = {
             "bits": q.bits, "start_bits": q.start_bits, "period": q.period, "granularity": q.spec.granularity,
             "group_size": q.spec.group_size, "symmetric": q.spec.symmetric, "modules": q.modules,
             "exclude": q.exclude, "start_step": q.start_step,
         }
+        if q.spec.groups is not None or q.scheme != "affine":  # only when set: older state keys stay
+            ident.update(groups=q.spec.groups, scheme=q.scheme)
+        return ident
 
     # ---------------------------------------------------------------- schedule
     def bits_at(self, step: int) -> int | None:
@@ -134,8 +155,20 @@ class WeightQuant(CompressionCallback):
         self.quantizer.step(optimizer_step_count(trainer) if trainer is not None else 0)
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.start(optimizer_step_count(trainer))
+
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self.quantizer.step(optimizer_step_count(trainer))
+        self.quantizer.step(self.clock.now(optimizer_step_count(trainer)))
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.clock.now(optimizer_step_count(trainer))  # after the optimizer step: what a checkpoint records
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.now(optimizer_step_count(trainer))
 
     def remove(self) -> None:
         """Take the quantizers off the modules (full-precision forward again)."""
@@ -143,17 +176,21 @@ class WeightQuant(CompressionCallback):
         super().remove()
 
     def reset_state(self) -> None:
+        """Forget the old model's schedule position (the quantizers went with :meth:`remove`)."""
         self.quantizer.steps_done = 0
+        self.clock.reset()
+        self._pending_state = None
 
     # ---------------------------------------------------------------- state
     @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.quantizer.state_dict()
+    def own_state(self) -> dict[str, Any]:
+        return {**self.quantizer.state_dict(), "clock": self.clock.state_dict()}
 
     def apply_state(self, state: dict[str, Any]) -> None:
         self.quantizer.load_state_dict(state)
+        self.clock.load_state_dict(state.get("clock"))
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.quantizer.check_state(state_dict)
-        super().load_state_dict(state_dict)
+        self.quantizer.check_state(state_dict)  # another bits schedule: names levels and start_step
+        super().load_state_dict(state_dict)  # then every other argument

@@ -20,6 +20,7 @@ from torch import nn
 
 from lightning_compress.core import act_quant as aq
 from lightning_compress.core import masking
+from lightning_compress.core.conv1d import conv1d_types
 from lightning_compress.core.quant_grid import SUPPORTED_ACT_BITS, check_bits
 from lightning_compress.core.select import select_modules
 
@@ -46,7 +47,8 @@ def attach_act_quantizers(
 
 
 class ActQuantizer:
-    """Fake-quantizes the input of every targeted Linear / Conv2d (straight-through in backward).
+    """Fake-quantizes the input of every targeted Linear / Conv2d / Hugging Face ``Conv1D``
+    (straight-through in backward; a Conv1D is quantized per token, like a Linear).
 
     * ``range="dynamic"``: scale (and zero-point) computed at every call, per token for Linear (over
       the last dimension) and per image for Conv2d (over C, H, W).
@@ -64,6 +66,8 @@ class ActQuantizer:
         modules: regexes of module names (Linear, Conv2d); None: all except the last one.
         exclude: regexes of module names to leave alone.
         momentum: EMA factor of the static range (0 <= momentum < 1).
+        start_step: inputs pass unquantized until this many optimizer steps are done (:meth:`step`;
+            DeepSpeed's ``schedule_offset``); default 0 = quantized from the start.
         owner: the id the quantizers are registered under (default ``"ActQuantizer#<n>"``).
         name: the name error messages start with (default ``"ActQuantizer"``).
 
@@ -83,10 +87,13 @@ class ActQuantizer:
         exclude: Sequence[str] | None = None,
         momentum: float = 0.95,
         *,
+        start_step: int = 0,
         owner: str | None = None,
         name: str | None = None,
     ) -> None:
         name = name or type(self).__name__
+        if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
+            raise ValueError(f"{name}: `start_step`={start_step!r} must be a non-negative integer.")
         check_bits(bits, SUPPORTED_ACT_BITS, "bits", name)
         if range not in RANGES:
             raise ValueError(f"{name}: `range`={range!r} must be one of {list(RANGES)}.")
@@ -100,6 +107,9 @@ class ActQuantizer:
         self.modules = list(modules) if modules is not None else None
         self.exclude = list(exclude) if exclude is not None else None
         self.momentum = float(momentum)
+        self.start_step = start_step
+        #: optimizer steps done, as last passed to :meth:`step`
+        self.steps_done = 0
         #: ``{qualified name: module}`` whose input is quantized (after :meth:`attach`)
         self.targets: dict[str, nn.Module] = {}
         #: ``{qualified name: ActFakeQuant}`` on those modules
@@ -118,14 +128,23 @@ class ActQuantizer:
         if self.targets:
             raise ValueError(f"{self.name}: already attached to {len(self.targets)} modules; call remove() first.")
         targets = select_modules(
-            model, self.modules, self.exclude, (nn.Linear, nn.Conv2d), owner=self.name, exclude_last=self.modules is None
+            model, self.modules, self.exclude, (nn.Linear, nn.Conv2d, *conv1d_types(model)), owner=self.name,
+            exclude_last=self.modules is None,
         )
         self.quantizers = attach_act_quantizers(targets, self.bits, self.symmetric, self.range, self.momentum, self.owner)
         self.targets = targets
+        self.step(self.steps_done)
         if self._pending is not None:
             state, self._pending = self._pending, None
             self.load_state_dict(state)
         return targets
+
+    def step(self, step: int) -> None:
+        """Turn the quantizers on once ``step`` optimizer steps are done and ``step >= start_step``
+        (call before the forward)."""
+        self.steps_done = int(step)
+        for q in self.quantizers.values():
+            q.enabled = self.steps_done >= self.start_step
 
     def remove(self) -> None:
         """Take the quantizers off the modules (the range buffers stay until ``strip``)."""

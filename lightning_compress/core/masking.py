@@ -79,20 +79,28 @@ class CompressedModuleMixin:
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         params = self._parameters
-        saved: dict[str, Any] = {}
+        inst = self.__dict__
+        saved: list[tuple[dict[str, Any], str, Any]] = []
         try:
             for name, transforms in self._lc_param_transforms.items():
                 if not transforms:
                     continue
-                original = params[name]
+                # Where the parameter lives during this forward: ``_parameters`` normally (FSDP2 puts the
+                # all-gathered plain parameter there).  FSDP1 with use_orig_params sets the unsharded view
+                # as a plain instance attribute *and* in ``_parameters``; ``self.weight`` then reads the
+                # instance attribute, so the effective value must replace it there too.
+                in_dict = isinstance(inst.get(name), torch.Tensor)
+                original = inst[name] if in_dict else params.get(name)
                 if original is None:
                     continue
                 value = original
                 for t in transforms:
                     value = t.fn(self, value)
-                saved[name] = original
-                # plain dict assignment: nn.Module.__setattr__ would refuse a non-Parameter tensor
-                params[name] = value  # type: ignore[assignment]
+                for home in (params, inst) if in_dict else (params,):
+                    if name in home:
+                        saved.append((home, name, home[name]))
+                        # plain dict assignment: nn.Module.__setattr__ would refuse a non-Parameter tensor
+                        home[name] = value
             if self._lc_input_transforms and args:
                 x = args[0]
                 for t in self._lc_input_transforms:
@@ -100,8 +108,8 @@ class CompressedModuleMixin:
                 args = (x,) + tuple(args[1:])
             return self._lc_original_class.forward(self, *args, **kwargs)
         finally:
-            for name, original in saved.items():
-                params[name] = original
+            for home, name, original in reversed(saved):
+                home[name] = original
 
 
 _CLASS_CACHE: dict[type, type] = {}
@@ -148,8 +156,33 @@ def _unwrap(module: nn.Module) -> nn.Module:
     cls = module._lc_original_class  # type: ignore[attr-defined]
     for attr in ("_lc_param_transforms", "_lc_input_transforms", "_lc_original_class"):
         module.__dict__.pop(attr, None)
-    module.__class__ = cls
+    module.__class__ = _without_mixin(type(module), cls)
     return module
+
+
+_REBUILT: dict[tuple[type, type, type], type] = {}
+
+
+def replace_base(current: type, layer: type, base: type) -> type:
+    """``current`` with the class ``layer`` (a swapped-in subclass of ``base``) taken out: ``base``
+    when ``current`` is ``layer``; when another class was swapped in on top of ``layer`` afterwards
+    (FSDP2's ``fully_shard`` turns ``Compressed<Linear>`` into ``FSDP<Compressed<Linear>>``, bases
+    ``(FSDPModule, Compressed<Linear>)``), a class with ``layer`` replaced by ``base`` among its bases
+    (``(FSDPModule, Linear)``), so the module keeps that outer layer (cached)."""
+    if current is layer or layer not in current.__bases__:
+        return base
+    key = (current, layer, base)
+    if key not in _REBUILT:
+        bases = tuple(base if b is layer else b for b in current.__bases__)
+        body = {k: v for k, v in current.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        _REBUILT[key] = type(current.__name__.replace(layer.__name__, base.__name__), bases, body)
+    return _REBUILT[key]
+
+
+def _without_mixin(current: type, original: type) -> type:
+    """``current`` without the compressed subclass of ``original`` (see :func:`replace_base`)."""
+    compressed = _CLASS_CACHE.get(original)
+    return original if compressed is None else replace_base(current, compressed, original)
 
 
 def _insert(transforms: list[Transform], new: Transform, where: str) -> None:

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import torch
 from torch import nn
 
 from lightning_compress.core import masking
+from lightning_compress.core.conv1d import conv1d_types, is_conv1d, out_in_shape
 from lightning_compress.core.criteria import CRITERIA, Criterion, ScoreState, resolve_criterion
 from lightning_compress.core.dist import full_grad
 from lightning_compress.core.patterns import Pattern, parse_pattern
@@ -49,7 +50,7 @@ from lightning_compress.core.ranking import select_pruned_units
 from lightning_compress.core.schedule import SCHEDULES, SparsitySchedule
 from lightning_compress.core.select import apply_exclude, select_modules
 from lightning_compress.core.surgery import UnitGroup
-from lightning_compress.core.types import MethodName, ScheduleName, Scope
+from lightning_compress.core.types import MethodName, Rounding, ScheduleName, Scope
 
 FindGroups = Callable[[nn.Module, PruneGroup], "list[UnitGroup]"]
 _COUNTER = itertools.count()
@@ -82,6 +83,9 @@ class Pruner:
         target_types: module types weight targets may have.
         owner: masking owner id (default: unique per pruner).
         name: prefix of error messages (the callback's class name).
+        rounding: ``"nearest"`` or ``"floor"``: how a local (``scope="local"``) pruned-unit count
+            ``sparsity * n`` is rounded; ``"floor"`` keeps ``ceil((1 - sparsity) * n)`` units, as
+            DeepSpeed's TopKBinarizer (the DeepSpeed importer's setting).
 
     Raises:
         ValueError: at construction for an unknown method / schedule / pattern, sparsity outside
@@ -112,8 +116,13 @@ class Pruner:
         target_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
         owner: str | None = None,
         name: str = "Pruner",
+        rounding: Rounding = "nearest",
     ) -> None:
         self.name = name
+        if rounding not in get_args(Rounding):
+            raise ValueError(f"{name}: `rounding`={rounding!r} must be one of {list(get_args(Rounding))}.")
+        #: how a local pruned-unit count is rounded (:func:`~lightning_compress.core.ranking.select_pruned_units`)
+        self.rounding = rounding
         self.criterion = resolve_criterion(method, name)
         self.find_groups = find_groups
         if find_groups is not None and not self.criterion.structured:
@@ -218,22 +227,26 @@ class Pruner:
 
     def weight_targets(self, model: nn.Module, group: PruneGroup) -> list[WeightTarget]:
         """A group's weight targets: ``modules``/``exclude`` resolved, the pattern checked on each."""
+        types = self.target_types
+        if nn.Linear in types:  # Hugging Face Conv1D: a Linear stored [in, out]
+            types = (*types, *conv1d_types(model))
         if group.modules is None:
-            chosen = select_modules(model, None, None, self.target_types, owner=self.name, exclude_last=True)
+            chosen = select_modules(model, None, None, types, owner=self.name, exclude_last=True)
             if group.exclude:
                 chosen = apply_exclude(model, chosen, group.exclude, self.name)
         else:
-            chosen = select_modules(model, group.modules, group.exclude, self.target_types, owner=self.name)
+            chosen = select_modules(model, group.modules, group.exclude, types, owner=self.name)
         targets = []
         for mname, module in chosen.items():
             shape = tuple(getattr(module.weight, "ds_shape", module.weight.shape))
-            group.pattern.check(shape, f"{self.name} group {group.name!r}, module {mname!r}")
+            group.pattern.check(out_in_shape(module), f"{self.name} group {group.name!r}, module {mname!r}")
             targets.append(
                 WeightTarget(
                     name=mname, module=module, group=group.name, pattern=group.pattern,
                     max_sparsity=min(self.max_sparsity_per_layer, group.pattern.max_sparsity),
                     score=self.criterion.per_weight_state(torch.Size(shape), device=module.weight.device),
                     mask_buffer=masking.private_name(f"mask_{self.kind}"),
+                    transposed=is_conv1d(module),
                 )
             )
         return targets
@@ -260,7 +273,8 @@ class Pruner:
         s, word = group.sparsity, self.unit_word
         if self.scope == "local":
             for ug in ugroups:
-                if int(round(s * ug.num_units)) >= ug.num_units:
+                k = math.floor(s * ug.num_units + 1e-9) if self.rounding == "floor" else round(s * ug.num_units)
+                if int(k) >= ug.num_units:
                     raise ValueError(
                         f"{self.name}: `sparsity`={s} would remove all {ug.num_units} {word}s of {ug.name!r} "
                         f"(at least 1 must stay); use sparsity <= {(ug.num_units - 1) / ug.num_units:.3g}."
@@ -316,11 +330,13 @@ class Pruner:
         self.model = None
 
     def reset(self) -> None:
-        """Forget events and history (before pruning another model)."""
+        """Forget events, history, position and the resolved ``end_step`` (before pruning another model)."""
         for g in self.groups:
             g.events_done = 0
+            g.schedule = None
         self.history = []
         self.steps_done = 0
+        self.resolved_end = self.end_step
 
     # ------------------------------------------------------------------ schedule
     def resolve_end_step(self, total_steps: int | None = None) -> int:
@@ -330,12 +346,20 @@ class Pruner:
             if total_steps is None:
                 raise ValueError(f"{self.name}: `end_step` is None; pass `end_step` or the number of optimizer steps.")
             end = max(self.start_step, int(total_steps) - 1)
+        self._build_schedules(end)
+        return end
+
+    @property
+    def schedule_resolved(self) -> bool:
+        """True once the schedule has an end (:meth:`resolve_end_step`, or restored by :meth:`load_state_dict`)."""
+        return all(g.schedule is not None for g in self.groups)
+
+    def _build_schedules(self, end: int) -> None:
         self.resolved_end = end
         for group in self.groups:
             group.schedule = SparsitySchedule(
                 final=group.sparsity, kind=self.schedule_kind, start_step=self.start_step, end_step=end, frequency=self.frequency
             )
-        return end
 
     # ------------------------------------------------------------------ training loop
     def update_scores(self, grad_fn: GradFn | None = None, step: int | None = None) -> None:
@@ -353,6 +377,16 @@ class Pruner:
         grad = grad_fn or (lambda p: full_grad(p, in_engine))
         for t in self.targets:
             t.update(grad, in_engine)
+
+    def event_due(self, step: int) -> bool:
+        """True when :meth:`step` with ``step`` would compute masks (a new event is due and its
+        criterion is ready); the caller can then make full weights available (FSDP1) first."""
+        for group in self.groups:
+            due = group.schedule.events_due(step) if group.schedule is not None else None
+            if due is None or due > group.events_done:
+                if all(self.criterion.ready(t.score) for t in group.targets):
+                    return True
+        return False
 
     def step(self, step: int) -> bool:
         """Run the latest due prune event once ``step`` optimizer steps are done.  Returns True when
@@ -380,7 +414,7 @@ class Pruner:
         if not group.targets:
             return
         scored = [t.layer_scores(self.in_engine) for t in group.targets]
-        pruned = select_pruned_units([layer for layer, _ in scored], sparsity, self.scope)
+        pruned = select_pruned_units([layer for layer, _ in scored], sparsity, self.scope, self.rounding)
         for t, pu, (_, aux) in zip(group.targets, pruned, scored):
             t.apply_pruned(pu, aux)
 
@@ -417,7 +451,9 @@ class Pruner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore events, masks and scores onto the attached targets."""
+        """Restore events, the resolved ``end_step``, masks and scores onto the attached targets."""
+        if state.get("resolved_end") is not None:
+            self._build_schedules(int(state["resolved_end"]))
         events = state.get("events_done", {})
         for g in self.groups:
             g.events_done = int(events.get(g.name, 0))

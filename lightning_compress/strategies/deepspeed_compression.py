@@ -17,20 +17,29 @@ From ``setup_environment`` to ``teardown`` a few known-harmless DeepSpeed messag
 its exact text (torch's deprecation of the collectives DeepSpeed calls, DeepSpeed's "untested
 optimizer" line): see :mod:`lightning_compress.strategies.quiet`; ``LC_DEEPSPEED_WARNINGS=1`` shows them.
 
+Checkpoints are atomic (:mod:`lightning_compress.strategies.checkpoint_files`): every part is written
+into a temporary sibling folder, a manifest (step, size and SHA-256 of each part) is added, and the
+folder replaces the target only when complete, so ``last.ckpt`` is always a complete earlier or later
+checkpoint, whatever kills a save; on load a checkpoint whose parts do not match its manifest (parts
+from different steps, truncated) is refused, naming the parts.
+
 Registered names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and
 ``deepspeed_compression_stage_1`` / ``_stage_2`` / ``_stage_3``, and Lightning's own DeepSpeed names
 (``"deepspeed"``, ``"deepspeed_stage_3"``, ... with the same init params as Lightning's), so that
 ``Trainer(strategy="deepspeed")`` runs on a CPU-only machine too once ``lightning_compress`` is imported.
-On CUDA this class runs Lightning's code (plus the ``compression_training`` callbacks and the hidden
-messages above), so those names behave as Lightning's; only where Lightning's would raise (the CPU
-accelerator) does it run instead.  Any other accelerator gets Lightning's own behaviour (its CUDA check).  ``import lightning_compress`` registers the names (see
-:mod:`lightning_compress.strategies.registration`); pass ``DeepSpeedStrategy(...)`` as an object to get
-the stock class.
+On CUDA this class runs Lightning's code plus the three additions above (``compression_training``
+callbacks, hidden known-harmless messages, atomic checkpoints with a manifest), so those names train as
+Lightning's do; only where Lightning's would raise (the CPU accelerator) does it run instead.  Any other
+accelerator gets Lightning's own behaviour (its CUDA check).  ``import lightning_compress`` registers the
+names (see :mod:`lightning_compress.strategies.registration`); pass ``DeepSpeedStrategy(...)`` as an
+object to get the stock class.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +49,7 @@ from lightning.pytorch.strategies.parallel import ParallelStrategy
 from lightning.fabric.utilities.seed import reset_seed
 from typing_extensions import override
 
+from lightning_compress.strategies import checkpoint_files
 from lightning_compress.strategies.quiet import QuietDeepSpeed
 from lightning_compress.strategies.registration import register
 
@@ -48,7 +58,8 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
     """DeepSpeed strategy for CUDA *and* CPU (gloo).  Takes every argument of ``DeepSpeedStrategy``.
 
     After ``import lightning_compress``, ``strategy="deepspeed"`` (and every other Lightning DeepSpeed
-    name) builds this class too: identical to Lightning's on CUDA, running where Lightning's refuses (CPU).
+    name) builds this class too: Lightning's code on CUDA (plus the additions in the module docstring),
+    running where Lightning's refuses (CPU).
 
     Example::
 
@@ -59,7 +70,11 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
 
     strategy_name = "deepspeed_compression"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, compression_teacher: Any = None, compression_distill: Any = None, **kwargs: Any) -> None:
+        """Every argument of ``DeepSpeedStrategy``, plus for ``compression_training.layer_reduction``:
+        ``compression_teacher`` (a separate teacher network) and ``compression_distill`` (False: no
+        distillation loss, as DeepSpeed; True or a weights dict: LayerReductionKD's), passed to
+        :func:`lightning_compress.from_deepspeed_config` as ``teacher`` / ``distill``."""
         super().__init__(*args, **kwargs)
         # DeepSpeed 0.19 no longer knows `compression_training` (and rejects it): take it out of a
         # copy of the config (the user's dict stays whole) and build the callbacks now, so a bad
@@ -73,7 +88,14 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
             self.compression_config = self.config.pop("compression_training")
             from lightning_compress.deepspeed import from_deepspeed_config
 
-            self._compression_callbacks = from_deepspeed_config({"compression_training": self.compression_config})
+            self._compression_callbacks = from_deepspeed_config(
+                {"compression_training": self.compression_config}, teacher=compression_teacher, distill=compression_distill
+            )
+        elif compression_teacher is not None or compression_distill:
+            raise ValueError(
+                "DeepSpeedCompressionStrategy: `compression_teacher` / `compression_distill` need a config with a "
+                "`compression_training.layer_reduction` section."
+            )
 
     @property
     def _stock_path(self) -> bool:
@@ -141,6 +163,63 @@ class DeepSpeedCompressionStrategy(DeepSpeedStrategy):
         if self._stock_path:
             return super()._get_process_group_backend()
         return self._process_group_backend or "gloo"
+
+    @override
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any | None = None) -> None:
+        """DeepSpeed's save, made atomic (module docstring): all ranks write into one temporary
+        sibling folder; rank 0 adds the manifest and renames it onto ``filepath``.  On an error the
+        temporary folder is deleted and ``filepath`` keeps the previous checkpoint."""
+        filepath = self.broadcast(str(filepath))
+        token = self.broadcast(uuid.uuid4().hex[:12])
+        partial = checkpoint_files.partial_path(filepath, token)
+        if self.is_global_zero:
+            Path(partial).parent.mkdir(parents=True, exist_ok=True)
+            checkpoint_files.discard_stale(filepath)  # left by a save that was killed
+        self.barrier("lc_checkpoint_start")
+        try:
+            super().save_checkpoint(checkpoint, str(partial), storage_options)
+        except BaseException:
+            # no collective here (the other ranks may be dead); best effort: a rank still writing may
+            # recreate it, and the next save removes it (discard_stale)
+            if self.is_global_zero:
+                checkpoint_files.discard(partial)
+            raise
+        self.barrier("lc_checkpoint_written")  # every rank's shards are on disk
+        if self.is_global_zero:
+            try:
+                checkpoint_files.write_manifest(
+                    partial, int(checkpoint.get("global_step", -1)),
+                    {"epoch": checkpoint.get("epoch"), "world_size": self.world_size, "zero_stage": self.config.get("zero_optimization", {}).get("stage")},
+                )
+                checkpoint_files.swap_in(partial, filepath, token)
+            except BaseException:
+                checkpoint_files.discard(partial)
+                raise
+        self.barrier("lc_checkpoint_swapped")
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Refuse a checkpoint folder whose parts do not match its manifest (checked on rank 0, the
+        verdict broadcast so every rank raises the same error), then DeepSpeed's load."""
+        path = str(checkpoint_path)
+        problem: str | None = None
+        unchecked = False
+        if self.is_global_zero and os.path.isdir(path):
+            try:
+                unchecked = checkpoint_files.verify(path) is None
+            except ValueError as err:
+                problem = str(err)
+        problem, unchecked = self.broadcast((problem, unchecked))
+        if problem is not None:
+            raise ValueError(f"{type(self).__name__}: {problem}")
+        if unchecked:
+            from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+            rank_zero_warn(
+                f"{type(self).__name__}: checkpoint {path!r} has no {checkpoint_files.MANIFEST} (not written by this "
+                f"strategy): its parts cannot be checked to come from one step."
+            )
+        return super().load_checkpoint(checkpoint_path, weights_only)
 
     @override
     def teardown(self) -> None:
