@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from lightning_compress.core import act_quant as aq
+from lightning_compress.core import masking
 from lightning_compress.core.act_quantizer import attach_act_quantizers
+from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.fake_quant import pre_quant_weight, weight_quantizer
 from lightning_compress.core.quant_grid import (
     GRANULARITIES,
@@ -137,6 +139,13 @@ def quantize(
     if act_bits is not None:
         # momentum is unused: static ranges come from the calibration below, then stay frozen
         quantizers = attach_act_quantizers(atargets, act_bits, act_symmetric, "static" if static else "dynamic", 0.95, OWNER)
+    try:  # parents that read a child's weights directly (nn.MultiheadAttention's out_proj) substitute them
+        guard_direct_reads(model)
+    except ValueError as err:
+        for module in wtargets.values():
+            masking.remove_owner(module, OWNER)
+        raise ValueError(f"quantize: {err}") from None
+    if act_bits is not None:
         if static:
             _calibrate(model, atargets, quantizers, calib_dataloader, observer, act_bits, act_symmetric, num_batches, forward_fn)
     return model

@@ -1,4 +1,4 @@
-"""``HeadPruning``: remove whole attention heads (Hugging Face BERT-family and nn.MultiheadAttention)."""
+"""``HeadPruning``: remove whole attention heads (every attention a model family understands)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ class HeadPruning(StructuredPruning):
       masked (a zero value row makes the head contribute nothing).  An ``nn.MultiheadAttention``
       cannot be narrowed and stay one (its projection width is ``embed_dim``), so ``clean`` bakes the
       zeros (``out_proj`` columns too) but removes nothing; the report says so.
+    * DistilBERT, ALBERT (one mask per shared layer), DeBERTa-v2, Llama / Qwen2 / Mistral
+      (grouped-query attention: a unit is one key/value head with its query heads), HF ViT: removed
+      by ``clean``; T5 and torchvision Swin: masked, kept (see :mod:`lightning_compress.core.families`).
 
     Args:
         sparsity: fraction of heads removed at ``end_step`` (per attention with ``scope="local"``).

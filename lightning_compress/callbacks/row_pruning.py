@@ -20,8 +20,10 @@ class RowPruning(StructuredPruning):
     """Prune whole output rows of Linear layers (FFN neurons); the consumers' input columns go too.
 
     Which layers read a Linear's outputs is found by tracing the model (``torch.fx``; for Hugging Face
-    BERT-family models, which fx cannot trace, the ``intermediate.dense -> output.dense`` structure),
-    see :mod:`lightning_compress.core.graph`.  The mask zeroes the row's weight and bias and the
+    models, which fx cannot trace, the feed-forward blocks the model families know: BERT's
+    ``intermediate.dense -> output.dense``, SwiGLU ``gate_proj`` + ``up_proj -> down_proj``, ...), see
+    :mod:`lightning_compress.core.graph`.  Producers whose outputs are combined elementwise (a SwiGLU
+    gate and up projection) share one row mask and must be selected together.  The mask zeroes the row's weight and bias and the
     consumers' columns, so the masked model computes exactly what the slim model from
     :func:`lightning_compress.clean` computes.
 
@@ -110,11 +112,11 @@ class RowPruning(StructuredPruning):
         by_producer = {n: sp for sp in spaces for n in sp.producers}
         names = {id(m): n for n, m in model.named_modules()}
 
-        def usable(sp: ChannelSpace) -> bool:
+        def usable(sp: ChannelSpace) -> bool:  # several producers: one row mask (SwiGLU gate and up)
             return (
-                sp.ok and len(sp.producers) == 1 and bool(sp.consumers)
+                sp.ok and bool(sp.producers) and bool(sp.consumers)
                 and all(isinstance(m, nn.Linear) for m in [*sp.producers.values(), *sp.consumers.values()])
-                and not sp.norms
+                and len({m.out_features for m in sp.producers.values()}) == 1 and not sp.norms
             )
 
         if group.modules is None:
@@ -139,11 +141,25 @@ class RowPruning(StructuredPruning):
                         f"consumers with `related_modules`."
                     )
         out = []
+        done: set[int] = set()
         for n in chosen:
             sp = by_producer[n]
-            prod = sp.producers[n]
-            members = [Member(n, prod, "out", ("weight", "bias") if prod.bias is not None else ("weight",), 0)]
+            if id(sp) in done:
+                continue
+            done.add(id(sp))
+            left_out = sorted(set(sp.producers) - set(chosen))
+            if left_out:
+                raise ValueError(
+                    f"RowPruning: {n!r} shares its rows with {left_out} (their outputs are combined elementwise, "
+                    f"e.g. a SwiGLU gate and up projection), so they take one row mask: select all of "
+                    f"{sorted(sp.producers)} or none (`modules` / `exclude`)."
+                )
+            members = [
+                Member(pn, pm, "out", ("weight", "bias") if pm.bias is not None else ("weight",), 0)
+                for pn, pm in sp.producers.items()
+            ]
             for cn, cm in sp.consumers.items():
                 members.append(Member(names.get(id(cm), cn), cm, "in", ("weight",), 1))
+            prod = sp.producers[n]
             out.append(UnitGroup(name=n, kind=self.mask_kind, num_units=prod.out_features, members=members, holder=prod, unit="row"))
         return out

@@ -21,6 +21,7 @@ from torch import nn
 from lightning_compress.core import act_quant as aq
 from lightning_compress.core import masking
 from lightning_compress.core.conv1d import conv1d_types
+from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.quant_grid import SUPPORTED_ACT_BITS, check_bits
 from lightning_compress.core.select import select_modules
 
@@ -132,6 +133,13 @@ class ActQuantizer:
             exclude_last=self.modules is None,
         )
         self.quantizers = attach_act_quantizers(targets, self.bits, self.symmetric, self.range, self.momentum, self.owner)
+        try:
+            guard_direct_reads(model)
+        except ValueError as err:
+            for module in targets.values():
+                masking.remove_owner(module, self.owner)
+            self.quantizers = {}
+            raise ValueError(f"{self.name}: {err}") from None
         self.targets = targets
         self.step(self.steps_done)
         if self._pending is not None:

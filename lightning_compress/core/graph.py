@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lightning_compress.core import masking
+
 #: modules that act per channel / per feature (output channel c depends only on input channel c)
 _PER_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Hardswish,
@@ -104,8 +106,15 @@ def trace_channel_spaces(model: nn.Module) -> list[ChannelSpace]:
     """Channel spaces of ``model`` by ``torch.fx`` (raises :class:`TracingError` when fx fails)."""
     import torch.fx as fx
 
+    class _Tracer(fx.Tracer):
+        """A module carrying masks / quantizers is a leaf: tracing into its forward would run the
+        transforms and store their results on ``model`` as ``_tensor_constant*`` attributes."""
+
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return masking.is_wrapped(m) or super().is_leaf_module(m, qualname)
+
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as err:  # fx raises many kinds of errors on dynamic code
         raise TracingError(f"torch.fx.symbolic_trace failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
     modules = dict(gm.named_modules())

@@ -42,6 +42,7 @@ from torch import nn
 
 from lightning_compress.core import masking
 from lightning_compress.core.conv1d import conv1d_types, is_conv1d, out_in_shape
+from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.criteria import CRITERIA, Criterion, ScoreState, resolve_criterion
 from lightning_compress.core.dist import full_grad
 from lightning_compress.core.patterns import Pattern, parse_pattern
@@ -311,6 +312,7 @@ class Pruner:
                 seen[t.name] = group.name
         for t in self.targets:
             t.attach(self.owner, self.kind)
+        guard_direct_reads(model)
         self.model = model
 
     def modules_touched(self) -> dict[str, nn.Module]:

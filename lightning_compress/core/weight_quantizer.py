@@ -25,6 +25,7 @@ from torch import nn
 
 from lightning_compress.core import masking
 from lightning_compress.core.conv1d import conv1d_types, is_conv1d, out_in_shape
+from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.fake_quant import WeightFakeQuant
 from lightning_compress.core.quant_grid import (
     GRANULARITIES,
@@ -252,6 +253,7 @@ class WeightQuantizer:
             raise ValueError(f"{self.name}: already attached to {len(self.targets)} modules; call remove() first.")
         targets = select_weight_targets(model, self.modules, self.exclude, self.name)
         self.quantizers = attach_weight_quantizers(targets, self.spec, self.owner, self.name)
+        guard_direct_reads(model)
         self.targets = targets
         self.step(self.steps_done)
         return targets
