@@ -54,9 +54,16 @@ class ActQuant(CompressionCallback):
         ValueError: unsupported ``bits``, ``range`` or ``momentum``, ``modules=[]`` (``__init__``); a regex matching
             nothing or no Linear / Conv2d to quantize (``setup``).
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        trainer = Trainer(callbacks=[WeightQuant(bits=8), ActQuant(bits=8, range="static")])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import ActQuant, RedundancyClean, WeightQuant
+
+        callbacks = [WeightQuant(bits=8), ActQuant(bits=8, range="static"), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     def __init__(

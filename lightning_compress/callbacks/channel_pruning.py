@@ -44,9 +44,16 @@ class ChannelPruning(StructuredPruning):
             that cannot be narrowed (the message names the layers and the op), or when ``sparsity``
             would remove every channel of a group.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        Trainer(callbacks=[ChannelPruning(sparsity=0.5), RedundancyClean("slim/")])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import ChannelPruning, RedundancyClean
+
+        callbacks = [ChannelPruning(sparsity=0.5), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     mask_kind = "channel_mask"

@@ -48,9 +48,16 @@ class HeadPruning(StructuredPruning):
         ValueError: at ``setup`` when the model has no attention it understands, when a ``modules`` regex
             matches none, or when ``sparsity`` would remove every head of a layer.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        Trainer(callbacks=[HeadPruning(sparsity=0.5), RowPruning(sparsity=0.5), RedundancyClean("slim/")])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import HeadPruning, RedundancyClean
+
+        callbacks = [HeadPruning(sparsity=0.5), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     mask_kind = "head_mask"

@@ -103,12 +103,16 @@ class LayerReductionKD(CompressionCallback):
             hidden/attention term is on, attention asked of a model that does not return it, manual
             optimization, or a checkpoint whose ``keep_layers`` differ.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        model = BertForSequenceClassification.from_pretrained(path, num_labels=2)   # 12 layers
-        trainer = Trainer(callbacks=[LayerReductionKD(keep_layers=[1, 3, 5, 7, 9, 11],
-                                                      weights={"logits": 1.0, "hidden": 1.0, "labels": 1.0})])
-        trainer.fit(MyModule(model))   # model now has 6 layers; the loss includes the KD terms
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import LayerReductionKD, RedundancyClean
+
+        kd = LayerReductionKD(keep_layers=2, weights={"logits": 1.0, "hidden": 1.0, "labels": 1.0})
+        Trainer(max_steps=1000, callbacks=[kd, RedundancyClean("slim")]).fit(model, datamodule)  # half the layers
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     def __init__(

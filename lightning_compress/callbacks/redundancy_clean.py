@@ -144,10 +144,16 @@ class RedundancyClean(Callback):
             an earlier export without ``overwrite=True``, or is shared with another RedundancyClean.
         PermissionError: at ``setup`` (fit) when ``output_dir`` cannot be written.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        Trainer(callbacks=[ChannelPruning(sparsity=0.5), RedundancyClean("slim/")]).fit(model, loader)
-        # later, anywhere: torch.export.load("slim/model.pt2").module()(x)
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import ChannelPruning, RedundancyClean
+
+        callbacks = [ChannelPruning(sparsity=0.5), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     def __init__(

@@ -51,9 +51,16 @@ class RowPruning(StructuredPruning):
             (the message names the layers and the op), when tracing fails and no BERT-style block is
             found, or when ``sparsity`` would remove every row of a layer.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        Trainer(callbacks=[RowPruning(sparsity=0.5), RedundancyClean("slim/")])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import RedundancyClean, RowPruning
+
+        callbacks = [RowPruning(sparsity=0.5), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     mask_kind = "row_mask"

@@ -61,9 +61,16 @@ class SparsePruning(BasePruning):
             masked by another sparsity callback; at ``on_train_start`` for an ``end_step`` after the
             fit's last optimizer step.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        trainer = Trainer(callbacks=[SparsePruning(method="snip_momentum", pattern="4x1", sparsity=0.9)])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import RedundancyClean, SparsePruning
+
+        pruning = SparsePruning(method="snip_momentum", pattern="4x1", sparsity=0.9)
+        Trainer(max_steps=1000, callbacks=[pruning, RedundancyClean("slim")]).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     mask_kind = "sparse_mask"
@@ -104,9 +111,16 @@ class SnipMomentumPruning(SparsePruning):
 
     Args: as :class:`SparsePruning`, without ``method``.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        Trainer(callbacks=[SnipMomentumPruning(pattern="4x1", sparsity=0.9)], strategy="deepspeed")
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import RedundancyClean, SnipMomentumPruning
+
+        callbacks = [SnipMomentumPruning(pattern="4x1", sparsity=0.9), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks, strategy="deepspeed").fit(model, datamodule)  # CUDA or CPU
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     def __init__(

@@ -87,9 +87,16 @@ class WeightQuant(CompressionCallback):
             ``granularity`` or ``group_size`` (in ``__init__``); ``group_size`` not dividing a
             module's input dimension, a regex matching nothing, or no quantizable layer (in ``setup``).
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        trainer = Trainer(callbacks=[WeightQuant(bits=4, start_bits=8, period=500, granularity="group", group_size=64)])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import RedundancyClean, WeightQuant
+
+        quant = WeightQuant(bits=4, start_bits=8, period=500, granularity="group", group_size=16)
+        Trainer(max_steps=1000, callbacks=[quant, RedundancyClean("slim")]).fit(model, datamodule)  # int4 stored
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     def __init__(
