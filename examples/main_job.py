@@ -1,13 +1,15 @@
 """The main job: train a CIFAR-10 ResNet-20 briefly on CPU, compress it, and print what it bought.
 
     python examples/main_job.py                      # offline: reads ../shared/data/cifar10 zips
-    python examples/main_job.py --data-dir data/cifar10 --recipe snip_momentum
+    python examples/main_job.py --data-dir data/cifar10_subset --recipe snip_momentum
 
 Steps (no network needed):
 
 1. Data: if ``--data-dir`` has no ``train/<class>/*.jpg`` + ``test/...`` yet, a class-balanced subset
    (``--train-per-class`` / ``--test-per-class`` images) is extracted from the zips in ``--source``
-   (default ``../shared/data/cifar10``; a folder with ``train.zip``/``test.zip`` or image folders).
+   (default ``../shared/data/cifar10``; a folder with ``train.zip``/``test.zip`` or image folders) and
+   marked as such (``DATA_ORIGIN.json``).  A ``--data-dir`` that already holds other images (the full
+   set, another subset) is refused with the fix.  The run prints which data it uses.
 2. Dense: ResNet-20 trained ``--dense-epochs`` epochs (SGD + cosine).
 3. Compression, fine-tuning ``--compress-epochs`` epochs from the dense weights:
    * ``channel`` (default when ChannelPruning and RedundancyClean are installed): 50% of the conv
@@ -43,6 +45,7 @@ from torch import nn  # noqa: E402
 
 import lightning_compress  # noqa: E402,F401
 from examples.cifar.data import CifarDataModule, prepare_subset  # noqa: E402
+from examples._quiet import hide_lightning_tips  # noqa: E402
 from examples.cifar.model import CifarResNet  # noqa: E402
 
 
@@ -185,8 +188,11 @@ def slim_model(model: CifarResNet, callbacks: list[pl.Callback]) -> nn.Module | 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    hide_lightning_tips()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="data/cifar10", help="image folders (created from --source if missing)")
+    parser.add_argument("--data-dir", default="data/cifar10_subset",
+                        help="the subset's image folders (created from --source if missing; not data/cifar10, the "
+                        "folder the CIFAR example CLI reads the full set from)")
     parser.add_argument("--source", default=None,
                         help="folder with CIFAR-10 train.zip/test.zip (or image folders) to take the subset from "
                         "(default: ../shared/data/cifar10 from the current folder or from the repository root)")
@@ -220,10 +226,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         source = next((c for c in candidates if c.is_dir()), candidates[0])
     data_dir = prepare_subset(source, args.data_dir, args.train_per_class, args.test_per_class)
     pl.seed_everything(args.seed, verbose=False)
-    dm = CifarDataModule(str(data_dir), batch_size=args.batch_size, num_workers=0, download=False)
+    # the folder is the subset prepare_subset made or checked (its DATA_ORIGIN.json says so): use it as it is
+    dm = CifarDataModule(str(data_dir), batch_size=args.batch_size, num_workers=0, subset="folder", download=False)
     dm.prepare_data()
-    dm.setup("fit")
-    print(f"data: {len(dm.train_set)} train / {len(dm.test_set)} test images from {data_dir}; recipe: {recipe}")
+    dm.setup("fit")  # prints which data: path, images per split, where they came from
+    print(f"recipe: {recipe}")
     x = next(iter(dm.test_dataloader()))[0][: args.latency_batch]
 
     model = CifarResNet("resnet20", width=args.width, lr=0.1)

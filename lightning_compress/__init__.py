@@ -32,6 +32,8 @@ _LAZY: dict[str, str] = {
         "lightning_compress.callbacks",
     ),
     "DeepSpeedCompressionStrategy": "lightning_compress.strategies.deepspeed_compression",
+    "FSDPCompressionStrategy": "lightning_compress.strategies.fsdp_compression",
+    "ModelParallelCompressionStrategy": "lightning_compress.strategies.model_parallel_compression",
     "from_deepspeed_config": "lightning_compress.deepspeed",
     "clean": "lightning_compress.export",
     "fold_batchnorm": "lightning_compress.export",
@@ -57,6 +59,8 @@ __all__ = [
     "RedundancyClean",
     "OneShotCompression",
     "DeepSpeedCompressionStrategy",
+    "FSDPCompressionStrategy",
+    "ModelParallelCompressionStrategy",
     "clean",
     "from_deepspeed_config",
     "fold_batchnorm",
@@ -85,6 +89,8 @@ if TYPE_CHECKING:
     from lightning_compress.export import clean, export_float, export_int8, export_qdq, fold_batchnorm, load_slim_state
     from lightning_compress.ptq import quantize, zeroquant
     from lightning_compress.strategies.deepspeed_compression import DeepSpeedCompressionStrategy
+    from lightning_compress.strategies.fsdp_compression import FSDPCompressionStrategy
+    from lightning_compress.strategies.model_parallel_compression import ModelParallelCompressionStrategy
 
 
 def __getattr__(name: str) -> Any:

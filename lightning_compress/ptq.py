@@ -6,7 +6,6 @@ layer inputs), ready for :mod:`lightning_compress.export.onnx`.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -15,7 +14,9 @@ import torch
 from torch import nn
 
 from lightning_compress.core import act_quant as aq
+from lightning_compress.core import args, masking
 from lightning_compress.core.act_quantizer import attach_act_quantizers
+from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.fake_quant import pre_quant_weight, weight_quantizer
 from lightning_compress.core.quant_grid import (
     GRANULARITIES,
@@ -98,27 +99,37 @@ def quantize(
         inplace: quantize ``model`` itself instead of a deep copy.
 
     Raises:
-        ValueError: unsupported bits / observer / granularity, a group size that does not divide a
-            module's input dimension, no quantizable layer, or a calibration loader that yields nothing.
+        TypeError: an argument of the wrong type (:mod:`lightning_compress.core.args`: ``weight_bits="8"``,
+            ``symmetric="no"``, ``inplace=1``, ``forward_fn=3``).
+        ValueError: unsupported bits / observer / granularity, ``modules=[]``, a regex that does not
+            compile, a group size that does not divide a module's input dimension, no quantizable layer,
+            or a calibration loader that yields nothing.
 
     Example::
 
         qmodel = lightning_compress.quantize(model, calib_loader, weight_bits=8, act_bits=8, observer="percentile")
         lightning_compress.export_qdq(qmodel, (x,), "model_qdq.onnx")
     """
+    owner = "quantize"
+    if not isinstance(model, nn.Module):
+        args.fail(owner, "model", model, f"is not a torch.nn.Module", "pass the model to quantize", TypeError)
     if weight_bits is not None:
-        check_bits(weight_bits, SUPPORTED_WEIGHT_BITS, "weight_bits", "quantize")
+        check_bits(weight_bits, SUPPORTED_WEIGHT_BITS, "weight_bits", owner)
     if act_bits is not None:
-        check_bits(act_bits, SUPPORTED_ACT_BITS, "act_bits", "quantize")
+        check_bits(act_bits, SUPPORTED_ACT_BITS, "act_bits", owner)
     if weight_bits is None and act_bits is None:
         raise ValueError("quantize: `weight_bits` and `act_bits` are both None: nothing to quantize; set one of them.")
-    if observer not in OBSERVERS:
-        raise ValueError(f"quantize: `observer`={observer!r} must be one of {list(OBSERVERS)}.")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"quantize: `granularity`={granularity!r} must be one of {list(GRANULARITIES)}.")
-    if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
-        raise ValueError(f"quantize: `num_batches`={num_batches!r} must be a positive integer or None.")
-    spec = QuantSpec(weight_bits or 8, granularity, group_size, symmetric).validate("quantize")
+    args.check_choice(observer, "observer", owner, OBSERVERS)
+    args.check_choice(granularity, "granularity", owner, GRANULARITIES)
+    args.check_bool(act_symmetric, "act_symmetric", owner, allow_none=True)
+    args.check_int(num_batches, "num_batches", owner, minimum=1, allow_none=True)
+    args.check_callable(forward_fn, "forward_fn", owner, what="a function fn(model, batch)")
+    args.check_bool(inplace, "inplace", owner)
+    modules = args.check_regexes(modules, "modules", owner)
+    exclude = args.check_regexes(exclude, "exclude", owner, allow_empty=True)
+    if calib_dataloader is not None and not isinstance(calib_dataloader, Iterable):
+        args.fail(owner, "calib_dataloader", calib_dataloader, "is not iterable", "pass a DataLoader (or any iterable of batches) or None", TypeError)
+    spec = QuantSpec(weight_bits or 8, granularity, group_size, symmetric).validate(owner, "weight_bits")
 
     if not inplace:
         model = copy.deepcopy(model)
@@ -137,6 +148,13 @@ def quantize(
     if act_bits is not None:
         # momentum is unused: static ranges come from the calibration below, then stay frozen
         quantizers = attach_act_quantizers(atargets, act_bits, act_symmetric, "static" if static else "dynamic", 0.95, OWNER)
+    try:  # parents that read a child's weights directly (nn.MultiheadAttention's out_proj) substitute them
+        guard_direct_reads(model)
+    except ValueError as err:
+        for module in wtargets.values():
+            masking.remove_owner(module, OWNER)
+        raise ValueError(f"quantize: {err}") from None
+    if act_bits is not None:
         if static:
             _calibrate(model, atargets, quantizers, calib_dataloader, observer, act_bits, act_symmetric, num_batches, forward_fn)
     return model
@@ -199,19 +217,27 @@ def zeroquant(
       ``weight_bits=4`` puts every targeted module at 4 bits.
 
     Raises:
-        ValueError: as :func:`quantize`; an ``int4_modules`` regex that matches no quantized module.
+        TypeError, ValueError: as :func:`quantize` (messages start ``zeroquant:`` for its own arguments); an
+            empty ``int4_modules`` list or a regex in it that matches no quantized module.
     """
-    if weight_bits not in (8, 4):
-        raise ValueError(f"zeroquant: `weight_bits`={weight_bits!r} must be 8 or 4.")
+    owner = "zeroquant"
+    args.check_choice(weight_bits, "weight_bits", owner, (8, 4), problem="must be 8 or 4")
+    if act_bits is not None:
+        check_bits(act_bits, SUPPORTED_ACT_BITS, "act_bits", owner)
+    args.check_int(group_size, "group_size", owner, minimum=1)
+    int4 = [args.compile_regex(rx, f"int4_modules[{i}]", owner)
+            for i, rx in enumerate(args.check_regexes(int4_modules, "int4_modules", owner) or [])]
+    args.check_bool(inplace, "inplace", owner)
+    args.check_regexes(modules, "modules", owner)
+    args.check_regexes(exclude, "exclude", owner, allow_empty=True)
     qmodel = quantize(
         model, None, weight_bits=weight_bits, act_bits=act_bits, granularity="group", group_size=group_size,
         symmetric=True, act_symmetric=True, modules=modules, exclude=exclude, inplace=inplace,
     )
-    for rx in int4_modules or []:
-        pattern = re.compile(rx)
+    for pattern in int4:
         hits = [(n, m) for n, m in qmodel.named_modules() if n and pattern.search(n) and weight_quantizer(m) is not None]
         if not hits:
-            raise ValueError(f"zeroquant: `int4_modules` regex {rx!r} matches no quantized module; fix the regex.")
+            raise ValueError(f"zeroquant: `int4_modules` regex {pattern.pattern!r} matches no quantized module; fix the regex.")
         for _, m in hits:
             q = weight_quantizer(m)
             assert q is not None

@@ -85,6 +85,77 @@ def measure_latency(models: dict[str, nn.Module], example: Any, runs: int = 10, 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _pruner_status(name: str, pruner: Any) -> dict[str, Any]:
+    groups = []
+    for g in pruner.groups:
+        total = g.schedule.num_events if g.schedule is not None else None
+        groups.append({"group": g.name, "events_done": g.events_done, "events_total": total, "target_sparsity": g.sparsity})
+    reached = pruner.sparsity_stats()
+    finished = bool(groups) and all(g["events_total"] is not None and g["events_done"] >= g["events_total"] for g in groups)
+    detail = "; ".join(
+        f"group {g['group']!r}: {g['events_done']} of {g['events_total'] if g['events_total'] is not None else '?'} "
+        f"prune events, sparsity {reached.get('sparsity/' + g['group'], reached['sparsity']):.3f} of target {g['target_sparsity']:.3f}"
+        for g in groups
+    )
+    return {"callback": name, "kind": "pruning", "finished": finished, "detail": detail, "groups": groups,
+            "sparsity": reached["sparsity"], "end_step": pruner.resolved_end}
+
+
+def schedule_status(callbacks: list[Any]) -> list[dict[str, Any]]:
+    """Whether every compression schedule of ``callbacks`` finished, one entry per scheduled callback:
+    ``{"callback", "kind", "finished", "detail", ...}``.
+
+    * pruning (an object with a ``pruner``, :class:`~lightning_compress.core.pruner.Pruner`): every
+      group ran all its prune events (``events_done == schedule.num_events``, i.e. the event at
+      ``end_step`` ran and the target sparsity was applied);
+    * weight quantization (a ``quantizer`` with ``current_bits``): the width in use is the final
+      ``bits`` (None = not switched on yet, before ``start_step``);
+    * activation quantization (a ``quantizer`` with ``range``): attached, every quantizer enabled, and
+      with ``range="static"`` every range learned.
+
+    Other callbacks are skipped.  Pure: reads the objects' state, changes nothing.
+    """
+    from lightning_compress.core.act_quantizer import ActQuantizer
+    from lightning_compress.core.pruner import Pruner
+    from lightning_compress.core.weight_quantizer import WeightQuantizer
+
+    out: list[dict[str, Any]] = []
+    for cb in callbacks:
+        name = getattr(cb, "owner", type(cb).__name__)
+        pruner = getattr(cb, "pruner", cb if isinstance(cb, Pruner) else None)
+        quantizer = getattr(cb, "quantizer", cb if isinstance(cb, (WeightQuantizer, ActQuantizer)) else None)
+        if isinstance(pruner, Pruner):
+            out.append(_pruner_status(name, pruner))
+        elif isinstance(quantizer, WeightQuantizer):
+            bits = quantizer.current_bits
+            finished = quantizer.is_attached and bits == quantizer.bits
+            detail = (f"{'not switched on' if bits is None else f'{bits} bits'} after {quantizer.steps_done} optimizer steps, "
+                      f"target {quantizer.bits} bits (start_step={quantizer.start_step}, levels={list(quantizer.levels)})")
+            out.append({"callback": name, "kind": "weight_quant", "finished": finished, "detail": detail,
+                        "bits": bits, "target_bits": quantizer.bits})
+        elif isinstance(quantizer, ActQuantizer):
+            off = [n for n, q in quantizer.quantizers.items() if not q.enabled or q.observer is not None]
+            unlearned = [n for n, r in quantizer.ranges().items() if r is None] if quantizer.range == "static" else []
+            finished = quantizer.is_attached and not off and not unlearned
+            detail = (f"{quantizer.bits}-bit {quantizer.range} on {len(quantizer.quantizers)} layers"
+                      + (f"; switched off on {off}" if off else "") + (f"; no static range learned for {unlearned}" if unlearned else "")
+                      + ("" if quantizer.is_attached else "; not attached"))
+            out.append({"callback": name, "kind": "act_quant", "finished": finished, "detail": detail})
+    return out
+
+
+def unfinished_warning(status: list[dict[str, Any]]) -> str | None:
+    """One message naming every schedule of :func:`schedule_status` that did not finish (None if all did)."""
+    bad = [s for s in status if not s["finished"]]
+    if not bad:
+        return None
+    return (
+        "the slim model is NOT the one the compression schedules aim at: "
+        + "; ".join(f"{s['callback']} did not finish ({s['detail']})" for s in bad)
+        + ". Train to the schedules' end (end_step / start_step / period within the fit) before trusting this export."
+    )
+
+
 def compression_report(
     before: nn.Module,
     after: nn.Module,
@@ -92,8 +163,11 @@ def compression_report(
     files: dict[str, str] | None = None,
     latency_runs: int = 10,
     notes: list[str] | None = None,
+    schedules: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Build the report dict (JSON-serialisable)."""
+    """Build the report dict (JSON-serialisable).  With ``schedules`` (from :func:`schedule_status`)
+    the report has ``"schedules"`` and ``"complete"`` (every schedule finished), and a note naming
+    each unfinished one."""
     rows = layer_rows(before, after)
     pb = sum(p.numel() for p in before.parameters())
     pa = sum(p.numel() for p in after.parameters())
@@ -111,6 +185,12 @@ def compression_report(
         "files": {k: {"path": v, "bytes": os.path.getsize(v)} for k, v in (files or {}).items() if os.path.exists(v)},
         "notes": list(notes or []),
     }
+    if schedules is not None:
+        report["schedules"] = schedules
+        report["complete"] = all(s["finished"] for s in schedules)
+        warning = unfinished_warning(schedules)
+        if warning:
+            report["notes"].insert(0, f"INCOMPLETE: {warning}")
     if example_input is not None and latency_runs > 0:
         lat = measure_latency({"before": before, "after": after}, example_input, runs=latency_runs)
         report["latency"] = {
@@ -133,6 +213,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{r['layer'][-44:]:<44} {r['type'][:14]:<14} {sb:<18} {sa:<18} {params:>19} {r['sparsity_after']:>6.1%}")
     t = report["totals"]
     lines.append("-" * len(head))
+    if "complete" in report:
+        lines.append("schedules: " + ("all finished" if report["complete"] else "NOT ALL FINISHED (see notes)"))
     lines.append(f"total parameters: {t['params_before']} -> {t['params_after']} ({t['params_ratio']:.1%}); nonzero after: {t['nonzero_params_after']}")
     lines.append(f"weights: {t['state_bytes_before'] / 1e6:.3f} MB -> {t['state_bytes_after'] / 1e6:.3f} MB")
     for k, f in report.get("files", {}).items():
@@ -153,6 +235,8 @@ def log_report(logger: Any, report: dict[str, Any], step: int = 0, prefix: str =
     if logger is None:
         return
     metrics = {f"{prefix}/{k}": float(v) for k, v in report["totals"].items()}
+    if "complete" in report:
+        metrics[f"{prefix}/schedules_complete"] = float(report["complete"])
     for k, v in report.get("latency", {}).items():
         metrics[f"{prefix}/latency_{k}"] = float(v)
     for k, f in report.get("files", {}).items():

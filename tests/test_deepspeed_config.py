@@ -175,14 +175,18 @@ def test_row_pruning_group_with_related_modules() -> None:
     spec = only(plan_from_deepspeed_config(ROW))
     assert spec.callback == "RowPruning"
     assert spec.path == "compression_training.row_pruning.different_groups.rp1"
+    # topk: DeepSpeed's mask is the top-k of the scores at every step after the offset (constant ratio);
+    # ceil(dense_ratio * rows) rows stay (rounding="floor" of the pruned count); the j-th producer pairs
+    # with the j-th consumer (related_pairing="index")
     assert spec.kwargs == dict(
-        sparsity=0.5, method="topk", start_step=20, end_step=20, modules=["intermediate.dense"],
-        related_modules={"intermediate.dense": ["layer.\\w+.output.dense"]},
+        sparsity=0.5, method="topk", start_step=20, end_step=None, schedule="constant", frequency=1,
+        modules=["intermediate.dense"], rounding="floor",
+        related_modules={"intermediate.dense": ["layer.\\w+.output.dense"]}, related_pairing="index",
     )
     (cb,) = from_deepspeed_config(ROW)
     assert isinstance(cb, lc_callbacks.RowPruning)
     assert cb.related_modules == {"intermediate.dense": ["layer.\\w+.output.dense"]}
-    assert (cb.method, cb.start_step, cb.end_step) == ("topk", 20, 20)
+    assert (cb.method, cb.start_step, cb.end_step, cb.related_pairing) == ("topk", 20, None, "index")
     assert [(g.sparsity, g.modules) for g in cb.groups] == [(0.5, ["intermediate.dense"])]
 
 
@@ -201,7 +205,8 @@ def test_head_pruning_group() -> None:
     spec = only(plan_from_deepspeed_config(HEAD))
     assert spec.callback == "HeadPruning"
     assert spec.kwargs["sparsity"] == 0.5 and spec.kwargs["method"] == "topk"
-    assert (spec.kwargs["start_step"], spec.kwargs["end_step"]) == (10, 10)
+    assert (spec.kwargs["start_step"], spec.kwargs["end_step"], spec.kwargs["schedule"]) == (10, None, "constant")
+    assert spec.kwargs["rounding"] == "floor"  # ceil(dense_ratio * heads) stay, as DeepSpeed
     # DeepSpeed names the output projection; HeadPruning takes the self-attention (q/k/v found by itself)
     assert spec.kwargs["modules"] == ["attention.self"]
     assert "related_modules" not in spec.kwargs
@@ -215,7 +220,7 @@ def test_head_pruning_group() -> None:
 def test_channel_pruning_group() -> None:
     spec = only(plan_from_deepspeed_config(CHANNEL))
     assert spec.callback == "ChannelPruning"
-    assert spec.kwargs == dict(sparsity=0.5, method="l1", start_step=0, end_step=0, modules=["conv"])
+    assert spec.kwargs == dict(sparsity=0.5, method="l1", start_step=0, end_step=0, modules=["conv"], rounding="floor")
     (cb,) = from_deepspeed_config(CHANNEL)
     assert isinstance(cb, lc_callbacks.ChannelPruning)
     assert [(g.sparsity, g.modules) for g in cb.groups] == [(0.5, ["conv"])]
@@ -229,40 +234,56 @@ def test_weight_quantization_groups_and_bit_schedule() -> None:
     specs = plan_from_deepspeed_config(WEIGHT)
     assert [s.callback for s in specs] == ["WeightQuant", "WeightQuant"]
     assert specs[0].kwargs == dict(
-        bits=8, symmetric=True, modules=["attention.self", "intermediate"], start_step=0, granularity="tensor"
+        bits=8, symmetric=True, modules=["attention.self", "intermediate"], start_step=0, granularity="tensor",
+        scheme="deepspeed",
     )
-    # DeepSpeed: one bit less every 50 steps from 8 to 4 -> 4 steps down over 200 optimizer steps
+    # quantize_weight_in_forward: true -> DeepSpeed's forward quantizer uses target_bits from the start
     assert specs[1].kwargs == dict(
-        bits=4, symmetric=True, modules=["attention.output"], start_step=0, start_bits=8, period=200,
-        granularity="tensor",
+        bits=4, symmetric=True, modules=["attention.output"], start_step=0, granularity="tensor", scheme="deepspeed",
+    )
+    # false (MoQ, DeepSpeed's default): one bit less at p, 2p, 4p, 8p
+    cfg = copy.deepcopy(WEIGHT)
+    cfg["weight_quantization"]["shared_parameters"]["quantize_weight_in_forward"] = False
+    assert plan_from_deepspeed_config(cfg)[1].kwargs == dict(
+        bits=4, symmetric=True, modules=["attention.output"], start_step=0, granularity="tensor", scheme="deepspeed",
+        start_bits=8, period=50,
     )
 
 
 def test_weight_quantization_callbacks() -> None:
-    cb1, cb2 = from_deepspeed_config(WEIGHT)
+    with pytest.warns(UserWarning, match=r"wq2\.params\.start_bits`=8 is not used: with quantize_weight_in_forward=true"):
+        cb1, cb2 = from_deepspeed_config(WEIGHT)
     assert isinstance(cb1, WeightQuant) and isinstance(cb2, WeightQuant)
     assert (cb1.bits, cb1.start_bits, cb1.modules) == (8, 8, ["attention.self", "intermediate"])
-    assert (cb2.bits, cb2.start_bits, cb2.period) == (4, 8, 200)
-    # DeepSpeed reaches 4 bits after 4 periods of 50 steps; WeightQuant steps 8 -> 4 at that same step
-    assert [cb2.bits_at(s) for s in (0, 199, 200)] == [8, 8, 4]
+    assert [cb2.bits_at(s) for s in (0, 400)] == [4, 4]
     cfg = copy.deepcopy(WEIGHT)
+    cfg["weight_quantization"]["shared_parameters"]["quantize_weight_in_forward"] = False
+    cb2 = from_deepspeed_config(cfg)[1]
+    # DeepSpeed's MoQ: 7 bits at 50, 6 at 100, 5 at 200, 4 at 400 (the period doubles after each drop)
+    assert [cb2.bits_at(s) for s in (0, 49, 50, 99, 100, 199, 200, 399, 400)] == [8, 8, 7, 7, 6, 6, 5, 5, 4]
     cfg["weight_quantization"]["different_groups"]["wq2"]["params"].update(start_bits=8, target_bits=2)
     cb2 = from_deepspeed_config(cfg)[1]
-    assert cb2.levels == [8, 4, 3, 2] and cb2.period == 100  # 2 bits at step 6 * 50 = 300, as DeepSpeed
-    assert cb2.bits_at(299) == 3 and cb2.bits_at(300) == 2
+    assert cb2.levels == [8, 7, 6, 5, 4, 3, 2]
+    assert cb2.bits_at(1599) == 3 and cb2.bits_at(1600) == 2  # 6th drop at 50 * 2**5
 
 
-def test_weight_quantization_groups_count_is_refused() -> None:
+def test_weight_quantization_groups_are_row_blocks() -> None:
     cfg = copy.deepcopy(WEIGHT)
     cfg["weight_quantization"]["shared_parameters"]["quantize_groups"] = 64
-    with pytest.raises(ValueError, match=r"shared_parameters\.quantize_groups`: 64 groups per weight matrix is not supported"):
-        plan_from_deepspeed_config(cfg)
+    spec = plan_from_deepspeed_config(cfg)[0]
+    assert (spec.kwargs["granularity"], spec.kwargs["groups"]) == ("row_block", 64)
 
 
-def test_unsupported_bit_width_names_the_group() -> None:
+def test_twelve_start_bits_and_period_zero_are_accepted() -> None:
     cfg = copy.deepcopy(WEIGHT)
+    cfg["weight_quantization"]["shared_parameters"]["quantize_weight_in_forward"] = False
     cfg["weight_quantization"]["different_groups"]["wq1"]["params"].update(start_bits=12, target_bits=8)
-    with pytest.raises(ValueError, match=r"different_groups\.wq1` -> WeightQuant: .*start_bits"):
+    cb1 = from_deepspeed_config(cfg)[0]
+    assert cb1.levels == [12, 11, 10, 9, 8] and cb1.bits_at(0) == 12 and cb1.bits_at(400) == 8
+    cfg["weight_quantization"]["different_groups"]["wq1"]["params"].update(start_bits=4, target_bits=4, quantization_period=0)
+    assert from_deepspeed_config(cfg)[0].bits_at(0) == 4
+    cfg["weight_quantization"]["different_groups"]["wq1"]["params"].update(start_bits=17, target_bits=8)
+    with pytest.raises(ValueError, match=r"different_groups\.wq1\.params\.start_bits`: 17 bits"):
         from_deepspeed_config(cfg)
 
 
@@ -270,10 +291,9 @@ def test_activation_quantization_group() -> None:
     spec = only(plan_from_deepspeed_config(ACT))
     assert spec.callback == "ActQuant"
     assert spec.kwargs == dict(bits=8, range="dynamic", symmetric=False, modules=["attention.output"], start_step=50)
-    with pytest.warns(UserWarning, match=r"aq1`: start_step=50 not passed: ActQuant quantizes activations from the first step"):
-        (cb,) = from_deepspeed_config(ACT)
+    (cb,) = from_deepspeed_config(ACT)
     assert isinstance(cb, ActQuant)
-    assert (cb.bits, cb.range, cb.symmetric, cb.modules) == (8, "dynamic", False, ["attention.output"])
+    assert (cb.bits, cb.range, cb.symmetric, cb.modules, cb.start_step) == (8, "dynamic", False, ["attention.output"], 50)
     cfg = copy.deepcopy(ACT)
     cfg["activation_quantization"]["shared_parameters"]["schedule_offset"] = 0
     with warnings.catch_warnings():
@@ -284,15 +304,21 @@ def test_activation_quantization_group() -> None:
 def test_layer_reduction() -> None:
     spec = only(plan_from_deepspeed_config(LAYER))
     assert spec.callback == "LayerReductionKD"
-    # other_module_name (embeddings, pooler, classifier) are the teacher's weights by construction
-    assert spec.kwargs == dict(keep_layers=[2, 4, 6, 8, 10], layers="bert.encoder.layer")
+    # DeepSpeed only initialised the student: no distillation term unless asked
+    no_kd = {"logits": 0.0, "hidden": 0.0, "attention": 0.0, "labels": 1.0}
+    assert spec.kwargs == dict(
+        keep_layers=[2, 4, 6, 8, 10], teacher_layers=[2, 4, 6, 8, 10], layers="bert.encoder.layer", weights=no_kd
+    )
+    assert spec.teacher_copy == ["bert.encoder.layer", "bert.pooler", "bert.embeddings", "classifier"]
     cfg = copy.deepcopy(LAYER)
     del cfg["layer_reduction"]["teacher_layer"]
     assert only(plan_from_deepspeed_config(cfg)).kwargs["keep_layers"] == 5
     # DeepSpeed's alternative spelling: numbered modules in other_module_name are the kept layers
     alt = {"layer_reduction": {"enabled": True, "keep_number_layer": 2,
                                "other_module_name": ["bert.encoder.layer.2", "bert.encoder.layer.4", "classifier"]}}
-    assert only(plan_from_deepspeed_config(alt)).kwargs == dict(keep_layers=[2, 4], layers="bert.encoder.layer")
+    assert only(plan_from_deepspeed_config(alt)).kwargs == dict(
+        keep_layers=[2, 4], teacher_layers=[2, 4], layers="bert.encoder.layer", weights=no_kd
+    )
     (cb,) = from_deepspeed_config(LAYER)
     assert isinstance(cb, lc_callbacks.LayerReductionKD)
     assert (cb.keep_layers, cb.layers) == ([2, 4, 6, 8, 10], "bert.encoder.layer")

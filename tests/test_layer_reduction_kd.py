@@ -372,24 +372,24 @@ def test_state_dict_mismatch_after_setup_raises_and_before_setup_applies():
 
 # ---------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"keep_layers": [1, 1, 2]}, r"`keep_layers` lists layer\(s\) \[1\] more than once"),
-        ({"keep_layers": 0}, r"`keep_layers`=0: keep at least 1"),
-        ({"keep_layers": [-1, 2]}, r"`keep_layers` \[-1, 2\] has negative indices"),
-        ({"weights": {"logit": 1.0}}, r"`weights` key 'logit' is unknown"),
-        ({"weights": {"hidden": -1}}, r"`weights\['hidden'\]` must be a number >= 0"),
-        ({"temperature": 0}, r"`temperature` must be > 0"),
-        ({"copy_modules": ["head"]}, r"`copy_modules` copies weights from a given `teacher`"),
-        ({"teacher": "bert"}, r"`teacher` must be an nn.Module"),
-        ({"keep_layers": "1,2"}, r"`keep_layers` must be an int or a list of ints"),
-        ({"keep_layers": [1.5]}, r"`keep_layers` must be a non-empty list of ints"),
-        ({"keep_layers": []}, r"`keep_layers` must be a non-empty list of ints"),
-        ({"teacher": nn.Linear(2, 2), "copy_modules": "head"}, r"`copy_modules` must be a list of module names"),
+    ("kwargs", "error", "match"),
+    [  # wrong types are TypeErrors since issue 11 (strict arguments); messages name the value
+        ({"keep_layers": [1, 1, 2]}, ValueError, r"`keep_layers`=\[1, 1, 2\] lists layer\(s\) \[1\] more than once"),
+        ({"keep_layers": 0}, ValueError, r"`keep_layers`=0 must be >= 1"),
+        ({"keep_layers": [-1, 2]}, ValueError, r"`keep_layers\[0\]`=-1 must be >= 0; use 0-based layer indices"),
+        ({"weights": {"logit": 1.0}}, ValueError, r"`weights`=\{'logit': 1.0\} has the unknown key 'logit'"),
+        ({"weights": {"hidden": -1}}, ValueError, r"`weights\['hidden'\]`=-1 must be >= 0"),
+        ({"temperature": 0}, ValueError, r"`temperature`=0 must be > 0"),
+        ({"copy_modules": ["head"]}, ValueError, r"`copy_modules` copies weights from a given `teacher`"),
+        ({"teacher": "bert"}, TypeError, r"`teacher`='bert' is not an nn.Module"),
+        ({"keep_layers": "1,2"}, TypeError, r"`keep_layers`='1,2' is a str, not an int"),
+        ({"keep_layers": [1.5]}, TypeError, r"`keep_layers\[0\]`=1.5 is a float, not an int"),
+        ({"keep_layers": []}, ValueError, r"`keep_layers`=\[\] is empty"),
+        ({"teacher": nn.Linear(2, 2), "copy_modules": "head"}, TypeError, r"`copy_modules`='head' is not a list of module names"),
     ],
 )
-def test_bad_init_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_init_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         LayerReductionKD(**kwargs)
 
 

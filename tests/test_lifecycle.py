@@ -133,6 +133,18 @@ class _Watch(pl.Callback):
         self.seen.append(cb.current_bits if isinstance(cb, lc.WeightQuant) else cb.sparsity_stats()["sparsity"])
 
 
+class _StopAt(pl.Callback):
+    """Stops a fit once ``step`` optimizer steps are done, once (an interruption: a fit whose max_steps
+    ended before ``end_step`` would be a schedule that cannot finish, an error since issue 11)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.step is not None and trainer.global_step >= self.step:
+            trainer.should_stop, self.step = True, None
+
+
 @pytest.mark.parametrize("name", ["SparsePruning", "SnipMomentumPruning", "RowPruning", "ChannelPruning"])
 def test_a_second_longer_fit_keeps_a_finished_schedule(name):
     model_cls, make = CALLBACKS[name]
@@ -151,7 +163,7 @@ def test_a_second_longer_fit_keeps_a_finished_schedule(name):
 def test_a_second_fit_continues_an_unfinished_schedule_and_never_unprunes():
     model = fresh(MLP)
     cb = lc.SparsePruning(sparsity=0.8, end_step=7, schedule="linear")
-    cpu_trainer(max_steps=4, callbacks=[cb]).fit(model, LOADERS[MLP]())
+    cpu_trainer(max_steps=8, callbacks=[cb, _StopAt(4)]).fit(model, LOADERS[MLP]())
     first = cb.sparsity_stats()["sparsity"]
     assert [h["step"] for h in cb.history] == [0, 1, 2, 3] and 0.3 < first < 0.8
     watch = _Watch(cb)
@@ -164,7 +176,7 @@ def test_a_second_fit_continues_an_unfinished_schedule_and_never_unprunes():
 
 def test_a_second_fit_of_the_same_trainer_goes_on_from_its_global_step():
     model, cb = fresh(MLP), lc.SparsePruning(sparsity=0.8, end_step=7, schedule="linear")
-    trainer = cpu_trainer(max_steps=4, callbacks=[cb])
+    trainer = cpu_trainer(max_steps=8, callbacks=[cb, _StopAt(4)])
     trainer.fit(model, LOADERS[MLP]())
     trainer.fit_loop.epoch_loop.max_steps = 8
     trainer.fit(model, LOADERS[MLP]())
@@ -182,14 +194,14 @@ def test_weight_quant_second_fit_never_goes_back_to_a_wider_width():
 
 def test_resuming_a_checkpoint_of_a_second_fit_keeps_its_offset(tmp_path):
     model, cb = fresh(MLP), lc.SparsePruning(sparsity=0.8, end_step=9, schedule="linear")
-    cpu_trainer(max_steps=4, callbacks=[cb]).fit(model, LOADERS[MLP]())
-    t2 = cpu_trainer(max_steps=3, callbacks=[cb])
+    cpu_trainer(max_steps=10, callbacks=[cb, _StopAt(4)]).fit(model, LOADERS[MLP]())
+    t2 = cpu_trainer(max_steps=6, callbacks=[cb, _StopAt(3)])
     t2.fit(model, LOADERS[MLP]())
     t2.save_checkpoint(tmp_path / "second.ckpt")
     saved, history = cb.masks(), [h["step"] for h in cb.history]
     cb2 = lc.SparsePruning(sparsity=0.8, end_step=9, schedule="linear")
     watch = _Watch(cb2)
-    cpu_trainer(max_steps=5, callbacks=[cb2, watch]).fit(fresh(MLP), LOADERS[MLP](), ckpt_path=tmp_path / "second.ckpt")
+    cpu_trainer(max_steps=6, callbacks=[cb2, watch, _StopAt(5)]).fit(fresh(MLP), LOADERS[MLP](), ckpt_path=tmp_path / "second.ckpt")
     assert history == list(range(7)) and cb2.clock.offset == 4
     assert [h["step"] for h in cb2.history] == [7, 8]  # global steps 3, 4 of the resumed fit = steps 7, 8
     assert watch.seen == sorted(watch.seen) and watch.seen[0] >= cb.sparsity_stats()["sparsity"] - 1e-9

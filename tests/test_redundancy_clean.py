@@ -109,7 +109,7 @@ def test_bert_heads_rows_saved_and_loaded_without_code(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="RedundancyClean: `formats` has unknown entries \\['tflite'\\]"):
+    with pytest.raises(ValueError, match="RedundancyClean: `formats\\[0\\]`='tflite' must be one of"):
         RedundancyClean("out", formats=("tflite",))
     with pytest.raises(ValueError, match="`latency_runs`=-1"):
         RedundancyClean("out", latency_runs=-1)

@@ -126,19 +126,27 @@ def test_global_scope_respects_layer_cap():
 
 
 def test_resume_mid_schedule_equals_uninterrupted(tmp_path):
-    def run(steps, ckpt=None, save=None):
+    class StopAt(pl.Callback):  # an interruption mid-fit (a shorter max_steps would be a schedule that cannot finish)
+        def __init__(self, step):
+            self.step = step
+
+        def on_train_batch_end(self, trainer, *args):
+            if self.step is not None and trainer.global_step >= self.step:
+                trainer.should_stop = True
+
+    def run(steps, ckpt=None, save=None, stop_at=None):
         pl.seed_everything(0)
         cb = SnipMomentumPruning(sparsity=0.75, pattern="4x1", start_step=1, end_step=8, frequency=1)
         model = TinyMLP()
         # one batch per epoch: a resumed run sees exactly the batches the uninterrupted one saw
-        trainer = cpu_trainer(max_steps=steps, callbacks=[cb])
+        trainer = cpu_trainer(max_steps=steps, callbacks=[cb, StopAt(stop_at)])
         trainer.fit(model, mlp_loader(n=8, batch_size=8), ckpt_path=ckpt)
         if save:
             trainer.save_checkpoint(save)
         return model, cb
 
     full_model, full_cb = run(10)
-    run(4, save=tmp_path / "mid.ckpt")
+    run(10, save=tmp_path / "mid.ckpt", stop_at=4)
     resumed_model, resumed_cb = run(10, ckpt=str(tmp_path / "mid.ckpt"))
     for a, b in zip(full_cb.targets, resumed_cb.targets):
         assert torch.equal(a.mask, b.mask), a.name

@@ -42,12 +42,42 @@ def test_one_process_fit_on_cpu_zero3():
 
 
 def test_stock_strategy_still_refuses_cpu():
-    """We subclass; the stock class keeps its CUDA check (so CUDA users see identical behaviour)."""
-    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy="deepspeed", logger=False, max_steps=1)
+    """We subclass; the stock class keeps its CUDA check (so CUDA users see identical behaviour).
+    (Issue 18: the name "deepspeed" now gives our subclass, so the stock class is passed as an object.)"""
+    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy=DeepSpeedStrategy(), logger=False, max_steps=1)
     from tests.models import TinyMLP, mlp_loader
 
     with pytest.raises(RuntimeError, match="only supported on CUDA"):
         trainer.fit(TinyMLP(), mlp_loader())
+
+
+def test_lightning_deepspeed_names_give_our_class_with_lightnings_params():
+    """Every name Lightning registers for DeepSpeedStrategy now builds DeepSpeedCompressionStrategy with
+    Lightning's own init params (so on CUDA it is Lightning's strategy, on CPU it runs)."""
+    from lightning.fabric.strategies.registry import _StrategyRegistry
+
+    stock = _StrategyRegistry()
+    DeepSpeedStrategy.register_strategies(stock)
+    assert {"deepspeed", "deepspeed_stage_3", "deepspeed_stage_2_offload"} <= set(stock)
+    for name, data in stock.items():
+        assert StrategyRegistry[name]["init_params"] == data["init_params"], name
+        ours, theirs = StrategyRegistry.get(name), DeepSpeedStrategy(**data["init_params"])
+        assert type(ours) is DeepSpeedCompressionStrategy, name
+        assert ours.config == theirs.config, name  # same DeepSpeed config as Lightning's for that name
+    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy="deepspeed", logger=False)
+    assert type(trainer.strategy) is DeepSpeedCompressionStrategy
+    assert trainer.strategy.config["zero_optimization"]["stage"] == 2
+
+
+def test_non_cpu_accelerator_takes_lightnings_path():
+    """Only the CPU accelerator gets the CPU code path; any other one keeps Lightning's checks."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    strategy = DeepSpeedCompressionStrategy()
+    strategy.accelerator = CUDAAccelerator()
+    assert strategy._stock_path
+    strategy.accelerator = CPUAccelerator()
+    assert not strategy._stock_path
 
 
 COMPRESSION = {

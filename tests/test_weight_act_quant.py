@@ -178,11 +178,11 @@ def test_remove_restores_full_precision():
         (dict(bits=8, start_bits=6), r"`start_bits`=6 is not a supported bit width"),
         (dict(bits=8, start_bits=4), r"`start_bits`=4 must be >= `bits`=8"),
         (dict(bits=4, start_bits=8), r"`period`=None must be a positive number of optimizer steps"),
-        (dict(bits=4, start_bits=8, period=0), r"`period`=0 must be a positive"),
+        (dict(bits=4, start_bits=8, period=0), r"`period`=0 must be >= 1"),
         (dict(granularity="row"), r"`granularity`='row' must be one of"),
         (dict(granularity="group"), r"granularity='group' needs a positive integer `group_size`"),
-        (dict(granularity="channel", group_size=4), r"`group_size` is only used with granularity='group'"),
-        (dict(start_step=-1), r"`start_step`=-1 must be a non-negative integer"),
+        (dict(granularity="channel", group_size=4), r"`group_size`=4 is only used with granularity='group'"),
+        (dict(start_step=-1), r"`start_step`=-1 must be >= 0"),
     ],
 )
 def test_weight_quant_bad_init(kwargs, match):
@@ -310,9 +310,14 @@ def test_resume_restores_schedule_and_ranges(tmp_path):
     straight = Tiny()
     _trainer(callbacks(straight), max_steps=8).fit(straight, _loader(16))  # 4 batches per epoch
 
+    class StopAt4(pl.Callback):  # an interruption mid-fit (max_steps=4 would be a schedule that cannot finish)
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= 4:
+                trainer.should_stop = True
+
     first = Tiny()
     cbs1 = callbacks(first)
-    t1 = _trainer(cbs1, max_steps=4)
+    t1 = _trainer([*cbs1, StopAt4()], max_steps=8)
     t1.fit(first, _loader(16))
     t1.save_checkpoint(tmp_path / "mid.ckpt")
     saved_ranges = cbs1[1].ranges()

@@ -10,16 +10,24 @@ directly or under ``SST-2/`` / ``MRPC/`` (so the GLUE root folder works too):
 Without TSVs (``data_dir`` unset or empty) the task is loaded with ``datasets.load_dataset("nyu-mll/glue",
 task)`` unless ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` is set; failing that, ``FileNotFoundError``
 says how to get the data.  The dev split is used for validation and test (GLUE's test labels are hidden).
+
+``setup`` prints one line saying which data it uses: the folder (or the hub), sentences per split, and
+where they came from; a folder is compared with GLUE's published sizes (:data:`GLUE_SIZES`), so a partial
+copy says so.  A task folder made by :func:`prepare_subset` carries ``DATA_ORIGIN.json`` (kind "subset");
+``subset=None`` (all of GLUE's training sentences) on such a folder is refused with the fix, as is
+``subset=N`` larger than it; ``subset="folder"`` takes the folder as it is.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from examples.bert.model import load_tokenizer
@@ -28,6 +36,12 @@ TASK_DIRS = {"sst2": "SST-2", "mrpc": "MRPC"}
 #: header columns that hold (text_a, text_b or None, label) for each task
 TASK_COLUMNS = {"sst2": ("sentence", None, "label"), "mrpc": ("#1 String", "#2 String", "Quality")}
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv"}
+#: rows (sentences / sentence pairs) of GLUE as distributed
+GLUE_SIZES = {"sst2": {"train": 67349, "validation": 872}, "mrpc": {"train": 3668, "validation": 408}}
+#: left in a task folder by :func:`prepare_subset`
+MARKER = "DATA_ORIGIN.json"
+#: ``subset`` value: the training rows of the folder as they are, unchecked
+AS_IS = "folder"
 
 HOW_TO_GET_GLUE = (
     "Get GLUE {name} in one of these ways: (a) offline, copy the task folder so that {d}/train.tsv and "
@@ -111,11 +125,14 @@ class GlueDataModule(pl.LightningDataModule):
         max_length: maximum tokens per example (longer ones are truncated).
         batch_size: examples per batch (per process).
         num_workers: DataLoader worker processes.
-        subset: keep the first ``subset`` training examples (``None``: all).
+        subset: keep the first ``subset`` training examples; ``None``: all (GLUE's full training set: a
+            folder marked as a subset by :func:`prepare_subset` is refused); ``"folder"``: all rows of the
+            folder as it is, unchecked.
         eval_subset: keep the first ``eval_subset`` dev examples (``None``: all).
 
     Raises:
-        ValueError: bad sizes (``max_length`` < 8, ``batch_size`` < 1, ``subset`` < 1).
+        ValueError: bad sizes (``max_length`` < 8, ``batch_size`` < 1, ``subset`` < 1); at ``setup``, a
+            marked subset folder that contradicts ``subset`` (the message says how to fix it).
         FileNotFoundError: no TSVs in ``data_dir`` and the hub is off or unreachable (says how to get them).
     """
 
@@ -127,7 +144,7 @@ class GlueDataModule(pl.LightningDataModule):
         max_length: int = 128,
         batch_size: int = 32,
         num_workers: int = 0,
-        subset: Optional[int] = None,
+        subset: Optional[Union[int, Literal["folder"]]] = None,
         eval_subset: Optional[int] = None,
     ) -> None:
         super().__init__()
@@ -136,8 +153,11 @@ class GlueDataModule(pl.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         for name, value in (("subset", subset), ("eval_subset", eval_subset)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value}: must be >= 1, or null for all examples")
+            if value is None or (name == "subset" and value == AS_IS):
+                continue
+            if not isinstance(value, int) or value < 1:
+                extra = f", or {AS_IS!r} for the folder as it is" if name == "subset" else ""
+                raise ValueError(f"GlueDataModule: {name}={value!r}: must be >= 1, or null for all examples{extra}")
         self.task = task
         self.data_dir = data_dir
         self.tokenizer_name_or_path = tokenizer_name_or_path
@@ -148,6 +168,8 @@ class GlueDataModule(pl.LightningDataModule):
         self.eval_subset = eval_subset
         self.tokenizer: Any = None
         self.rows: dict[str, list[Example]] = {}
+        #: the line ``setup`` printed: which data, how many sentences, from where
+        self.data_report: Optional[str] = None
 
     def load_split(self, split: Literal["train", "validation"]) -> list[Example]:
         """The split's examples, from TSVs when ``data_dir`` has them, else from the hub."""
@@ -181,12 +203,40 @@ class GlueDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.tokenizer_name_or_path)
+        task_dir = find_task_dir(self.task, self.data_dir)
+        marker = read_marker(task_dir) if task_dir is not None else None
+        check_request(self.task, task_dir, self.subset, marker)
+        have: dict[str, int] = {}
         if "train" not in self.rows and stage in (None, "fit"):
             rows = self.load_split("train")
-            self.rows["train"] = rows[: self.subset] if self.subset else rows
+            have["train"] = len(rows)
+            self.rows["train"] = rows[: self.subset] if isinstance(self.subset, int) else rows
         if "validation" not in self.rows:
             rows = self.load_split("validation")
+            have["validation"] = len(rows)
             self.rows["validation"] = rows[: self.eval_subset] if self.eval_subset else rows
+        if have:
+            self._report(task_dir, marker, have)
+
+    def _report(self, task_dir: Optional[Path], marker: Optional[dict[str, Any]], have: dict[str, int]) -> None:
+        name = TASK_DIRS[self.task]
+        if task_dir is None:
+            origin = f"the datasets hub, nyu-mll/glue {self.task} (downloaded once into the datasets cache)"
+        else:
+            full = GLUE_SIZES[self.task]
+            found = " / ".join(f"{have[s]:,} {'dev' if s == 'validation' else s}" for s in have)
+            if marker is not None and marker.get("kind") == "subset":
+                kind = f"a subset made by {marker.get('made_by', '?')} from {marker.get('source', '?')}"
+            elif all(have[s] == full[s] for s in have):
+                kind = f"the full GLUE {name} as distributed"
+            else:
+                kind = f"a partial copy: GLUE's {name} has {full['train']:,} train / {full['validation']:,} dev"
+            origin = f"TSV files in {task_dir}: {found} rows; {kind}"
+        used = " / ".join(f"{len(r):,} {'dev' if s == 'validation' else s}" for s, r in self.rows.items())
+        line = f"GLUE {name} data: {origin}; using {used} examples"
+        self.data_report = line
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            print(line, flush=True)
 
     def collate(self, batch: list[Example]) -> dict[str, torch.Tensor]:
         a = [r[0] for r in batch]
@@ -216,3 +266,58 @@ class GlueDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)
+
+
+def read_marker(task_dir: Path) -> Optional[dict[str, Any]]:
+    path = Path(task_dir) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not readable JSON ({err}); delete the folder and make it again.") from err
+
+
+def check_request(task: str, task_dir: Optional[Path], subset: Any, marker: Optional[dict[str, Any]]) -> None:
+    """Raise ``ValueError`` with the fix when a marked subset folder contradicts ``subset`` (see module doc)."""
+    if marker is None or marker.get("kind") != "subset" or subset == AS_IS:
+        return
+    rows = marker.get("rows", {})
+    made = f"{task_dir} holds a subset ({rows.get('train', '?')} train / {rows.get('validation', '?')} dev rows, see {task_dir / MARKER})"
+    if subset is None:
+        raise ValueError(
+            f"GlueDataModule: {made}, but subset=None asks for all of GLUE {TASK_DIRS[task]}'s "
+            f"{GLUE_SIZES[task]['train']:,} training rows. Fix: point data_dir at the full task folder (e.g. "
+            f"`cp -r ../shared/data/glue data/glue` and `--data.data_dir data/glue`), or pass `--data.subset folder` "
+            f"to train on this subset knowingly."
+        )
+    if isinstance(subset, int) and subset > int(rows.get("train", 0)):
+        raise ValueError(
+            f"GlueDataModule: subset={subset} training rows asked, but {made}. Fix: a smaller subset, or a data_dir "
+            f"with the full task folder."
+        )
+
+
+def prepare_subset(task: Literal["sst2", "mrpc"], source: str | os.PathLike, data_dir: str | os.PathLike,
+                   train_rows: int, dev_rows: int, made_by: str = "examples.bert.data.prepare_subset") -> Path:
+    """Write the first ``train_rows`` / ``dev_rows`` rows of ``source``'s task TSVs (``source`` = the task
+    folder or the GLUE root) into ``data_dir`` (header kept), with ``DATA_ORIGIN.json`` saying so.
+    Returns ``data_dir``.  Refuses a ``data_dir`` that already holds TSVs."""
+    src = find_task_dir(task, str(source))
+    if src is None:
+        raise FileNotFoundError(f"prepare_subset: no {TASK_DIRS[task]} train.tsv/dev.tsv in {source!s}. "
+                                + HOW_TO_GET_GLUE.format(name=TASK_DIRS[task], d=source))
+    out = Path(data_dir)
+    if any((out / f).exists() for f in SPLIT_FILES.values()):
+        raise ValueError(f"prepare_subset: {out} already holds GLUE TSV files; pass a new folder or delete it.")
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = {"train": train_rows, "validation": dev_rows}
+    for split, fname in SPLIT_FILES.items():
+        with open(src / fname, encoding="utf-8", newline="") as f:
+            lines = f.read().splitlines(keepends=True)
+        (out / fname).write_text("".join(lines[: 1 + wanted[split]]), encoding="utf-8", newline="")
+    rows = {split: len(read_glue_tsv(out / fname, task)) for split, fname in SPLIT_FILES.items()}
+    body = {"kind": "subset", "task": task, "rows": rows, "source": str(src), "made_by": made_by,
+            "note": "Written by lightning-compress's examples: this folder holds the first rows of GLUE only."}
+    (out / MARKER).write_text(json.dumps(body, indent=2) + "\n")
+    return out

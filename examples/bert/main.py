@@ -22,6 +22,8 @@ import lightning_compress  # noqa: E402,F401  (registers the deepspeed_compressi
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from examples.bert.data import GlueDataModule  # noqa: E402
+from examples._help import fit_parser_kwargs  # noqa: E402
+from examples._quiet import hide_lightning_tips  # noqa: E402
 from examples.bert.model import GlueBert  # noqa: E402
 
 try:
@@ -44,11 +46,13 @@ class GlueCLI(LightningCLI):
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> GlueCLI:
+    hide_lightning_tips()
     return GlueCLI(
         GlueBert,
         GlueDataModule,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=fit_parser_kwargs(),
         args=args,
         run=run,
     )

@@ -13,6 +13,13 @@
 
 The CIFAR-10 test split serves as the validation set, as usual for CIFAR.  ``subset`` keeps the first
 ``subset`` images of every class in each split (a deterministic, class-balanced subset for quick runs).
+
+Provenance (:mod:`examples.cifar.provenance`): whoever fills ``data_dir`` leaves ``DATA_ORIGIN.json`` in it
+(:func:`prepare_subset`: "a subset of N per class", :func:`extract_zips`: "the zips").  ``setup`` prints
+one line saying which data it uses (path, images per split, where they came from) and refuses, with the
+fix, a folder that contradicts the request: ``subset=None`` (the full set) on a marked subset, or on image
+folders whose counts differ from the ``train.zip``/``test.zip`` beside them; ``subset=N`` on a marked
+subset smaller than N per class.  ``subset="folder"`` takes the folder as it is.
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from examples.cifar import provenance
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -63,12 +73,15 @@ def has_zips(data_dir: str | os.PathLike) -> bool:
 
 
 def extract_zips(data_dir: str | os.PathLike) -> None:
-    """Extract ``train.zip`` / ``test.zip`` into ``data_dir`` once (atomic per split: safe to race)."""
+    """Extract ``train.zip`` / ``test.zip`` into ``data_dir`` once (atomic per split: safe to race), and
+    record that in ``DATA_ORIGIN.json`` when it extracted something and no marker was there."""
     root = Path(data_dir)
+    extracted_any = False
     for split in SPLITS:
         target = root / split
         if _has_image_folder(target):
             continue
+        extracted_any = True
         with tempfile.TemporaryDirectory(dir=root, prefix=f".extract-{split}-") as tmp:
             with zipfile.ZipFile(root / f"{split}.zip") as zf:
                 zf.extractall(tmp)
@@ -87,6 +100,8 @@ def extract_zips(data_dir: str | os.PathLike) -> None:
                         os.rename(extracted, target)
                     else:
                         raise
+    if extracted_any and provenance.read_marker(root) is None:
+        provenance.write_marker(root, kind="zips", source=str(root / "train.zip") + ", " + str(root / "test.zip"))
 
 
 def _torchvision_present(data_dir: str | os.PathLike) -> bool:
@@ -113,12 +128,14 @@ class CifarDataModule(pl.LightningDataModule):
             ``test.zip``, or torchvision's ``cifar-10-batches-py``; or where to download.
         batch_size: images per batch (per process).
         num_workers: DataLoader worker processes.
-        subset: keep this many images per class in each split (``None``: all of them).
+        subset: keep this many images per class in each split; ``None``: all of them (the full set: a
+            folder marked as a subset is refused); ``"folder"``: whatever ``data_dir`` holds, unchecked.
         augment: random crop (padding 4) and horizontal flip on the training split.
         download: allow torchvision to download CIFAR-10 when ``data_dir`` holds none of the above.
 
     Raises:
-        ValueError: ``batch_size`` < 1, ``num_workers`` < 0 or ``subset`` < 1.
+        ValueError: ``batch_size`` < 1, ``num_workers`` < 0 or ``subset`` < 1; at ``setup``, a ``data_dir``
+            that contradicts ``subset`` (see the module docstring; the message says how to fix it).
         FileNotFoundError: no data in ``data_dir`` and it cannot be downloaded (the message says how
             to get it).
 
@@ -132,7 +149,7 @@ class CifarDataModule(pl.LightningDataModule):
         data_dir: str = "data/cifar10",
         batch_size: int = 128,
         num_workers: int = 2,
-        subset: Optional[int] = None,
+        subset: Optional[Union[int, Literal["folder"]]] = None,
         augment: bool = True,
         download: bool = True,
     ) -> None:
@@ -141,8 +158,11 @@ class CifarDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers}: must be >= 0")
-        if subset is not None and subset < 1:
-            raise ValueError(f"subset={subset}: must be a number of images per class >= 1, or null for all")
+        if subset is not None and subset != provenance.AS_IS and (not isinstance(subset, int) or subset < 1):
+            raise ValueError(
+                f"CifarDataModule: subset={subset!r}: must be a number of images per class >= 1, null for all "
+                f"images, or {provenance.AS_IS!r} for whatever data_dir holds"
+            )
         self.data_dir = str(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -151,6 +171,9 @@ class CifarDataModule(pl.LightningDataModule):
         self.download = download
         self.train_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
+        #: the line ``setup`` printed: which data, how many images, from where
+        self.data_report: Optional[str] = None
+        self._origin: Optional[str] = None
 
     def _source(self) -> str:
         if has_image_folders(self.data_dir):
@@ -199,21 +222,44 @@ class CifarDataModule(pl.LightningDataModule):
             extract_zips(self.data_dir)
             source = "folder"
         if source == "folder":
+            self._check_folder()
             ds = ImageFolder(str(Path(self.data_dir) / split), transform=self._transforms(train))
         elif source == "torchvision":
+            self._origin = self._origin or f"torchvision's cifar-10-batches-py in {self.data_dir}"
             ds = CIFAR10(self.data_dir, train=train, download=False, transform=self._transforms(train))
         else:
             self._download()
+            self._origin = f"downloaded by torchvision into {self.data_dir}"
             ds = CIFAR10(self.data_dir, train=train, download=False, transform=self._transforms(train))
-        if self.subset is not None:
+        if isinstance(self.subset, int):
             ds = Subset(ds, class_balanced_indices(list(ds.targets), self.subset))
         return ds
+
+    def _check_folder(self) -> None:
+        """Refuse a folder that contradicts ``subset`` (once per setup); remember where it came from."""
+        if self._origin is not None:
+            return
+        counts = provenance.class_counts(self.data_dir)
+        marker = provenance.read_marker(self.data_dir)
+        provenance.check_request(self.data_dir, self.subset, counts, marker)
+        self._origin = provenance.describe(self.data_dir, counts, marker)
+
+    def _report(self) -> None:
+        sizes = {name: len(ds) for name, ds in (("train", self.train_set), ("test", self.test_set)) if ds is not None}
+        used = " / ".join(f"{n:,} {name}" for name, n in sizes.items())
+        pick = {None: "all images", provenance.AS_IS: "the folder as it is"}.get(self.subset, f"the first {self.subset} per class")
+        line = f"CIFAR-10 data: {self.data_dir} ({self._origin}); using {pick}: {used} images"
+        if line != self.data_report:
+            self.data_report = line
+            if getattr(rank_zero_only, "rank", 0) == 0:
+                print(line, flush=True)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = self._make("train")
         if self.test_set is None:
             self.test_set = self._make("test")
+        self._report()
 
     @property
     def classes(self) -> list[str]:
@@ -257,16 +303,20 @@ def prepare_subset(
 
     ``source`` holds ``train.zip``/``test.zip`` (the offline layout) or ``train/``/``test/`` folders.
     Only the first ``*_per_class`` images of each class (in name order) are read, so this is quick
-    even from the full 60,000-image zips.  Nothing is done when ``data_dir`` already has images.
+    even from the full 60,000-image zips.  Writes ``data_dir/DATA_ORIGIN.json`` (kind "subset").  When
+    ``data_dir`` already has images it is reused if it is this very subset (its marker says so, or an
+    unmarked folder holds exactly these counts per class: then the marker is written), else refused.
 
     Raises:
         FileNotFoundError: ``source`` has neither layout (says how to get the data).
+        ValueError: ``data_dir`` already holds other images (the full set, another subset): says how to fix it.
     """
     out = Path(data_dir)
-    if has_image_folders(out):
-        return out
     src = Path(source)
     wanted = {"train": train_per_class, "test": test_per_class}
+    if has_image_folders(out):
+        _reuse_subset(out, wanted)
+        return out
     if has_zips(src):
         for split, n in wanted.items():
             with zipfile.ZipFile(src / f"{split}.zip") as zf:
@@ -288,4 +338,28 @@ def prepare_subset(
                         shutil.copyfile(f, out / split / class_dir.name / f.name)
     else:
         raise FileNotFoundError(f"No CIFAR-10 zips or image folders in {str(src)!r}. " + HOW_TO_GET_DATA.format(d=out))
+    provenance.write_marker(out, kind="subset", per_class=wanted, source=str(src), made_by=SUBSET_MAKER)
     return out
+
+
+#: who :func:`prepare_subset` says made the subset
+SUBSET_MAKER = "examples/main_job.py"
+
+
+def _reuse_subset(out: Path, wanted: dict[str, int]) -> None:
+    marker = provenance.read_marker(out)
+    counts = provenance.class_counts(out)
+    if marker is not None and marker.get("kind") == "subset" and marker.get("per_class") == wanted:
+        return
+    exact = all(counts[s] and set(counts[s].values()) == {wanted[s]} for s in SPLITS)
+    if marker is None and exact:  # a subset made before markers existed: the same counts, so adopt it
+        provenance.write_marker(out, kind="subset", per_class=wanted, source="unknown (an unmarked folder with "
+                                "exactly these counts, adopted)", made_by=SUBSET_MAKER)
+        return
+    totals = " / ".join(f"{sum(counts[s].values()):,} {s}" for s in SPLITS)
+    raise ValueError(
+        f"prepare_subset: data_dir={str(out)!r} already holds {totals} images "
+        f"({provenance.describe(out, counts, marker)}), not the subset asked for "
+        f"({wanted['train']} train / {wanted['test']} test images per class). Fix: pass a new --data-dir (it is "
+        f"created from --source), or delete {out}, or ask for what it holds (--train-per-class / --test-per-class)."
+    )

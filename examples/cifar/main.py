@@ -23,6 +23,8 @@ import lightning_compress  # noqa: E402,F401  (registers the deepspeed_compressi
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from examples.cifar.data import CifarDataModule  # noqa: E402
+from examples._help import fit_parser_kwargs  # noqa: E402
+from examples._quiet import hide_lightning_tips  # noqa: E402
 from examples.cifar.model import CifarResNet  # noqa: E402
 
 try:  # strategy names are registered by lightning_compress/__init__.py once the package exports them
@@ -43,11 +45,13 @@ class CifarCLI(LightningCLI):
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> CifarCLI:
+    hide_lightning_tips()
     return CifarCLI(
         CifarResNet,
         CifarDataModule,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=fit_parser_kwargs(),
         args=args,
         run=run,
     )

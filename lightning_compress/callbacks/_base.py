@@ -42,6 +42,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.callbacks._sharding import check_sharding
 from lightning_compress.core import masking
 
 _COUNTER = itertools.count()
@@ -49,6 +50,20 @@ _COUNTER = itertools.count()
 
 class CompressionCallback(Callback):
     """Shared base of the compression callbacks (see the module docstring)."""
+
+    #: False (the default): a schedule that cannot finish inside the fit (its last event or width after the
+    #: fit's last optimizer step) is a ValueError at ``on_train_start``.  True for the callbacks that
+    #: :func:`lightning_compress.from_deepspeed_config` builds: DeepSpeed runs a schedule as far as training
+    #: goes, so there it is a warning (DeepSpeed configs keep DeepSpeed's semantics).
+    schedule_may_outlast_fit: bool = False
+
+    def schedule_cannot_finish(self, message: str) -> None:
+        """Raise ``ValueError(message)``, or warn with it when :attr:`schedule_may_outlast_fit`."""
+        if not self.schedule_may_outlast_fit:
+            raise ValueError(message)
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(message + " (kept: DeepSpeed semantics, the schedule runs as far as training goes)")
 
     def __init__(self) -> None:
         super().__init__()
@@ -108,6 +123,7 @@ class CompressionCallback(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_sharding(trainer, type(self).__name__)
         self.attach(pl_module, trainer, stage)
 
     def remove(self) -> None:

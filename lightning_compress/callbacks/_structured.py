@@ -28,7 +28,7 @@ from lightning_compress.callbacks._pruning import BasePruning
 from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.pruner_targets import PruneGroup, UnitTarget
 from lightning_compress.core.surgery import UnitGroup
-from lightning_compress.core.types import StructuredMethodName
+from lightning_compress.core.types import Rounding, StructuredMethodName
 
 
 class StructuredPruning(BasePruning):
@@ -36,11 +36,19 @@ class StructuredPruning(BasePruning):
 
     unit_word = "unit"
 
-    def __init__(self, sparsity: float | None = 0.5, method: StructuredMethodName | Criterion = "l1", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        sparsity: float | None = 0.5,
+        method: StructuredMethodName | Criterion = "l1",
+        rounding: Rounding = "nearest",
+        **kwargs: Any,
+    ) -> None:
+        #: how each unit group's pruned count is rounded (``"floor"``: ``ceil((1 - sparsity) * n)`` stay)
+        self.rounding = rounding
         super().__init__(sparsity=sparsity, method=method, pattern="unstructured", **kwargs)
 
     def pruner_options(self) -> dict[str, Any]:
-        return {"find_groups": self.find_groups, "unit_word": self.unit_word}
+        return {"find_groups": self.find_groups, "unit_word": self.unit_word, "rounding": self.rounding}
 
     # ------------------------------------------------------------------ subclass point
     def find_groups(self, model: nn.Module, group: PruneGroup) -> list[UnitGroup]:

@@ -12,7 +12,7 @@ from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.graph import ChannelSpace, TracingError, trace_channel_spaces
 from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import Member, UnitGroup
-from lightning_compress.core.types import ScheduleName, Scope, StructuredMethodName
+from lightning_compress.core.types import Rounding, ScheduleName, Scope, StructuredMethodName
 
 
 class ChannelPruning(StructuredPruning):
@@ -31,6 +31,9 @@ class ChannelPruning(StructuredPruning):
         method: ``"l1"`` (mean ``|W|`` of the channel's filters) or ``"topk"`` (movement scores).
         schedule, start_step, end_step, frequency, scope, max_sparsity_per_layer, exclude, groups:
             as :class:`~lightning_compress.SparsePruning`.
+        rounding: ``"nearest"`` (default) or ``"floor"``: a layer's pruned channels are
+            ``round(sparsity * n)`` or ``floor(sparsity * n)`` (then ``ceil((1 - sparsity) * n)`` stay,
+            DeepSpeed's count; the DeepSpeed importer sets it).
         modules: regexes of Conv2d layers; a named conv tied to others by a residual add brings its
             whole group.  Default: every conv whose consumers can all be fixed (groups=1 convs,
             BatchNorm, Linear after global pooling); convs feeding the model output, a concat, a
@@ -41,9 +44,16 @@ class ChannelPruning(StructuredPruning):
             that cannot be narrowed (the message names the layers and the op), or when ``sparsity``
             would remove every channel of a group.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        Trainer(callbacks=[ChannelPruning(sparsity=0.5), RedundancyClean("slim/")])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import ChannelPruning, RedundancyClean
+
+        callbacks = [ChannelPruning(sparsity=0.5), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     mask_kind = "channel_mask"
@@ -55,19 +65,20 @@ class ChannelPruning(StructuredPruning):
         sparsity: float | None = 0.5,
         method: StructuredMethodName | Criterion = "l1",
         schedule: ScheduleName = "exp",
-        start_step: int = 0,
-        end_step: int | None = None,
-        frequency: int = 1,
+        start_step: int | float = 0,
+        end_step: int | float | None = None,
+        frequency: int | float = 1,
         scope: Scope = "local",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,
         exclude: list[str] | None = None,
         groups: dict[str, dict[str, Any]] | None = None,
+        rounding: Rounding = "nearest",
     ) -> None:
         super().__init__(
             sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,
             frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer, modules=modules,
-            exclude=exclude, groups=groups,
+            exclude=exclude, groups=groups, rounding=rounding,
         )
 
     def find_groups(self, model: nn.Module, group: PruneGroup) -> list[UnitGroup]:

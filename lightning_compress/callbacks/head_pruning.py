@@ -1,4 +1,4 @@
-"""``HeadPruning``: remove whole attention heads (Hugging Face BERT-family and nn.MultiheadAttention)."""
+"""``HeadPruning``: remove whole attention heads (every attention a model family understands)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.families import describe, find_attentions
 from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import UnitGroup, attention_group
-from lightning_compress.core.types import ScheduleName, Scope, StructuredMethodName
+from lightning_compress.core.types import Rounding, ScheduleName, Scope, StructuredMethodName
 
 
 class HeadPruning(StructuredPruning):
@@ -29,12 +29,18 @@ class HeadPruning(StructuredPruning):
       masked (a zero value row makes the head contribute nothing).  An ``nn.MultiheadAttention``
       cannot be narrowed and stay one (its projection width is ``embed_dim``), so ``clean`` bakes the
       zeros (``out_proj`` columns too) but removes nothing; the report says so.
+    * DistilBERT, ALBERT (one mask per shared layer), DeBERTa-v2, Llama / Qwen2 / Mistral
+      (grouped-query attention: a unit is one key/value head with its query heads), HF ViT: removed
+      by ``clean``; T5 and torchvision Swin: masked, kept (see :mod:`lightning_compress.core.families`).
 
     Args:
         sparsity: fraction of heads removed at ``end_step`` (per attention with ``scope="local"``).
         method: ``"l1"`` (mean ``|W|`` of the head's q/k/v rows) or ``"topk"`` (movement scores).
         schedule, start_step, end_step, frequency, scope, max_sparsity_per_layer, exclude, groups:
             as :class:`~lightning_compress.SparsePruning`.
+        rounding: ``"nearest"`` (default) or ``"floor"``: a layer's pruned heads are
+            ``round(sparsity * n)`` or ``floor(sparsity * n)`` (then ``ceil((1 - sparsity) * n)`` stay,
+            DeepSpeed's count; the DeepSpeed importer sets it).
         modules: regexes of attention module names (``...attention.self`` or the
             ``MultiheadAttention``); default: every attention it understands.
 
@@ -42,9 +48,16 @@ class HeadPruning(StructuredPruning):
         ValueError: at ``setup`` when the model has no attention it understands, when a ``modules`` regex
             matches none, or when ``sparsity`` would remove every head of a layer.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        Trainer(callbacks=[HeadPruning(sparsity=0.5), RowPruning(sparsity=0.5), RedundancyClean("slim/")])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import HeadPruning, RedundancyClean
+
+        callbacks = [HeadPruning(sparsity=0.5), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     mask_kind = "head_mask"
@@ -56,19 +69,20 @@ class HeadPruning(StructuredPruning):
         sparsity: float | None = 0.5,
         method: StructuredMethodName | Criterion = "l1",
         schedule: ScheduleName = "exp",
-        start_step: int = 0,
-        end_step: int | None = None,
-        frequency: int = 1,
+        start_step: int | float = 0,
+        end_step: int | float | None = None,
+        frequency: int | float = 1,
         scope: Scope = "local",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,
         exclude: list[str] | None = None,
         groups: dict[str, dict[str, Any]] | None = None,
+        rounding: Rounding = "nearest",
     ) -> None:
         super().__init__(
             sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,
             frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer, modules=modules,
-            exclude=exclude, groups=groups,
+            exclude=exclude, groups=groups, rounding=rounding,
         )
 
     def find_groups(self, model: nn.Module, group: PruneGroup) -> list[UnitGroup]:

@@ -12,7 +12,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
-from lightning_compress.core import masking
+from lightning_compress.core import args, masking
 from lightning_compress.core.distill import (
     DistillRecorder,
     check_teacher,
@@ -89,20 +89,30 @@ class LayerReductionKD(CompressionCallback):
             loss the user's ``training_step`` returns; ``hidden`` = MSE between the outputs of student layer
             ``i`` and teacher layer ``mapping[i]``; ``attention`` = MSE between their attention
             probabilities (Hugging Face models with ``attn_implementation="eager"``).
+        teacher_layers: the teacher layer of each kept student layer (student layer ``i`` <- teacher layer
+            ``teacher_layers[i]``; DeepSpeed's ``teacher_layer``) instead of the default mapping.  With a
+            given ``teacher`` and a student whose stack already has ``len(teacher_layers)`` layers (built
+            shallow, as DeepSpeed's examples do), the student keeps all its layers.
 
     Raises:
-        ValueError: in ``__init__`` for a bad ``keep_layers`` / ``weights`` / ``temperature`` / ``teacher`` /
+        TypeError: in ``__init__`` for an argument of the wrong type (``keep_layers="3"``, ``temperature=True``,
+            ``weights={"logits": "1"}``, ``teacher="bert"``).
+        ValueError: in ``__init__`` for a bad ``keep_layers`` / ``weights`` / ``temperature`` /
             ``copy_modules``; in ``setup`` for ``keep_layers`` out of range or duplicated, no layer stack
             (pass ``layers``), a teacher whose hidden size or head count differs from the student's while the
             hidden/attention term is on, attention asked of a model that does not return it, manual
             optimization, or a checkpoint whose ``keep_layers`` differ.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        model = BertForSequenceClassification.from_pretrained(path, num_labels=2)   # 12 layers
-        trainer = Trainer(callbacks=[LayerReductionKD(keep_layers=[1, 3, 5, 7, 9, 11],
-                                                      weights={"logits": 1.0, "hidden": 1.0, "labels": 1.0})])
-        trainer.fit(MyModule(model))   # model now has 6 layers; the loss includes the KD terms
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import LayerReductionKD, RedundancyClean
+
+        kd = LayerReductionKD(keep_layers=2, weights={"logits": 1.0, "hidden": 1.0, "labels": 1.0})
+        Trainer(max_steps=1000, callbacks=[kd, RedundancyClean("slim")]).fit(model, datamodule)  # half the layers
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     def __init__(
@@ -113,32 +123,27 @@ class LayerReductionKD(CompressionCallback):
         copy_modules: Sequence[str] | None = None,
         temperature: float = 2.0,
         weights: Mapping[str, float] | None = None,
+        teacher_layers: Sequence[int] | None = None,
     ) -> None:
         if teacher is not None and not isinstance(teacher, nn.Module):
-            raise ValueError(f"{_OWNER}: `teacher` must be an nn.Module or None, got {type(teacher).__name__}.")
-        if isinstance(keep_layers, bool) or not isinstance(keep_layers, (int, Sequence)) or isinstance(keep_layers, str):
-            raise ValueError(f"{_OWNER}: `keep_layers` must be an int or a list of ints, got {keep_layers!r}.")
-        if isinstance(keep_layers, int):
-            if keep_layers < 1:
-                raise ValueError(f"{_OWNER}: `keep_layers`={keep_layers}: keep at least 1 layer.")
-        else:
-            keep = list(keep_layers)
-            if not keep or any(isinstance(i, bool) or not isinstance(i, int) for i in keep):
-                raise ValueError(f"{_OWNER}: `keep_layers` must be a non-empty list of ints, got {keep_layers!r}.")
+            args.fail(_OWNER, "teacher", teacher, f"is not an nn.Module", "pass the teacher network, or None for a frozen copy of the model", TypeError)
+        if isinstance(keep_layers, (list, tuple)):
+            keep = [args.check_int(i, f"keep_layers[{n}]", _OWNER, minimum=0, fix="use 0-based layer indices") for n, i in enumerate(keep_layers)]
+            if not keep:
+                args.fail(_OWNER, "keep_layers", keep_layers, "is empty", "list the 0-based indices of the layers to keep, or pass how many to keep")
             dup = sorted({i for i in keep if keep.count(i) > 1})
             if dup:
-                raise ValueError(f"{_OWNER}: `keep_layers` lists layer(s) {dup} more than once; each layer can be kept once.")
-            if any(i < 0 for i in keep):
-                raise ValueError(f"{_OWNER}: `keep_layers` {keep} has negative indices; use 0-based indices.")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"{_OWNER}: `temperature` must be > 0, got {temperature!r}.")
+                args.fail(_OWNER, "keep_layers", keep_layers, f"lists layer(s) {dup} more than once", "keep each layer once")
+        else:
+            args.check_int(keep_layers, "keep_layers", _OWNER, minimum=1,
+                           fix="pass how many layers to keep (>= 1) or a list of 0-based layer indices")
+        args.check_str(layers, "layers", _OWNER, allow_none=True, what="the qualified name of the layer stack, e.g. 'bert.encoder.layer'")
+        temperature = args.check_float(temperature, "temperature", _OWNER, minimum=0.0, min_closed=False)
         w = dict(_DEFAULT_WEIGHTS)
-        for k, v in (weights or {}).items():
+        for k, v in (args.check_mapping(weights, "weights", _OWNER, what=f"a dict with keys {sorted(_DEFAULT_WEIGHTS)}") or {}).items():
             if k not in _DEFAULT_WEIGHTS:
-                raise ValueError(f"{_OWNER}: `weights` key {k!r} is unknown; use {sorted(_DEFAULT_WEIGHTS)}.")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{_OWNER}: `weights[{k!r}]` must be a number >= 0, got {v!r}.")
-            w[k] = float(v)
+                args.fail(_OWNER, "weights", weights, f"has the unknown key {k!r}", f"use keys {sorted(_DEFAULT_WEIGHTS)}")
+            w[k] = args.check_float(v, f"weights[{k!r}]", _OWNER, minimum=0.0)
         if copy_modules is not None:
             if teacher is None:
                 raise ValueError(
@@ -146,9 +151,20 @@ class LayerReductionKD(CompressionCallback):
                     f"already shares every kept weight with its teacher (a copy of the same model). Drop copy_modules "
                     f"or pass the teacher."
                 )
-            if isinstance(copy_modules, str) or not all(isinstance(n, str) for n in copy_modules):
-                raise ValueError(f"{_OWNER}: `copy_modules` must be a list of module names, got {copy_modules!r}.")
+            if isinstance(copy_modules, str) or not isinstance(copy_modules, (list, tuple)):
+                args.fail(_OWNER, "copy_modules", copy_modules, "is not a list of module names", "pass e.g. ['bert.embeddings', 'classifier']", TypeError)
+            for n, name in enumerate(copy_modules):
+                args.check_str(name, f"copy_modules[{n}]", _OWNER, what="a module name")
+        if teacher_layers is not None:
+            if isinstance(teacher_layers, str) or not isinstance(teacher_layers, (list, tuple)):
+                args.fail(_OWNER, "teacher_layers", teacher_layers, "is not a list of layer indices", "pass e.g. [1, 3, 5]", TypeError)
+            tl = [args.check_int(i, f"teacher_layers[{n}]", _OWNER, minimum=0, fix="use 0-based layer indices") for n, i in enumerate(teacher_layers)]
+            if not tl:
+                args.fail(_OWNER, "teacher_layers", teacher_layers, "is empty", "list one teacher layer per kept layer, or pass None")
+            if isinstance(keep_layers, int) and keep_layers != len(tl) or not isinstance(keep_layers, int) and len(list(keep_layers)) != len(tl):
+                raise ValueError(f"{_OWNER}: `teacher_layers` {tl} needs one entry per kept layer (keep_layers={keep_layers!r}).")
         super().__init__()
+        self.teacher_layers = list(teacher_layers) if teacher_layers is not None else None
         self.teacher = teacher
         self._given_teacher = teacher is not None
         self.keep_layers = keep_layers if isinstance(keep_layers, int) else list(keep_layers)
@@ -291,6 +307,8 @@ class LayerReductionKD(CompressionCallback):
                 f"{_OWNER}: the checkpoint was made from a {loaded['num_layers']}-layer {full_name!r}, this "
                 f"model has {n}; load it into a model built like the original."
             )
+        if self.teacher_layers is not None and self._given_teacher and loaded is None and n == len(self.teacher_layers):
+            requested = list(range(n))  # the student is built shallow already: it keeps all its layers
         keep = resolve_keep_layers(requested, n, owner=_OWNER, stack=full_name)
         training = stage in ("fit", None)
         if self._given_teacher or (self.distilling and training):  # a given teacher also serves copy_modules
@@ -309,6 +327,13 @@ class LayerReductionKD(CompressionCallback):
                 except ValueError as err:
                     raise ValueError(f"{str(err)} (in the `teacher`)") from None
             mapping = teacher_mapping(keep, n, len(t_stack), stack=t_name, owner=_OWNER)
+            if self.teacher_layers is not None:
+                if max(self.teacher_layers) >= len(t_stack):
+                    raise ValueError(
+                        f"{_OWNER}: `teacher_layers` {self.teacher_layers} names a layer beyond the teacher's "
+                        f"{len(t_stack)} layers in {t_name!r}."
+                    )
+                mapping = list(self.teacher_layers)
             t_blocks = list(t_stack.children())
             if self._given_teacher:
                 check_teacher(

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from lightning_compress.callbacks._pruning import PruneGroup
 from lightning_compress.callbacks._structured import StructuredPruning
+from lightning_compress.core import args
 from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.families import channel_spaces
 from lightning_compress.core.graph import ChannelSpace, related_spaces
 from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import Member, UnitGroup
-from lightning_compress.core.types import ScheduleName, Scope, StructuredMethodName
+from lightning_compress.core.types import Rounding, ScheduleName, Scope, StructuredMethodName
 
 
 class RowPruning(StructuredPruning):
     """Prune whole output rows of Linear layers (FFN neurons); the consumers' input columns go too.
 
     Which layers read a Linear's outputs is found by tracing the model (``torch.fx``; for Hugging Face
-    BERT-family models, which fx cannot trace, the ``intermediate.dense -> output.dense`` structure),
-    see :mod:`lightning_compress.core.graph`.  The mask zeroes the row's weight and bias and the
+    models, which fx cannot trace, the feed-forward blocks the model families know: BERT's
+    ``intermediate.dense -> output.dense``, SwiGLU ``gate_proj`` + ``up_proj -> down_proj``, ...), see
+    :mod:`lightning_compress.core.graph`.  Producers whose outputs are combined elementwise (a SwiGLU
+    gate and up projection) share one row mask and must be selected together.  The mask zeroes the row's weight and bias and the
     consumers' columns, so the masked model computes exactly what the slim model from
     :func:`lightning_compress.clean` computes.
 
@@ -30,20 +33,34 @@ class RowPruning(StructuredPruning):
         method: ``"l1"`` (mean ``|W|`` of the row) or ``"topk"`` (movement scores).
         schedule, start_step, end_step, frequency, scope, max_sparsity_per_layer, exclude, groups:
             as :class:`~lightning_compress.SparsePruning` (steps are optimizer steps).
+        rounding: ``"nearest"`` (default) or ``"floor"``: a layer's pruned rows are
+            ``round(sparsity * n)`` or ``floor(sparsity * n)`` (then ``ceil((1 - sparsity) * n)`` stay,
+            DeepSpeed's count; the DeepSpeed importer sets it).
         modules: regexes of Linear layers whose rows are pruned; default: every Linear whose outputs
             feed only other Linear layers (a transformer FFN's first projection; never the residual
             stream or the model output).
         related_modules: ``{producer regex: [consumer regexes]}`` naming the consumers by hand
             (tracing is skipped for those producers).
+        related_pairing: ``"all"``: every module a consumer regex matches reads every producer of its
+            key; ``"index"``: the j-th matched producer is read by the j-th module each consumer regex
+            matches (DeepSpeed's ``related_modules`` rule, the importer's setting).  A consumer whose
+            input width differs from its producer's output width is refused at ``setup``.
 
     Raises:
         ValueError: at ``setup`` when a named layer's outputs go somewhere that cannot be narrowed
             (the message names the layers and the op), when tracing fails and no BERT-style block is
             found, or when ``sparsity`` would remove every row of a layer.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        Trainer(callbacks=[RowPruning(sparsity=0.5), RedundancyClean("slim/")])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import RedundancyClean, RowPruning
+
+        callbacks = [RowPruning(sparsity=0.5), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     mask_kind = "row_mask"
@@ -55,31 +72,42 @@ class RowPruning(StructuredPruning):
         sparsity: float | None = 0.5,
         method: StructuredMethodName | Criterion = "l1",
         schedule: ScheduleName = "exp",
-        start_step: int = 0,
-        end_step: int | None = None,
-        frequency: int = 1,
+        start_step: int | float = 0,
+        end_step: int | float | None = None,
+        frequency: int | float = 1,
         scope: Scope = "local",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,
         exclude: list[str] | None = None,
         groups: dict[str, dict[str, Any]] | None = None,
         related_modules: dict[str, list[str]] | None = None,
+        rounding: Rounding = "nearest",
+        related_pairing: Literal["all", "index"] = "all",
     ) -> None:
         super().__init__(
             sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,
             frequency=frequency, scope=scope, max_sparsity_per_layer=max_sparsity_per_layer, modules=modules,
-            exclude=exclude, groups=groups,
+            exclude=exclude, groups=groups, rounding=rounding,
         )
-        if related_modules is not None and not isinstance(related_modules, dict):
-            raise ValueError("RowPruning: `related_modules` must be a dict {producer regex: [consumer regexes]}.")
+        related_modules = args.check_mapping(
+            related_modules, "related_modules", "RowPruning", what="a dict {producer regex: [consumer regexes]}"
+        )
+        if related_modules is not None:
+            if not related_modules:
+                args.fail("RowPruning", "related_modules", related_modules, "is empty", "name producers and their consumers, or pass None to trace them")
+            for prx, crxs in related_modules.items():
+                args.compile_regex(prx, "related_modules", "RowPruning")
+                related_modules[prx] = args.check_regexes(crxs, f"related_modules[{prx!r}]", "RowPruning", allow_none=False)
+        args.check_choice(related_pairing, "related_pairing", "RowPruning", ("all", "index"))
         self.related_modules = related_modules
+        self.related_pairing = related_pairing
 
     def arguments(self) -> dict[str, Any]:
         return {**super().arguments(), "related_modules": self.related_modules}
 
     def _spaces(self, model: nn.Module) -> list[ChannelSpace]:
         if self.related_modules:
-            return related_spaces(model, self.related_modules, "RowPruning")
+            return related_spaces(model, self.related_modules, "RowPruning", self.related_pairing)
         try:  # fx tracing, else what the model families know (a BERT FFN block)
             spaces, _ = channel_spaces(model)
         except ValueError as err:
@@ -91,11 +119,11 @@ class RowPruning(StructuredPruning):
         by_producer = {n: sp for sp in spaces for n in sp.producers}
         names = {id(m): n for n, m in model.named_modules()}
 
-        def usable(sp: ChannelSpace) -> bool:
+        def usable(sp: ChannelSpace) -> bool:  # several producers: one row mask (SwiGLU gate and up)
             return (
-                sp.ok and len(sp.producers) == 1 and bool(sp.consumers)
+                sp.ok and bool(sp.producers) and bool(sp.consumers)
                 and all(isinstance(m, nn.Linear) for m in [*sp.producers.values(), *sp.consumers.values()])
-                and not sp.norms
+                and len({m.out_features for m in sp.producers.values()}) == 1 and not sp.norms
             )
 
         if group.modules is None:
@@ -120,11 +148,25 @@ class RowPruning(StructuredPruning):
                         f"consumers with `related_modules`."
                     )
         out = []
+        done: set[int] = set()
         for n in chosen:
             sp = by_producer[n]
-            prod = sp.producers[n]
-            members = [Member(n, prod, "out", ("weight", "bias") if prod.bias is not None else ("weight",), 0)]
+            if id(sp) in done:
+                continue
+            done.add(id(sp))
+            left_out = sorted(set(sp.producers) - set(chosen))
+            if left_out:
+                raise ValueError(
+                    f"RowPruning: {n!r} shares its rows with {left_out} (their outputs are combined elementwise, "
+                    f"e.g. a SwiGLU gate and up projection), so they take one row mask: select all of "
+                    f"{sorted(sp.producers)} or none (`modules` / `exclude`)."
+                )
+            members = [
+                Member(pn, pm, "out", ("weight", "bias") if pm.bias is not None else ("weight",), 0)
+                for pn, pm in sp.producers.items()
+            ]
             for cn, cm in sp.consumers.items():
                 members.append(Member(names.get(id(cm), cn), cm, "in", ("weight",), 1))
+            prod = sp.producers[n]
             out.append(UnitGroup(name=n, kind=self.mask_kind, num_units=prod.out_features, members=members, holder=prod, unit="row"))
         return out

@@ -29,8 +29,14 @@ class SparsePruning(BasePruning):
         schedule: ``"exp"`` | ``"cos"`` | ``"linear"`` | ``"cubic"``: sparsity after each prune event.
         start_step: optimizer step (``trainer.global_step``; counted across fits of the model, see
             *Lifecycle*) of the first prune event.
-        end_step: optimizer step of the last prune event; ``None`` = last step of the (first) fit.
+        end_step: optimizer step of the last prune event; ``None`` (= ``1.0``) = last step of the
+            (first) fit.
         frequency: optimizer steps between prune events.
+
+            For these three, an ``int`` counts optimizer steps and a ``float`` in ``(0, 1]`` is a
+            fraction of this fit's ``T = trainer.estimated_stepping_batches`` optimizer steps, resolved
+            at ``on_train_start``: ``end_step=0.6`` is step ``floor(0.6 * T)``, ``1.0`` the last step
+            ``T - 1``; ``1`` is step 1 (the type decides); ``frequency`` is at least 1 step.
         scope: ``"global"`` ranks all targeted layers together (one threshold); ``"local"`` per layer.
         max_sparsity_per_layer: under global ranking no layer goes above this sparsity.
         modules: regexes (``re.search``) of qualified module names to prune; default: every Linear
@@ -45,15 +51,26 @@ class SparsePruning(BasePruning):
     ``ckpt_path`` run the checkpoint's masks (see :class:`~lightning_compress.callbacks._pruning.BasePruning`).
 
     Raises:
+        TypeError: at ``__init__`` for an argument of the wrong type (``sparsity="0.5"``,
+            ``frequency=True``, ``start_step=1.7``: a float step is a fraction in (0, 1]).
         ValueError: on resume (``ckpt_path``) when an argument differs from the saving run's (the message
-            names it, with both values); at ``__init__`` for an unknown method/schedule/pattern, sparsity outside [0, 1),
-            ``end_step < start_step``, ``N > M``; at ``setup`` for a regex that matches no module, a
-            pattern whose block does not divide a targeted weight, or a weight already masked by
-            another sparsity callback.
+            names it, with both values); at ``__init__`` for an unknown method/schedule/pattern, sparsity
+            outside [0, 1), ``end_step < start_step``, ``N > M`` or ``N = 0``, ``modules=[]``, a regex
+            that does not compile; at ``setup`` for a regex that matches no module, a selection that
+            leaves no layer, a pattern whose block does not divide a targeted weight, or a weight already
+            masked by another sparsity callback; at ``on_train_start`` for an ``end_step`` after the
+            fit's last optimizer step.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        trainer = Trainer(callbacks=[SparsePruning(method="snip_momentum", pattern="4x1", sparsity=0.9)])
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import RedundancyClean, SparsePruning
+
+        pruning = SparsePruning(method="snip_momentum", pattern="4x1", sparsity=0.9)
+        Trainer(max_steps=1000, callbacks=[pruning, RedundancyClean("slim")]).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     mask_kind = "sparse_mask"
@@ -64,9 +81,9 @@ class SparsePruning(BasePruning):
         method: MethodName | Criterion = "l1",
         pattern: str | Pattern = "unstructured",
         schedule: ScheduleName = "exp",
-        start_step: int = 0,
-        end_step: int | None = None,
-        frequency: int = 1,
+        start_step: int | float = 0,
+        end_step: int | float | None = None,
+        frequency: int | float = 1,
         scope: Scope = "global",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,
@@ -94,9 +111,16 @@ class SnipMomentumPruning(SparsePruning):
 
     Args: as :class:`SparsePruning`, without ``method``.
 
-    Example::
+    Example (``model``, ``datamodule``: yours; ``x``: a batch of its input)::
 
-        Trainer(callbacks=[SnipMomentumPruning(pattern="4x1", sparsity=0.9)], strategy="deepspeed")
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import RedundancyClean, SnipMomentumPruning
+
+        callbacks = [SnipMomentumPruning(pattern="4x1", sparsity=0.9), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks, strategy="deepspeed").fit(model, datamodule)  # CUDA or CPU
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     def __init__(
@@ -104,9 +128,9 @@ class SnipMomentumPruning(SparsePruning):
         sparsity: float | None = 0.5,
         pattern: str | Pattern = "4x1",
         schedule: ScheduleName = "exp",
-        start_step: int = 0,
-        end_step: int | None = None,
-        frequency: int = 1,
+        start_step: int | float = 0,
+        end_step: int | float | None = None,
+        frequency: int | float = 1,
         scope: Scope = "global",
         max_sparsity_per_layer: float = 0.98,
         modules: list[str] | None = None,

@@ -14,6 +14,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from lightning_compress.core import masking
+from lightning_compress.core.conv1d import is_conv1d
 from lightning_compress.core.fake_quant import fake_quant_dynamic, fake_quant_static
 from lightning_compress.core.quant_grid import ACT_QUANT_KIND, affine_params
 from lightning_compress.core.quant_observers import RangeObserver
@@ -22,8 +23,8 @@ LO, HI, INIT = (masking.private_name(n) for n in ("act_lo", "act_hi", "act_init"
 
 
 def dynamic_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
-    """Per token for Linear (last dim), per image for Conv (all but the batch dim)."""
-    if isinstance(module, nn.Linear) or x.dim() < 2:
+    """Per token for Linear and Hugging Face ``Conv1D`` (last dim), per image for Conv (all but the batch dim)."""
+    if isinstance(module, nn.Linear) or is_conv1d(module) or x.dim() < 2:
         return (-1,)
     return tuple(range(1, x.dim()))
 

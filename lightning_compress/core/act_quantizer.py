@@ -19,7 +19,9 @@ from typing import Any, Literal
 from torch import nn
 
 from lightning_compress.core import act_quant as aq
-from lightning_compress.core import masking
+from lightning_compress.core import args, masking
+from lightning_compress.core.conv1d import conv1d_types
+from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.quant_grid import SUPPORTED_ACT_BITS, check_bits
 from lightning_compress.core.select import select_modules
 
@@ -46,7 +48,8 @@ def attach_act_quantizers(
 
 
 class ActQuantizer:
-    """Fake-quantizes the input of every targeted Linear / Conv2d (straight-through in backward).
+    """Fake-quantizes the input of every targeted Linear / Conv2d / Hugging Face ``Conv1D``
+    (straight-through in backward; a Conv1D is quantized per token, like a Linear).
 
     * ``range="dynamic"``: scale (and zero-point) computed at every call, per token for Linear (over
       the last dimension) and per image for Conv2d (over C, H, W).
@@ -64,11 +67,16 @@ class ActQuantizer:
         modules: regexes of module names (Linear, Conv2d); None: all except the last one.
         exclude: regexes of module names to leave alone.
         momentum: EMA factor of the static range (0 <= momentum < 1).
+        start_step: inputs pass unquantized until this many optimizer steps are done (:meth:`step`;
+            DeepSpeed's ``schedule_offset``); default 0 = quantized from the start.
         owner: the id the quantizers are registered under (default ``"ActQuantizer#<n>"``).
         name: the name error messages start with (default ``"ActQuantizer"``).
 
     Raises:
-        ValueError: unsupported ``bits``, ``range`` or ``momentum`` (at construction); a regex
+        TypeError: an argument of the wrong type (:mod:`lightning_compress.core.args`: ``bits="8"``,
+            ``symmetric="no"``, ``momentum="0.9"``, ``modules=5``).
+        ValueError: unsupported ``bits``, ``range`` or ``momentum``, ``modules=[]``, a regex that does
+            not compile (at construction); a regex
             matching nothing or no Linear / Conv2d to quantize (:meth:`attach`); a state with a range
             for a module not targeted (:meth:`load_state_dict`).
     """
@@ -83,23 +91,25 @@ class ActQuantizer:
         exclude: Sequence[str] | None = None,
         momentum: float = 0.95,
         *,
+        start_step: int = 0,
         owner: str | None = None,
         name: str | None = None,
     ) -> None:
         name = name or type(self).__name__
+        args.check_step(start_step, "start_step", name, allow_fraction=False)
         check_bits(bits, SUPPORTED_ACT_BITS, "bits", name)
-        if range not in RANGES:
-            raise ValueError(f"{name}: `range`={range!r} must be one of {list(RANGES)}.")
-        if not (0.0 <= float(momentum) < 1.0):
-            raise ValueError(f"{name}: `momentum`={momentum!r} must be in [0, 1).")
+        args.check_choice(range, "range", name, RANGES)
         self.name = name
         self.owner = owner or f"{type(self).__name__}#{next(_COUNTER)}"
         self.bits = bits
         self.range = range
-        self.symmetric = symmetric
-        self.modules = list(modules) if modules is not None else None
-        self.exclude = list(exclude) if exclude is not None else None
-        self.momentum = float(momentum)
+        self.symmetric = args.check_bool(symmetric, "symmetric", name)
+        self.modules = args.check_regexes(modules, "modules", name)
+        self.exclude = args.check_regexes(exclude, "exclude", name, allow_empty=True)
+        self.momentum = args.check_float(momentum, "momentum", name, minimum=0.0, maximum=1.0, max_closed=False)
+        self.start_step = start_step
+        #: optimizer steps done, as last passed to :meth:`step`
+        self.steps_done = 0
         #: ``{qualified name: module}`` whose input is quantized (after :meth:`attach`)
         self.targets: dict[str, nn.Module] = {}
         #: ``{qualified name: ActFakeQuant}`` on those modules
@@ -118,14 +128,30 @@ class ActQuantizer:
         if self.targets:
             raise ValueError(f"{self.name}: already attached to {len(self.targets)} modules; call remove() first.")
         targets = select_modules(
-            model, self.modules, self.exclude, (nn.Linear, nn.Conv2d), owner=self.name, exclude_last=self.modules is None
+            model, self.modules, self.exclude, (nn.Linear, nn.Conv2d, *conv1d_types(model)), owner=self.name,
+            exclude_last=self.modules is None,
         )
         self.quantizers = attach_act_quantizers(targets, self.bits, self.symmetric, self.range, self.momentum, self.owner)
+        try:
+            guard_direct_reads(model)
+        except ValueError as err:
+            for module in targets.values():
+                masking.remove_owner(module, self.owner)
+            self.quantizers = {}
+            raise ValueError(f"{self.name}: {err}") from None
         self.targets = targets
+        self.step(self.steps_done)
         if self._pending is not None:
             state, self._pending = self._pending, None
             self.load_state_dict(state)
         return targets
+
+    def step(self, step: int) -> None:
+        """Turn the quantizers on once ``step`` optimizer steps are done and ``step >= start_step``
+        (call before the forward)."""
+        self.steps_done = int(step)
+        for q in self.quantizers.values():
+            q.enabled = self.steps_done >= self.start_step
 
     def remove(self) -> None:
         """Take the quantizers off the modules (the range buffers stay until ``strip``)."""

@@ -15,14 +15,14 @@ from typing import Any
 
 from torch import nn
 
-from lightning_compress.core.masking import cached_subclass
+from lightning_compress.core.masking import cached_subclass, replace_base
 
 
 class RecordingMixin:
     """Placed in front of a module's class: forwards to the original and reports to its recorder."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        base = RECORDING_BASE[type(self)]
+        base = RECORDING_BASE[_recording_layer(type(self))]
         entry = REGISTRY.get(self)  # type: ignore[arg-type]
         if entry is None or not entry[0].active:
             return base.forward(self, *args, **kwargs)
@@ -47,6 +47,15 @@ def _recording_class(cls: type) -> type:
     return new_cls
 
 
+def _recording_layer(cls: type) -> type:
+    """The recording class in ``cls``'s MRO (``cls`` itself, or under a class swapped in on top of it
+    later, e.g. FSDP2's ``FSDP<Recording<Block>>``)."""
+    for c in cls.__mro__:
+        if c in RECORDING_BASE:
+            return c
+    raise KeyError(cls)
+
+
 def recorded_base(cls: type) -> type | None:
     """The class a recording class was made from (None when ``cls`` is not one)."""
     return RECORDING_BASE.get(cls)
@@ -60,5 +69,6 @@ def swap_in(module: nn.Module) -> None:
 
 def swap_out(module: nn.Module) -> None:
     """Restore the class ``module`` had before :func:`swap_in`."""
-    if isinstance(module, RecordingMixin) and type(module) in RECORDING_BASE:
-        module.__class__ = RECORDING_BASE[type(module)]
+    if isinstance(module, RecordingMixin):
+        layer = _recording_layer(type(module))
+        module.__class__ = replace_base(type(module), layer, RECORDING_BASE[layer])

@@ -17,6 +17,7 @@ from lightning_compress.core.quant_grid import (
     QuantSpec,
     affine_params,
     as_rows,
+    deepspeed_affine_params,
     fake_quant_rows,
     qrange,
     ste,
@@ -42,6 +43,29 @@ def binary_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, alpha
 
 
+def _rows(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    return as_rows(w, spec.granularity, spec.group_size, spec.groups)
+
+
+def _deepspeed_grid(
+    rows: torch.Tensor, spec: QuantSpec, ranges: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    lo, hi = ranges if ranges is not None else (rows.detach().float().amin(1), rows.detach().float().amax(1))
+    return deepspeed_affine_params(lo, hi, spec.bits, spec.symmetric)
+
+
+def _deepspeed_codes(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Codes computed with DeepSpeed's operations (``round((x - zero_point * scale) / scale)`` with its
+    float zero point ``round(min / scale) * scale = -zp * scale``), so ties round as in DeepSpeed."""
+    s = scale.unsqueeze(1)
+    return torch.clamp(torch.round((rows.detach().float() + zp.unsqueeze(1).float() * s) / s), qmin, qmax)
+
+
+def _deepspeed_values(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+    s = scale.unsqueeze(1)
+    return q * s - zp.unsqueeze(1).float() * s
+
+
 def fake_quant_weight(
     w: torch.Tensor,
     spec: QuantSpec,
@@ -51,15 +75,20 @@ def fake_quant_weight(
 ) -> torch.Tensor:
     """Fake-quantize ``w`` by ``spec`` (same shape and dtype, STE gradient).
 
-    ``ranges``: fixed per-row (lo, hi) from an earlier calibration; else ``observer`` computes them.
+    ``ranges``: fixed per-row (lo, hi) from an earlier calibration; else ``observer`` computes them
+    (``scheme="deepspeed"``: min / max, as DeepSpeed).
     """
-    rows = as_rows(w, spec.granularity, spec.group_size).float()
+    rows = _rows(w, spec).float()
     if spec.bits == 2:
         codes, alpha = ternary_rows(rows)
         out = ste(rows, codes * alpha.unsqueeze(1))
     elif spec.bits == 1:
         codes, alpha = binary_rows(rows)
         out = ste(rows, codes * alpha.unsqueeze(1))
+    elif spec.scheme == "deepspeed":
+        scale, zp, qmin, qmax = _deepspeed_grid(rows, spec, ranges)
+        q = _deepspeed_codes(rows, scale, zp, qmin, qmax)
+        out = ste(rows, _deepspeed_values(q, scale, zp))
     else:
         lo, hi = ranges if ranges is not None else row_range(rows, observer, spec.bits, spec.symmetric, percentile)
         scale, zp = affine_params(lo, hi, spec.bits, spec.symmetric)
@@ -74,13 +103,17 @@ def quantize_weight_int(
 
     Affine: ``w ~= (q - zp) * scale``; ternary/binary: ``w ~= q * scale`` with q in {-1,0,1} / {-1,1}.
     """
-    rows = as_rows(w.detach(), spec.granularity, spec.group_size).float()
+    rows = _rows(w.detach(), spec).float()
     if spec.bits == 2:
         codes, alpha = ternary_rows(rows)
         return codes.to(torch.int32), alpha, None
     if spec.bits == 1:
         codes, alpha = binary_rows(rows)
         return codes.to(torch.int32), alpha, None
+    if spec.scheme == "deepspeed":
+        scale, zp, qmin, qmax = _deepspeed_grid(rows, spec, ranges)
+        q = _deepspeed_codes(rows, scale, zp, qmin, qmax).to(torch.int32)
+        return q, scale, (zp if not spec.symmetric else None)
     lo, hi = ranges if ranges is not None else row_range(rows, observer, spec.bits, spec.symmetric, 0.9999)
     scale, zp = affine_params(lo, hi, spec.bits, spec.symmetric)
     qmin, qmax = qrange(spec.bits, spec.symmetric)
@@ -100,34 +133,42 @@ class WeightFakeQuant:
         enabled: False passes the weight through unchanged (before ``start_step``).
         ranges: fixed per-row (lo, hi) from :meth:`calibrate` (post-training); None = recomputed
             from the weight at every call with ``observer``.
+        transposed: the weight is stored ``[in, out]`` (Hugging Face ``Conv1D``): rows, channels
+            and row blocks are taken on its transpose ``[out, in]``, as for a Linear.
     """
 
-    def __init__(self, spec: QuantSpec, observer: str = "minmax", enabled: bool = True) -> None:
+    def __init__(self, spec: QuantSpec, observer: str = "minmax", enabled: bool = True, transposed: bool = False) -> None:
         self.spec = spec
         self.bits = spec.bits
         self.observer = observer
         self.enabled = enabled
+        self.transposed = transposed
         self.ranges: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def current_spec(self) -> QuantSpec:
         return replace(self.spec, bits=self.bits)
 
+    def _oriented(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.t() if self.transposed else weight
+
     def calibrate(self, weight: torch.Tensor) -> None:
         """Fix the clipping ranges from ``weight`` with this quantizer's observer (affine widths)."""
         if self.bits <= 2:
             return
         spec = self.current_spec
-        rows = as_rows(weight.detach(), spec.granularity, spec.group_size)
+        rows = as_rows(self._oriented(weight.detach()), spec.granularity, spec.group_size, spec.groups)
         self.ranges = row_range(rows, self.observer, spec.bits, spec.symmetric, 0.9999)
 
     def __call__(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return weight
-        return fake_quant_weight(weight, self.current_spec, self.ranges, self.observer)
+        out = fake_quant_weight(self._oriented(weight), self.current_spec, self.ranges, self.observer)
+        return out.t() if self.transposed else out
 
     def quantize_int(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        return quantize_weight_int(weight, self.current_spec, self.ranges, self.observer)
+        """Codes of ``weight`` (of its transpose ``[out, in]`` when :attr:`transposed`)."""
+        return quantize_weight_int(self._oriented(weight), self.current_spec, self.ranges, self.observer)
 
     def __repr__(self) -> str:
         return f"WeightFakeQuant(bits={self.bits}, spec={self.spec}, observer={self.observer!r}, enabled={self.enabled})"

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lightning_compress.core import masking
+
 #: modules that act per channel / per feature (output channel c depends only on input channel c)
 _PER_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Hardswish,
@@ -104,8 +106,15 @@ def trace_channel_spaces(model: nn.Module) -> list[ChannelSpace]:
     """Channel spaces of ``model`` by ``torch.fx`` (raises :class:`TracingError` when fx fails)."""
     import torch.fx as fx
 
+    class _Tracer(fx.Tracer):
+        """A module carrying masks / quantizers is a leaf: tracing into its forward would run the
+        transforms and store their results on ``model`` as ``_tensor_constant*`` attributes."""
+
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return masking.is_wrapped(m) or super().is_leaf_module(m, qualname)
+
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as err:  # fx raises many kinds of errors on dynamic code
         raise TracingError(f"torch.fx.symbolic_trace failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
     modules = dict(gm.named_modules())
@@ -278,24 +287,63 @@ def _keeps_batch_flat(node) -> bool:
     return len(rest) == 2 and rest[1] == -1
 
 
-def related_spaces(model: nn.Module, related: dict[str, list[str]], owner: str) -> list[ChannelSpace]:
-    """Spaces named by hand: ``{producer regex: [consumer regexes]}`` (each producer its own space)."""
+def related_spaces(
+    model: nn.Module, related: dict[str, list[str]], owner: str, pairing: str = "all"
+) -> list[ChannelSpace]:
+    """Spaces named by hand: ``{producer regex: [consumer regexes]}`` (each producer its own space).
+
+    ``pairing="all"``: every module a consumer regex matches reads every producer its key matches.
+    ``pairing="index"`` (DeepSpeed's ``related_modules``): the j-th producer the key matches (in
+    ``named_modules`` order) is read by the j-th module each consumer regex matches, so each regex
+    must match as many modules as the key.  Either way a consumer whose input width
+    (``in_features`` / ``in_channels``) differs from its producer's output width is refused.
+
+    Raises:
+        ValueError: a regex matches nothing, the counts differ under ``"index"``, or a pairing's
+            shapes do not fit (the message names both modules and their widths).
+    """
     import re
 
+    from lightning_compress.core.args import check_regexes, compile_regex
+
+    if pairing not in ("all", "index"):
+        raise ValueError(f"{owner}: `related_pairing`={pairing!r} must be 'all' or 'index'.")
     named = dict(model.named_modules())
+
+    def width(m: nn.Module, attr: str) -> int:
+        return int(getattr(m, attr))
+
     out = []
     for prx, crxs in related.items():
-        if isinstance(crxs, str):
-            crxs = [crxs]
+        compile_regex(prx, "related_modules", owner)
+        crxs = check_regexes(crxs, f"related_modules[{prx!r}]", owner, allow_none=False)
         prods = {n: m for n, m in named.items() if n and re.search(prx, n) and isinstance(m, nn.Linear | nn.Conv2d)}
         if not prods:
             raise ValueError(f"{owner}: `related_modules` key {prx!r} matches no Linear/Conv2d module of {type(model).__name__}.")
-        for pname, pm in prods.items():
-            cons = {}
-            for crx in crxs:
-                found = {n: m for n, m in named.items() if n and re.search(crx, n) and isinstance(m, nn.Linear | nn.Conv2d)}
-                if not found:
-                    raise ValueError(f"{owner}: `related_modules` consumer regex {crx!r} (for {prx!r}) matches no Linear/Conv2d module.")
-                cons.update(found)
+        matched: list[dict[str, nn.Module]] = []
+        for crx in crxs:
+            found = {n: m for n, m in named.items() if n and re.search(crx, n) and isinstance(m, nn.Linear | nn.Conv2d)}
+            if not found:
+                raise ValueError(f"{owner}: `related_modules` consumer regex {crx!r} (for {prx!r}) matches no Linear/Conv2d module.")
+            if pairing == "index" and len(found) != len(prods):
+                raise ValueError(
+                    f"{owner}: `related_modules` pairs the j-th module matched by {prx!r} with the j-th matched by "
+                    f"{crx!r} (DeepSpeed's rule), but {prx!r} matches {len(prods)} modules ({sorted(prods)[:4]}...) and "
+                    f"{crx!r} matches {len(found)} ({sorted(found)[:4]}...); make both match one module per layer."
+                )
+            matched.append(found)
+        for j, (pname, pm) in enumerate(prods.items()):
+            cons: dict[str, nn.Module] = {}
+            for found in matched:
+                cons.update(dict([list(found.items())[j]]) if pairing == "index" else found)
+            p_out = width(pm, "out_features" if isinstance(pm, nn.Linear) else "out_channels")
+            for cname, cm in cons.items():
+                c_in = width(cm, "in_features" if isinstance(cm, nn.Linear) else "in_channels")
+                if c_in != p_out:
+                    raise ValueError(
+                        f"{owner}: `related_modules` makes {cname!r} (input width {c_in}) a consumer of {pname!r} "
+                        f"(output width {p_out}); their shapes do not fit, so removing rows of {pname!r} cannot "
+                        f"narrow {cname!r}. Fix the regexes so each producer is paired with the layer reading it."
+                    )
             out.append(ChannelSpace(producers={pname: pm}, consumers=cons))
     return out

@@ -21,6 +21,8 @@ Contract used by every compression method:
 * :func:`remove_owner` removes everything an owner registered; the module gets its original class
   back once nothing is left.
 * :func:`effective_param` returns the parameter as forward sees it (for baking / export).
+* *readers*: a module whose forward reads a child's weights directly puts the child's effective
+  values in place for its own call (:func:`lightning_compress.core.direct_reads.set_readees`).
 
 These functions are the only way code outside this file reads or removes transforms (no other file
 names the ``_lc_*`` attributes of a wrapped module):
@@ -57,6 +59,12 @@ def private_name(name: str) -> str:
     return PRIVATE_PREFIX + name
 
 
+#: attribute names of the direct-read machinery (:func:`lightning_compress.core.direct_reads.set_readees`)
+READEES = PRIVATE_PREFIX + "readees"  # on a reader: the children whose parameters its forward reads
+READERS = PRIVATE_PREFIX + "readers"  # on a child: the readers that list it
+ACTIVE = PRIVATE_PREFIX + "active"  # True while a forward has the module's effective values in place
+CALLS = PRIVATE_PREFIX + "calls"  # forward calls of a watched child (input transforms under a reader)
+
 #: priorities: lower runs first
 MASK_PRIORITY = 0
 QUANT_PRIORITY = 10
@@ -78,30 +86,74 @@ class CompressedModuleMixin:
     _lc_input_transforms: list[Transform]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        params = self._parameters
-        saved: dict[str, Any] = {}
+        saved: list[tuple[dict[str, Any], str, Any]] = []
+        active: list[nn.Module] = []
+        readees = self.__dict__.get(READEES)
+        watched: list[tuple[nn.Module, int]] = []
         try:
-            for name, transforms in self._lc_param_transforms.items():
-                if not transforms:
-                    continue
-                original = params[name]
-                if original is None:
-                    continue
-                value = original
-                for t in transforms:
-                    value = t.fn(self, value)
-                saved[name] = original
-                # plain dict assignment: nn.Module.__setattr__ would refuse a non-Parameter tensor
-                params[name] = value  # type: ignore[assignment]
+            if not self.__dict__.get(ACTIVE):  # else a reader above already put the effective values in
+                _substitute(self, saved)
+            if CALLS in self.__dict__:  # a reader checks that this forward ran (input transforms)
+                self.__dict__[CALLS] += 1
+            for child in readees or ():
+                if is_wrapped(child) and not child.__dict__.get(ACTIVE) and _substitute(child, saved, hoisted=True):
+                    child.__dict__[ACTIVE] = True
+                    active.append(child)
+                if is_wrapped(child) and child._lc_input_transforms:  # type: ignore[attr-defined]
+                    watched.append((child, child.__dict__.setdefault(CALLS, 0)))
             if self._lc_input_transforms and args:
                 x = args[0]
                 for t in self._lc_input_transforms:
                     x = t.fn(self, x)
                 args = (x,) + tuple(args[1:])
-            return self._lc_original_class.forward(self, *args, **kwargs)
+            if not watched:
+                return self._lc_original_class.forward(self, *args, **kwargs)
+            fast = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)  # the fast path skips the children's forward
+            try:
+                out = self._lc_original_class.forward(self, *args, **kwargs)
+            finally:
+                torch.backends.mha.set_fastpath_enabled(fast)
+            for child, calls in watched:
+                if child.__dict__.get(CALLS, 0) == calls:
+                    raise RuntimeError(
+                        f"{original_class(self).__name__}.forward read the weights of its child {original_class(child).__name__} "
+                        f"without calling it: its input transform was bypassed; exclude it from activation quantization."
+                    )
+            return out
         finally:
-            for name, original in saved.items():
-                params[name] = original
+            for home, name, original in reversed(saved):
+                home[name] = original
+            for m in active:
+                m.__dict__[ACTIVE] = False
+
+
+def _substitute(module: nn.Module, saved: list[tuple[dict[str, Any], str, Any]], hoisted: bool = False) -> bool:
+    """Put the effective value of each transformed parameter where ``forward`` reads it (plain dict
+    assignment: ``__setattr__`` refuses a non-Parameter), the originals into ``saved``: ``_parameters``
+    (FSDP2 puts the gathered parameter there), and the instance attribute too where FSDP1
+    (``use_orig_params``) set the unsharded view as one.  ``hoisted`` (a reader for its child): return
+    False, doing nothing, when a parameter is empty (not gathered yet: the child's forward applies it)."""
+    params, inst = module._parameters, module.__dict__
+
+    def current(name: str) -> Any:
+        return inst[name] if isinstance(inst.get(name), torch.Tensor) else params.get(name)
+
+    transformed = [(n, ts) for n, ts in module._lc_param_transforms.items() if ts]  # type: ignore[attr-defined]
+    if hoisted and any((p := current(n)) is not None and p.numel() == 0 for n, _ in transformed):
+        return False
+    for name, transforms in transformed:
+        in_dict = isinstance(inst.get(name), torch.Tensor)
+        value = original = current(name)
+        if original is None:
+            continue
+        for t in transforms:
+            value = t.fn(module, value)
+        for home in (params, inst) if in_dict else (params,):
+            if name in home:
+                saved.append((home, name, home[name]))
+                home[name] = value
+    return True
 
 
 _CLASS_CACHE: dict[type, type] = {}
@@ -146,10 +198,43 @@ def _unwrap(module: nn.Module) -> nn.Module:
     if not is_wrapped(module):
         return module
     cls = module._lc_original_class  # type: ignore[attr-defined]
-    for attr in ("_lc_param_transforms", "_lc_input_transforms", "_lc_original_class"):
+    for reader in module.__dict__.pop(READERS, []):  # a reader left with nothing to read is unwrapped too
+        rest = [c for c in reader.__dict__.get(READEES, []) if c is not module]
+        reader.__dict__[READEES] = rest
+        if is_wrapped(reader) and not rest and not reader._lc_param_transforms and not reader._lc_input_transforms:
+            _unwrap(reader)
+    for child in module.__dict__.pop(READEES, []):
+        readers = child.__dict__.get(READERS, [])
+        readers[:] = [r for r in readers if r is not module]
+    for attr in ("_lc_param_transforms", "_lc_input_transforms", "_lc_original_class", ACTIVE, CALLS):
         module.__dict__.pop(attr, None)
-    module.__class__ = cls
+    module.__class__ = _without_mixin(type(module), cls)
     return module
+
+
+_REBUILT: dict[tuple[type, type, type], type] = {}
+
+
+def replace_base(current: type, layer: type, base: type) -> type:
+    """``current`` with the class ``layer`` (a swapped-in subclass of ``base``) taken out: ``base``
+    when ``current`` is ``layer``; when another class was swapped in on top of ``layer`` afterwards
+    (FSDP2's ``fully_shard`` turns ``Compressed<Linear>`` into ``FSDP<Compressed<Linear>>``, bases
+    ``(FSDPModule, Compressed<Linear>)``), a class with ``layer`` replaced by ``base`` among its bases
+    (``(FSDPModule, Linear)``), so the module keeps that outer layer (cached)."""
+    if current is layer or layer not in current.__bases__:
+        return base
+    key = (current, layer, base)
+    if key not in _REBUILT:
+        bases = tuple(base if b is layer else b for b in current.__bases__)
+        body = {k: v for k, v in current.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        _REBUILT[key] = type(current.__name__.replace(layer.__name__, base.__name__), bases, body)
+    return _REBUILT[key]
+
+
+def _without_mixin(current: type, original: type) -> type:
+    """``current`` without the compressed subclass of ``original`` (see :func:`replace_base`)."""
+    compressed = _CLASS_CACHE.get(original)
+    return original if compressed is None else replace_base(current, compressed, original)
 
 
 def _insert(transforms: list[Transform], new: Transform, where: str) -> None:
@@ -206,7 +291,7 @@ def remove_owner(module: nn.Module, owner: str) -> None:
         if not transforms:
             del module._lc_param_transforms[name]  # type: ignore[attr-defined]
     module._lc_input_transforms[:] = [t for t in module._lc_input_transforms if t.owner != owner]  # type: ignore[attr-defined]
-    if not module._lc_param_transforms and not module._lc_input_transforms:  # type: ignore[attr-defined]
+    if not module._lc_param_transforms and not module._lc_input_transforms and not module.__dict__.get(READEES):  # type: ignore[attr-defined]
         _unwrap(module)
 
 
@@ -326,7 +411,7 @@ def drop(
         keep = [t for t in its if not _matches(t, kinds, owner)]
         gone += len(its) - len(keep)
         its[:] = keep
-    if not module._lc_param_transforms and not module._lc_input_transforms:  # type: ignore[attr-defined]
+    if not module._lc_param_transforms and not module._lc_input_transforms and not module.__dict__.get(READEES):  # type: ignore[attr-defined]
         _unwrap(module)
     return gone
 

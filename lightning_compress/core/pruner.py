@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import torch
 from torch import nn
 
-from lightning_compress.core import masking
+from lightning_compress.core import args, masking
+from lightning_compress.core.conv1d import conv1d_types, is_conv1d, out_in_shape
+from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.criteria import CRITERIA, Criterion, ScoreState, resolve_criterion
 from lightning_compress.core.dist import full_grad
 from lightning_compress.core.patterns import Pattern, parse_pattern
@@ -49,7 +51,7 @@ from lightning_compress.core.ranking import select_pruned_units
 from lightning_compress.core.schedule import SCHEDULES, SparsitySchedule
 from lightning_compress.core.select import apply_exclude, select_modules
 from lightning_compress.core.surgery import UnitGroup
-from lightning_compress.core.types import MethodName, ScheduleName, Scope
+from lightning_compress.core.types import MethodName, Rounding, ScheduleName, Scope
 
 FindGroups = Callable[[nn.Module, PruneGroup], "list[UnitGroup]"]
 _COUNTER = itertools.count()
@@ -68,7 +70,8 @@ class Pruner:
             :class:`~lightning_compress.core.patterns.Pattern`.
         schedule: ``"exp"`` | ``"cos"`` | ``"linear"`` | ``"cubic"`` over prune events.
         start_step / end_step / frequency: optimizer steps of the first and last prune event and between
-            events; ``end_step=None`` must be resolved with :meth:`resolve_end_step` before :meth:`step`.
+            events, integers only (fractions of a fit: :func:`lightning_compress.core.args.resolve_step`);
+            ``end_step=None`` must be resolved with :meth:`resolve_end_step` before :meth:`step`.
         scope: ``"global"`` (one ranking over a group's layers, each capped at
             ``max_sparsity_per_layer``) or ``"local"`` (per layer).
         modules / exclude: regexes over qualified module names (``re.search``); default: every module of
@@ -82,12 +85,17 @@ class Pruner:
         target_types: module types weight targets may have.
         owner: masking owner id (default: unique per pruner).
         name: prefix of error messages (the callback's class name).
+        rounding: ``"nearest"`` or ``"floor"``: how a local (``scope="local"``) pruned-unit count
+            ``sparsity * n`` is rounded; ``"floor"`` keeps ``ceil((1 - sparsity) * n)`` units, as
+            DeepSpeed's TopKBinarizer (the DeepSpeed importer's setting).
 
     Raises:
+        TypeError: at construction for an argument of the wrong type (:mod:`lightning_compress.core.args`).
         ValueError: at construction for an unknown method / schedule / pattern, sparsity outside
-            [0, 1) or above the pattern's maximum, ``end_step < start_step``, ``frequency < 1``; at
-            :meth:`attach` for a regex matching nothing, a pattern that does not fit a weight, a module
-            in two groups or a weight already masked by another owner of the same kind.
+            [0, 1) or above the pattern's maximum, ``end_step < start_step``, ``frequency < 1``, an
+            empty ``modules`` / ``groups``, a bad regex; at :meth:`attach` for a regex matching nothing,
+            a selection leaving no target, a pattern that does not fit a weight, a module in two
+            groups or a weight already masked by another owner of the same kind.
     """
 
     def __init__(
@@ -112,47 +120,34 @@ class Pruner:
         target_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
         owner: str | None = None,
         name: str = "Pruner",
+        rounding: Rounding = "nearest",
     ) -> None:
         self.name = name
+        if rounding not in get_args(Rounding):
+            raise ValueError(f"{name}: `rounding`={rounding!r} must be one of {list(get_args(Rounding))}.")
+        #: how a local pruned-unit count is rounded (:func:`~lightning_compress.core.ranking.select_pruned_units`)
+        self.rounding = rounding
         self.criterion = resolve_criterion(method, name)
         self.find_groups = find_groups
         if find_groups is not None and not self.criterion.structured:
             allowed = " or ".join(repr(n) for n, c in CRITERIA.items() if c.structured and c.name == n)
             raise ValueError(f"{name}: `method`={method!r} must be {allowed} for structured pruning.")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"{name}: `schedule`={schedule!r} is unknown; choose one of {SCHEDULES}.")
-        if scope not in ("global", "local"):
-            raise ValueError(f"{name}: `scope`={scope!r} must be 'global' or 'local'.")
-        if not 0.0 < max_sparsity_per_layer <= 1.0:
-            raise ValueError(f"{name}: `max_sparsity_per_layer`={max_sparsity_per_layer} must be in (0, 1].")
-        if isinstance(modules, str):
-            modules = [modules]
-        if isinstance(exclude, str):
-            exclude = [exclude]
+        args.check_choice(schedule, "schedule", name, SCHEDULES, problem=f"is unknown; it must be one of {list(SCHEDULES)}")
+        args.check_choice(scope, "scope", name, ("global", "local"))
+        self.max_sparsity_per_layer = args.check_float(max_sparsity_per_layer, "max_sparsity_per_layer", name, minimum=0.0, maximum=1.0, min_closed=False)
+        modules = args.check_regexes(modules, "modules", name)
+        exclude = args.check_regexes(exclude, "exclude", name, allow_empty=True)
         self.pattern = self._parse_pattern(pattern)
         self.schedule_kind = schedule
-        self.start_step = int(start_step)
-        self.end_step = None if end_step is None else int(end_step)
-        self.frequency = int(frequency)
         self.scope = scope
-        self.max_sparsity_per_layer = float(max_sparsity_per_layer)
         self.unit_word = unit_word
         self.kind = kind
         self.target_types = tuple(target_types)
         self.owner = owner or f"{name}#p{next(_COUNTER)}"
-        if self.frequency < 1:
-            raise ValueError(f"{name}: `frequency`={frequency} must be >= 1 optimizer step.")
-        if self.start_step < 0:
-            raise ValueError(f"{name}: `start_step`={start_step} must be >= 0.")
-        if self.end_step is not None and self.end_step < self.start_step:
-            raise ValueError(
-                f"{name}: `end_step`={end_step} is before `start_step`={start_step}; set end_step >= start_step, "
-                f"or leave end_step=None to end at the last optimizer step of training."
-            )
+        self.set_steps(start_step, end_step, frequency)
         self.groups: list[PruneGroup] = self._make_groups(sparsity, modules, exclude, groups)
         #: True when the parameters belong to a DeepSpeed engine (unit scores read its fp32 master weights)
         self.in_engine = False
-        self.resolved_end: int | None = self.end_step
         #: optimizer steps done, as last given to :meth:`step`
         self.steps_done = 0
         #: one entry per prune event that changed masks: ``{"step": s, "sparsity": ..., ...}``
@@ -166,48 +161,60 @@ class Pruner:
         """Canonical name of the criterion (``"magnitude"`` reads ``"l1"``)."""
         return self.criterion.name
 
+    def set_steps(self, start_step: int, end_step: int | None, frequency: int) -> None:
+        """Set the schedule's optimizer steps (integers; the callbacks resolve fractions first)."""
+        name = self.name
+        self.start_step = args.check_step(start_step, "start_step", name, allow_fraction=False)
+        self.end_step = args.check_step(end_step, "end_step", name, allow_none=True, allow_fraction=False)
+        self.frequency = args.check_step(frequency, "frequency", name, minimum=1, allow_fraction=False)
+        if self.end_step is not None and self.end_step < self.start_step:
+            raise ValueError(f"{name}: `end_step`={end_step} is before `start_step`={start_step}; set end_step >= "
+                             f"start_step, or leave end_step=None to end at the last optimizer step of training.")
+        self.resolved_end = self.end_step
+        for group in getattr(self, "groups", []):
+            group.schedule = None
+
     # ------------------------------------------------------------------ argument checks
-    def _parse_pattern(self, pattern: str | Pattern) -> Pattern:
+    def _parse_pattern(self, pattern: str | Pattern, argument: str = "pattern") -> Pattern:
+        if not isinstance(pattern, (str, Pattern)):
+            args.fail(self.name, argument, pattern, f"is a {type(pattern).__name__}", "pass a pattern string such as "
+                      "'unstructured', '4x1' or '2:4', or a lightning_compress.core.patterns.Pattern", TypeError)
         try:
             return parse_pattern(pattern)
         except ValueError as err:
-            raise ValueError(f"{self.name}: {err}") from None
+            msg = str(err).replace("`pattern`", f"`{argument}`", 1)
+            raise ValueError(f"{self.name}: {msg}") from None
 
     def _check_sparsity(self, sparsity: float | None, pattern: Pattern, argument: str) -> float:
         if sparsity is None:
             return pattern.max_sparsity if pattern.max_sparsity < 1.0 else 0.5
-        sparsity = float(sparsity)
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(
-                f"{self.name}: `{argument}`={sparsity} must be in [0, 1): it is the fraction of weights zeroed "
-                f"(DeepSpeed's dense_ratio r means sparsity 1 - r)."
-            )
+        sparsity = args.check_float(sparsity, argument, self.name, minimum=0.0, maximum=1.0, max_closed=False,
+                                    fix="pass the fraction of weights zeroed, in [0, 1) (DeepSpeed's dense_ratio r means sparsity 1 - r)")
         if sparsity > pattern.max_sparsity + 1e-9:
-            raise ValueError(
-                f"{self.name}: `{argument}`={sparsity} is more than pattern {pattern.name!r} can reach "
-                f"({pattern.max_sparsity:g}); lower it or use another pattern."
-            )
+            raise ValueError(f"{self.name}: `{argument}`={sparsity} is more than pattern {pattern.name!r} can reach "
+                             f"({pattern.max_sparsity:g}); lower it or use another pattern.")
         return sparsity
 
     def _make_groups(self, sparsity, modules, exclude, groups) -> list[PruneGroup]:  # noqa: ANN001
         name = self.name
-        if not groups:
+        if groups is None:
             return [PruneGroup("default", self._check_sparsity(sparsity, self.pattern, "sparsity"), modules, exclude, self.pattern)]
+        groups = args.check_mapping(groups, "groups", name, what="a dict {group name: {'modules': [...], 'sparsity': s}}")
+        if not groups:
+            args.fail(name, "groups", groups, "is empty", "name at least one group, or pass None for one group of every target")
         if modules is not None:
             raise ValueError(f"{name}: pass either `modules` or `groups`, not both (put the regexes in each group).")
         out = []
         for gname, spec in groups.items():
+            where = f"groups[{gname!r}]"
+            spec = args.check_mapping(spec, where, name, allow_none=False, what="a dict with keys modules, exclude, sparsity, pattern")
             unknown = set(spec) - {"modules", "exclude", "sparsity", "pattern"}
             if unknown:
-                raise ValueError(
-                    f"{name}: group {gname!r} has unknown keys {sorted(unknown)}; allowed: modules, exclude, sparsity, pattern."
-                )
-            gpattern = self._parse_pattern(spec["pattern"]) if "pattern" in spec else self.pattern
-            gmods = spec.get("modules")
-            if isinstance(gmods, str):
-                gmods = [gmods]
-            gexcl = list(exclude or []) + list(spec.get("exclude") or [])
-            gsparsity = self._check_sparsity(spec.get("sparsity", sparsity), gpattern, f"groups[{gname!r}].sparsity")
+                raise ValueError(f"{name}: `groups` group {gname!r} has unknown keys {sorted(unknown)}; allowed: modules, exclude, sparsity, pattern.")
+            gpattern = self._parse_pattern(spec["pattern"], f"{where}.pattern") if "pattern" in spec else self.pattern
+            gmods = args.check_regexes(spec.get("modules"), f"{where}.modules", name)
+            gexcl = list(exclude or []) + list(args.check_regexes(spec.get("exclude"), f"{where}.exclude", name, allow_empty=True) or [])
+            gsparsity = self._check_sparsity(spec.get("sparsity", sparsity), gpattern, f"{where}.sparsity")
             out.append(PruneGroup(gname, gsparsity, gmods, gexcl or None, gpattern))
         return out
 
@@ -218,22 +225,26 @@ class Pruner:
 
     def weight_targets(self, model: nn.Module, group: PruneGroup) -> list[WeightTarget]:
         """A group's weight targets: ``modules``/``exclude`` resolved, the pattern checked on each."""
+        types = self.target_types
+        if nn.Linear in types:  # Hugging Face Conv1D: a Linear stored [in, out]
+            types = (*types, *conv1d_types(model))
         if group.modules is None:
-            chosen = select_modules(model, None, None, self.target_types, owner=self.name, exclude_last=True)
+            chosen = select_modules(model, None, None, types, owner=self.name, exclude_last=True)
             if group.exclude:
                 chosen = apply_exclude(model, chosen, group.exclude, self.name)
         else:
-            chosen = select_modules(model, group.modules, group.exclude, self.target_types, owner=self.name)
+            chosen = select_modules(model, group.modules, group.exclude, types, owner=self.name)
         targets = []
         for mname, module in chosen.items():
             shape = tuple(getattr(module.weight, "ds_shape", module.weight.shape))
-            group.pattern.check(shape, f"{self.name} group {group.name!r}, module {mname!r}")
+            group.pattern.check(out_in_shape(module), f"{self.name} group {group.name!r}, module {mname!r}")
             targets.append(
                 WeightTarget(
                     name=mname, module=module, group=group.name, pattern=group.pattern,
                     max_sparsity=min(self.max_sparsity_per_layer, group.pattern.max_sparsity),
                     score=self.criterion.per_weight_state(torch.Size(shape), device=module.weight.device),
                     mask_buffer=masking.private_name(f"mask_{self.kind}"),
+                    transposed=is_conv1d(module),
                 )
             )
         return targets
@@ -260,7 +271,8 @@ class Pruner:
         s, word = group.sparsity, self.unit_word
         if self.scope == "local":
             for ug in ugroups:
-                if int(round(s * ug.num_units)) >= ug.num_units:
+                k = math.floor(s * ug.num_units + 1e-9) if self.rounding == "floor" else round(s * ug.num_units)
+                if int(k) >= ug.num_units:
                     raise ValueError(
                         f"{self.name}: `sparsity`={s} would remove all {ug.num_units} {word}s of {ug.name!r} "
                         f"(at least 1 must stay); use sparsity <= {(ug.num_units - 1) / ug.num_units:.3g}."
@@ -288,6 +300,10 @@ class Pruner:
         seen: dict[str, str] = {}
         for group in self.groups:
             group.targets = list(build(model, group))
+            if not group.targets:
+                where, what = "" if group.name == "default" else f" of group {group.name!r}", self.unit_word if self.find_groups else "layer"
+                raise ValueError(f"{self.name}: `modules`={group.modules} and `exclude`={group.exclude}{where} leave no {what} "
+                                 f"of {type(model).__name__} to prune; widen `modules` or narrow `exclude`.")
             for t in group.targets:
                 if t.name in seen:
                     raise ValueError(
@@ -297,6 +313,7 @@ class Pruner:
                 seen[t.name] = group.name
         for t in self.targets:
             t.attach(self.owner, self.kind)
+        guard_direct_reads(model)
         self.model = model
 
     def modules_touched(self) -> dict[str, nn.Module]:
@@ -364,6 +381,16 @@ class Pruner:
         for t in self.targets:
             t.update(grad, in_engine)
 
+    def event_due(self, step: int) -> bool:
+        """True when :meth:`step` with ``step`` would compute masks (a new event is due and its
+        criterion is ready); the caller can then make full weights available (FSDP1) first."""
+        for group in self.groups:
+            due = group.schedule.events_due(step) if group.schedule is not None else None
+            if due is None or due > group.events_done:
+                if all(self.criterion.ready(t.score) for t in group.targets):
+                    return True
+        return False
+
     def step(self, step: int) -> bool:
         """Run the latest due prune event once ``step`` optimizer steps are done.  Returns True when
         masks changed (then :attr:`history` got an entry)."""
@@ -390,7 +417,7 @@ class Pruner:
         if not group.targets:
             return
         scored = [t.layer_scores(self.in_engine) for t in group.targets]
-        pruned = select_pruned_units([layer for layer, _ in scored], sparsity, self.scope)
+        pruned = select_pruned_units([layer for layer, _ in scored], sparsity, self.scope, self.rounding)
         for t, pu, (_, aux) in zip(group.targets, pruned, scored):
             t.apply_pruned(pu, aux)
 

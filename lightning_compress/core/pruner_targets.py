@@ -47,6 +47,9 @@ class WeightTarget:
     score: ScoreState
     param_name: str = "weight"
     mask_buffer: str = masking.private_name("mask")
+    #: the weight is stored ``[in, out]`` (Hugging Face ``Conv1D``): scores, pattern units and masks
+    #: are laid out on its ``[out, in]`` transpose, as for a Linear
+    transposed: bool = False
 
     @property
     def criterion(self) -> Criterion:
@@ -60,6 +63,12 @@ class WeightTarget:
     def full_shape(self) -> tuple[int, ...]:
         p = self.param
         return tuple(getattr(p, "ds_shape", p.shape))
+
+    @property
+    def pattern_shape(self) -> tuple[int, ...]:
+        """The weight's shape as the pattern sees it (``[out, in]``; a ``Conv1D``'s transposed)."""
+        shape = self.full_shape
+        return (shape[1], shape[0]) if self.transposed else shape
 
     @property
     def mask(self) -> torch.Tensor:
@@ -101,13 +110,17 @@ class WeightTarget:
             weight = full_param(self.param)
             return masking.apply_mask(weight, self.mask.to(weight.device))
 
-        s2d = as_2d(self.criterion.score(self.score, effective))
-        layer = LayerScores(self.pattern.unit_costs(s2d), self.pattern.unit_elems(self.full_shape), s2d.numel(), self.max_sparsity)
+        score = self.criterion.score(self.score, effective)
+        s2d = as_2d(score.t() if self.transposed else score)
+        layer = LayerScores(self.pattern.unit_costs(s2d), self.pattern.unit_elems(self.pattern_shape), s2d.numel(), self.max_sparsity)
         return layer, s2d
 
     @torch.no_grad()
     def apply_pruned(self, pruned_units: torch.Tensor, aux: torch.Tensor) -> None:
-        mask = self.pattern.mask_from_pruned(pruned_units, self.full_shape, aux).to(self.mask.device)
+        mask = self.pattern.mask_from_pruned(pruned_units, self.pattern_shape, aux)
+        if self.transposed:
+            mask = mask.t().contiguous()
+        mask = mask.to(self.mask.device)
         broadcast_(mask, 0)
         self.mask.copy_(mask)
 

@@ -19,18 +19,26 @@ from lightning_compress.core.fake_quant import (
 )
 from lightning_compress.core.quant_grid import WEIGHT_QUANT_KIND, QuantSpec, qrange
 
-_GRAN_CODE = {"tensor": 0, "channel": 1, "group": 2}
+_GRAN_CODE = {"tensor": 0, "channel": 1, "group": 2, "row_block": 3}
 PACK_FORMAT_VERSION = 1
 
 
 def pack_weight(weight: torch.Tensor, spec: QuantSpec, quantizer: WeightFakeQuant | None = None) -> dict[str, torch.Tensor]:
     """Pack ``weight`` by ``spec`` (see :func:`pack_state` for the layout)."""
+    transposed = bool(quantizer is not None and quantizer.transposed)
     if quantizer is not None:
         q, scale, zp = quantizer.quantize_int(weight)
         spec = quantizer.current_spec
     else:
         q, scale, zp = quantize_weight_int(weight, spec)
     bits = spec.bits
+    if bits > 8:
+        raise ValueError(
+            f"pack_state: the weight is quantized at {bits} bits now (a bits schedule that has not reached its "
+            f"target yet); low-bit storage holds at most 8. Export once the schedule is at its final width."
+        )
+    if transposed:  # codes are rows of the [out, in] view
+        weight = weight.t()
     if bits == 2:
         codes = q + 1
     elif bits == 1:
@@ -41,13 +49,17 @@ def pack_weight(weight: torch.Tensor, spec: QuantSpec, quantizer: WeightFakeQuan
         qweight = q.reshape(-1).to(torch.int8).clone()
     else:
         qweight = pack_bits(codes, bits)
+    groups = spec.groups if spec.granularity == "row_block" else spec.group_size
     meta = torch.tensor(
-        [PACK_FORMAT_VERSION, bits, _GRAN_CODE[spec.granularity], int(spec.group_size or 0), int(spec.symmetric), weight.dim(), *weight.shape],
+        [PACK_FORMAT_VERSION, bits, _GRAN_CODE[spec.granularity], int(groups or 0), int(spec.symmetric), weight.dim(), *weight.shape],
         dtype=torch.int64,
     )
     out = {"qweight": qweight, "scale": scale.float().contiguous(), "meta": meta}
     if zp is not None:
-        out["zero_point"] = zp.to(torch.uint8).contiguous()
+        small = bool(((zp >= 0) & (zp <= 255)).all())
+        out["zero_point"] = zp.to(torch.uint8 if small else torch.int32).contiguous()
+    if transposed:
+        out["transposed"] = torch.tensor(1, dtype=torch.int64)
     return out
 
 
@@ -73,7 +85,7 @@ def unpack_model(flat: dict[str, torch.Tensor], dtype: torch.dtype = torch.float
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in flat.items():
         prefix, _, key = k.rpartition(".")
-        if key in ("qweight", "scale", "zero_point", "meta"):
+        if key in ("qweight", "scale", "zero_point", "meta", "transposed"):
             groups.setdefault(prefix, {})[key] = v
     return {prefix: unpack_state(state, dtype) for prefix, state in groups.items() if "meta" in state and "qweight" in state}
 
@@ -100,7 +112,11 @@ def pack_state(module: nn.Module, param_name: str = "weight") -> dict[str, torch
       group: out * in / group_size); for ternary / binary it is ``alpha``.
     * ``"zero_point"``: ``uint8 [rows]``, present only for asymmetric affine widths.
     * ``"meta"``: ``int64 [6 + ndim]`` = ``[format_version, bits, granularity (0 tensor, 1 channel,
-      2 group), group_size (0 if none), symmetric (0/1), ndim, *shape]``.
+      2 group, 3 row_block), group_size or groups (0 if none), symmetric (0/1), ndim, *shape]``.
+    * ``"transposed"``: present (``1``) for a weight stored ``[in, out]`` (Hugging Face ``Conv1D``):
+      shape and codes are those of its ``[out, in]`` transpose; :func:`unpack_state` transposes back.
+    * ``"zero_point"`` is ``int32`` instead of ``uint8`` when a zero-point falls outside [0, 255]
+      (DeepSpeed's asymmetric grid does not clip it).
 
     Dequantization (:func:`unpack_state`): affine ``(q - zp) * scale``, ternary/binary ``q * alpha``.
 
@@ -144,7 +160,10 @@ def unpack_state(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.floa
     q = q.reshape(rows, -1)
     if "zero_point" in state:
         q = q - state["zero_point"].to(torch.float32).unsqueeze(1)
-    return (q * scale.unsqueeze(1)).reshape(shape).to(dtype)
+    out = (q * scale.unsqueeze(1)).reshape(shape)
+    if "transposed" in state:  # a Conv1D weight, packed as its [out, in] transpose
+        out = out.t()
+    return out.to(dtype)
 
 
 def packed_nbytes(state: dict[str, torch.Tensor]) -> int:

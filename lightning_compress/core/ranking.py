@@ -76,10 +76,14 @@ def _global_one_unit_size(layers: list[LayerScores], k: int, device: torch.devic
     return [r if r is not None else torch.zeros(c.numel(), dtype=torch.bool, device=device) for r, c in zip(result, costs)]
 
 
-def select_pruned_units(layers: list[LayerScores], sparsity: float, scope: str) -> list[torch.Tensor]:
+def select_pruned_units(
+    layers: list[LayerScores], sparsity: float, scope: str, rounding: str = "nearest"
+) -> list[torch.Tensor]:
     """Which units to prune so that the pruned fraction of all weights is ``sparsity``.
 
-    ``scope="local"``: each layer reaches ``sparsity`` by its own ranking.
+    ``scope="local"``: each layer reaches ``sparsity`` by its own ranking; its count of pruned units
+    ``sparsity * units`` is rounded to the nearest integer (``rounding="nearest"``) or down
+    (``"floor"``: ``ceil((1 - sparsity) * units)`` stay, as DeepSpeed's TopKBinarizer keeps).
     ``scope="global"``: one ranking over all layers (one threshold), each layer capped at its
     ``max_sparsity``; the total is exact to within one unit.
 
@@ -88,7 +92,8 @@ def select_pruned_units(layers: list[LayerScores], sparsity: float, scope: str) 
     out: list[torch.Tensor] = []
     if scope == "local":
         for layer in layers:
-            k = int(round(sparsity * layer.total_elems / layer.unit_elems))
+            exact = sparsity * layer.total_elems / layer.unit_elems
+            k = int(math.floor(exact + 1e-9)) if rounding == "floor" else int(round(exact))
             k = max(0, min(k, _cap_units(layer)))
             out.append(_lowest_k(layer.costs.float().reshape(-1), k))
         return out

@@ -9,6 +9,8 @@ there is one event (one-shot).  Event ``k`` (1-based, ``k = 1..T``) sets the tar
 * ``cos``:    s0 + (s_f - s0) * (1 - cos(pi * k / (2 T)))
 * ``linear``: s0 + (s_f - s0) * k / T
 * ``cubic``:  s_f + (s0 - s_f) * (1 - k / T) ** 3     (Zhu & Gupta, fast start)
+* ``constant``: s_f at every event (the masks are recomputed at the final ratio at each event:
+  DeepSpeed's ``topk``, whose mask is the top-k of the scores at every step after the offset)
 
 so the last event reaches ``s_f`` exactly.  An event "at step t" runs once ``t`` optimizer steps are
 done, before the ``t+1``-th step's forward.
@@ -40,6 +42,8 @@ def sparsity_at_event(kind: str, k: int, total: int, final: float, initial: floa
         return initial + (final - initial) * r
     if kind == "cubic":
         return final + (initial - final) * (1.0 - r) ** 3
+    if kind == "constant":
+        return final if k > 0 else initial
     raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
 
 

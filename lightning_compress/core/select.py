@@ -13,21 +13,16 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
+from lightning_compress.core.args import check_regexes
+
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
 
 def _compile(patterns: Sequence[str] | None, argument: str, owner: str) -> list[re.Pattern[str]]:
-    if patterns is None:
-        return []
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    compiled = []
-    for p in patterns:
-        try:
-            compiled.append(re.compile(p))
-        except re.error as err:
-            raise ValueError(f"{owner}: `{argument}` entry {p!r} is not a valid regular expression ({err}).") from err
-    return compiled
+    """Compiled regexes (checks of :func:`lightning_compress.core.args.check_regexes`; an empty list is
+    "no filter" here: the public entry points refuse ``modules=[]`` before they get here)."""
+    checked = check_regexes(patterns, argument, owner, allow_empty=True) or []
+    return [re.compile(p) for p in checked]
 
 
 def last_module_of_types(model: nn.Module, types: tuple[type[nn.Module], ...] = DEFAULT_TYPES) -> str | None:

@@ -107,9 +107,9 @@ def attention_group(info: AttentionInfo, kind: str) -> UnitGroup:
     attention module): its input projections' rows (dim 0, ``head_size`` per head, per tile) are
     ``"out"`` members, the output projection's columns (dim 1) the ``"in"`` member."""
     d = info.head_size
-    members = [Member(p.name, p.module, "out", p.params, 0, width=d, tiles=p.tiles) for p in info.inputs]
+    members = [Member(p.name, p.module, "out", p.params, 0, width=p.width or d, tiles=p.tiles) for p in info.inputs]
     o = info.output
-    members.append(Member(o.name, o.module, "in", o.params, 1, width=d, tiles=o.tiles, masked=info.mask_output))
+    members.append(Member(o.name, o.module, "in", o.params, 1, width=o.width or d, tiles=o.tiles, masked=info.mask_output))
     return UnitGroup(
         name=info.name, kind=kind, num_units=info.num_heads, members=members, holder=info.module,
         unit="head", attention=info,
@@ -296,6 +296,10 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
     for g in groups:
         if g.attention is not None and g.removable:  # the family fixes head counts / config
             g.attention.family.update_after_head_removal(g.attention, g.mask.detach().bool().cpu().tolist())
+    if keep:
+        from lightning_compress.core.families.registry import after_unit_removal  # families import surgery's records
+
+        after_unit_removal(model)
     return notes
 
 

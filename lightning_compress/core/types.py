@@ -5,7 +5,8 @@ validates them).
   ``method`` argument also accepts a :class:`~lightning_compress.core.criteria.Criterion` object (or
   class) and, from Python, the name of any criterion registered with ``register_criterion``.
 * :data:`StructuredMethodName`: the criteria structured pruning (rows, heads, channels) accepts.
-* :data:`ScheduleName`: sparsity schedules (:mod:`lightning_compress.core.schedule`).
+* :data:`ScheduleName`: sparsity schedules (:mod:`lightning_compress.core.schedule`); ``"constant"``
+  = the final sparsity at every event (masks recomputed at that ratio each event, DeepSpeed's topk).
 * :data:`Scope`: ``"global"`` = one ranking over all targeted layers of a group, ``"local"`` = per layer.
 """
 
@@ -15,7 +16,10 @@ from typing import Literal
 
 MethodName = Literal["l1", "magnitude", "topk", "snip", "snip_momentum"]
 StructuredMethodName = Literal["l1", "magnitude", "topk"]
-ScheduleName = Literal["exp", "cos", "linear", "cubic"]
+ScheduleName = Literal["exp", "cos", "linear", "cubic", "constant"]
 Scope = Literal["global", "local"]
+#: how a local pruned-unit count ``sparsity * n`` becomes an integer: ``"nearest"`` (round) or
+#: ``"floor"`` (so ``ceil((1 - sparsity) * n)`` units stay: DeepSpeed's TopKBinarizer)
+Rounding = Literal["nearest", "floor"]
 
-__all__ = ["MethodName", "ScheduleName", "Scope", "StructuredMethodName"]
+__all__ = ["MethodName", "Rounding", "ScheduleName", "Scope", "StructuredMethodName"]

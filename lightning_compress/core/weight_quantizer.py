@@ -23,18 +23,22 @@ from typing import Any
 
 from torch import nn
 
-from lightning_compress.core import masking
+from lightning_compress.core import args, masking
+from lightning_compress.core.conv1d import conv1d_types, is_conv1d, out_in_shape
+from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.fake_quant import WeightFakeQuant
 from lightning_compress.core.quant_grid import (
     GRANULARITIES,
-    SUPPORTED_WEIGHT_BITS,
+    SCHEMES,
     WEIGHT_QUANT_KIND,
     Granularity,
     Observer,
     QuantSpec,
+    Scheme,
     bit_levels,
     check_bits,
     check_group_size,
+    supported_bits,
 )
 from lightning_compress.core.select import select_modules
 
@@ -44,16 +48,17 @@ _COUNTER = itertools.count()
 def select_weight_targets(
     model: nn.Module, modules: Sequence[str] | None, exclude: Sequence[str] | None, name: str
 ) -> dict[str, nn.Module]:
-    """``{qualified name: module}`` whose weight gets quantized: with ``modules`` None every Linear and
-    Conv2d except the last one (the classifier); else the Linear / Conv2d / Embedding modules the
-    regexes name.  ``exclude`` regexes are left alone.
+    """``{qualified name: module}`` whose weight gets quantized: with ``modules`` None every Linear,
+    Conv2d and Hugging Face ``Conv1D`` except the last one (the classifier); else the Linear / Conv2d /
+    Conv1D / Embedding modules the regexes name.  ``exclude`` regexes are left alone.
 
     Raises:
         ValueError: a regex matches nothing, or no quantizable module is left (messages start ``name:``).
     """
+    conv1d = conv1d_types(model)
     if modules is None:
-        return select_modules(model, None, exclude, (nn.Linear, nn.Conv2d), owner=name, exclude_last=True)
-    return select_modules(model, modules, exclude, (nn.Linear, nn.Conv2d, nn.Embedding), owner=name)
+        return select_modules(model, None, exclude, (nn.Linear, nn.Conv2d, *conv1d), owner=name, exclude_last=True)
+    return select_modules(model, modules, exclude, (nn.Linear, nn.Conv2d, nn.Embedding, *conv1d), owner=name)
 
 
 def attach_weight_quantizers(
@@ -68,7 +73,9 @@ def attach_weight_quantizers(
     """Put one :class:`WeightFakeQuant` by ``spec`` on the ``weight`` of every module of ``targets``
     (kind ``"weight_quant"``, after masks) under ``owner``; returns them by module name.
 
-    ``nn.Embedding`` weights are quantized per row (``granularity="tensor"`` is read as ``"channel"``).
+    ``nn.Embedding`` weights are quantized per row (``granularity="tensor"`` is read as ``"channel"``;
+    with ``spec.scheme="deepspeed"`` every granularity is, DeepSpeed's token-wise Embedding quantizer).
+    A Hugging Face ``Conv1D`` weight (``[in, out]``) is quantized as its ``[out, in]`` transpose.
     ``calibrate``: fix each quantizer's clipping ranges now from the weight as forward sees it (masks
     applied) with ``observer`` (post-training); else they are recomputed from the weight at every call.
 
@@ -80,10 +87,10 @@ def attach_weight_quantizers(
     try:
         for mod_name, module in targets.items():
             mspec = spec
-            if isinstance(module, nn.Embedding) and spec.granularity == "tensor":
-                mspec = replace(spec, granularity="channel")
-            check_group_size(tuple(getattr(module.weight, "ds_shape", module.weight.shape)), mspec, mod_name, name)
-            q = WeightFakeQuant(mspec, observer=observer)
+            if isinstance(module, nn.Embedding) and (spec.granularity == "tensor" or spec.scheme == "deepspeed"):
+                mspec = replace(spec, granularity="channel", group_size=None, groups=None)
+            check_group_size(out_in_shape(module), mspec, mod_name, name)
+            q = WeightFakeQuant(mspec, observer=observer, transposed=is_conv1d(module))
             if calibrate:
                 q.calibrate(masking.effective_param(module, "weight"))
             masking.add_param_transform(
@@ -95,10 +102,6 @@ def attach_weight_quantizers(
             masking.remove_owner(targets[mod_name], owner)
         raise
     return quantizers
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 class WeightQuantizer:
@@ -128,12 +131,25 @@ class WeightQuantizer:
             and Conv2d except the last one (the classifier).
         exclude: regexes of module names to leave alone.
         start_step: optimizer steps to run in full precision before quantization starts.
+        groups: ``granularity="row_block"``: the number of equal contiguous chunks of the flattened
+            ``[out, in]`` weight, one scale each (DeepSpeed's ``quantize_groups``).
+        scheme: ``"affine"`` (default) or ``"deepspeed"``: DeepSpeed's quantizer grids (see
+            :class:`~lightning_compress.core.quant_grid.QuantSpec`; any width 1..16, Embedding weights
+            per row) and DeepSpeed's MoQ bits schedule: the width starts at ``start_bits`` and loses one
+            bit once ``start_step + period * 2**(k-1)`` optimizer steps are done (k = 1, 2, ...; the
+            period doubles after each drop; ``period=0``: one bit per step) until ``bits``.
         owner: the id the quantizers are registered under (default ``"WeightQuantizer#<n>"``).
         name: the name error messages start with (default ``"WeightQuantizer"``).
 
+    Steps are integers here (a fraction of a fit is resolved by the ``WeightQuant`` callback, or by
+    :func:`lightning_compress.core.args.resolve_step` for your own loop).
+
     Raises:
-        ValueError: unsupported ``bits`` / ``start_bits``, ``start_bits < bits``, a bad ``period``,
-            ``granularity``, ``group_size`` or ``start_step`` (at construction); ``group_size`` not
+        TypeError: an argument of the wrong type (:mod:`lightning_compress.core.args`: ``bits="8"``,
+            ``symmetric="no"``, ``start_step=1.7``, ``modules=5``).
+        ValueError: unsupported ``bits`` / ``start_bits``, ``start_bits < bits``, a bad ``period`` (missing
+            with ``start_bits > bits``, given without a schedule), ``granularity``, ``group_size`` or
+            ``start_step``, ``modules=[]``, a regex that does not compile (at construction); ``group_size`` not
             dividing a module's input dimension, a regex matching nothing, or no quantizable layer
             (in :meth:`attach`); a state with another schedule (:meth:`load_state_dict`).
     """
@@ -151,39 +167,27 @@ class WeightQuantizer:
         exclude: Sequence[str] | None = None,
         start_step: int = 0,
         *,
+        groups: int | None = None,
+        scheme: Scheme = "affine",
         owner: str | None = None,
         name: str | None = None,
     ) -> None:
         name = name or type(self).__name__
-        check_bits(bits, SUPPORTED_WEIGHT_BITS, "bits", name)
+        args.check_choice(scheme, "scheme", name, SCHEMES)
+        check_bits(bits, supported_bits(scheme), "bits", name)
         if start_bits is not None:
-            check_bits(start_bits, SUPPORTED_WEIGHT_BITS, "start_bits", name)
+            check_bits(start_bits, supported_bits(scheme), "start_bits", name)
             if start_bits < bits:
                 raise ValueError(f"{name}: `start_bits`={start_bits} must be >= `bits`={bits} (bits only step down).")
-        if start_bits is not None and start_bits != bits:
-            if not _positive_int(period):
-                raise ValueError(
-                    f"{name}: `period`={period!r} must be a positive number of optimizer steps when "
-                    f"`start_bits` ({start_bits}) differs from `bits` ({bits})."
-                )
-        elif period is not None and not _positive_int(period):
-            raise ValueError(f"{name}: `period`={period!r} must be a positive number of optimizer steps.")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"{name}: `granularity`={granularity!r} must be one of {list(GRANULARITIES)}.")
-        if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
-            raise ValueError(f"{name}: `start_step`={start_step!r} must be a non-negative integer.")
-        self.spec = QuantSpec(bits, granularity, group_size, symmetric).validate(name)
-        if granularity != "group" and group_size is not None:
-            raise ValueError(f"{name}: `group_size` is only used with granularity='group' (got {granularity!r}).")
+        self.spec = QuantSpec(bits, granularity, group_size, symmetric, groups, scheme).validate(name)
         self.name = name
         self.owner = owner or f"{type(self).__name__}#{next(_COUNTER)}"
         self.bits = bits
         self.start_bits = start_bits if start_bits is not None else bits
-        self.period = period
-        self.modules = list(modules) if modules is not None else None
-        self.exclude = list(exclude) if exclude is not None else None
-        self.start_step = start_step
-        self.levels = bit_levels(self.start_bits, bits)
+        self.scheme = scheme
+        self.modules = args.check_regexes(modules, "modules", name)
+        self.exclude = args.check_regexes(exclude, "exclude", name, allow_empty=True)
+        self.set_schedule(start_step, period)
         #: ``{qualified name: module}`` quantized (after :meth:`attach`)
         self.targets: dict[str, nn.Module] = {}
         #: ``{qualified name: WeightFakeQuant}`` on those modules
@@ -194,13 +198,59 @@ class WeightQuantizer:
             self.attach(model)
 
     # ---------------------------------------------------------------- schedule
+    def set_schedule(self, start_step: int, period: int | None) -> None:
+        """Set the bits schedule's optimizer steps (integers; see the class docstring).
+
+        Raises:
+            TypeError: a step that is not an int (``1.7``, ``"10"``, ``True``).
+            ValueError: ``start_step < 0``; ``period < 1``; no ``period`` although ``start_bits > bits``;
+                a ``period`` although there is no schedule (``start_bits`` None or equal to ``bits``:
+                it would be ignored).
+        """
+        name = self.name
+        start_step = args.check_step(start_step, "start_step", name, allow_fraction=False)
+        min_period = 0 if self.scheme == "deepspeed" else 1  # DeepSpeed: period 0 = one bit less every step
+        period = args.check_step(period, "period", name, minimum=min_period, allow_none=True, allow_fraction=False)
+        if self.start_bits != self.bits and period is None:
+            args.fail(name, "period", period, f"must be a positive number of optimizer steps when `start_bits` "
+                      f"({self.start_bits}) differs from `bits` ({self.bits})", "pass the optimizer steps spent at each width")
+        if self.start_bits == self.bits and period is not None:
+            args.fail(name, "period", period, f"has no effect without a bits schedule (`start_bits`={self.start_bits} = `bits`)",
+                      f"drop period, or set start_bits > bits (e.g. start_bits=8, bits={self.bits})"
+                      if self.bits < 8 else "drop period (8 bits is the widest width; nothing to step down from)")
+        self.start_step = start_step
+        self.period = period
+        self.levels = (
+            list(range(self.start_bits, self.bits - 1, -1)) if self.scheme == "deepspeed" else bit_levels(self.start_bits, self.bits)
+        )
+
+    def last_switch_step(self) -> int:
+        """Optimizer steps done when the final width is first used (``start_step`` without a schedule)."""
+        n = len(self.levels) - 1
+        if n == 0 or self.period is None:
+            return self.start_step
+        if self.scheme == "deepspeed":  # see bits_at: the last drop once done >= max(period * 2**(n-1), n)
+            return self.start_step + max(self.period * 2 ** (n - 1), n)
+        return self.start_step + n * self.period
+
+    def hold(self) -> None:
+        """Switch every quantizer off until the next :meth:`step` (a schedule not known yet)."""
+        for q in self.quantizers.values():
+            q.enabled = False
+
     def bits_at(self, step: int) -> int | None:
         """Width used by the forward once ``step`` optimizer steps are done (None: not quantized yet)."""
         if step < self.start_step:
             return None
         if self.period is None or len(self.levels) == 1:
             return self.levels[-1]
-        k = (step - self.start_step) // self.period
+        done = step - self.start_step
+        if self.scheme == "deepspeed":  # MoQ: drop k (1-based) once done >= max(period * 2**(k-1), k)
+            k = 0
+            while k + 1 < len(self.levels) and done >= max(self.period * 2**k, k + 1):
+                k += 1
+            return self.levels[k]
+        k = done // self.period
         return self.levels[min(k, len(self.levels) - 1)]
 
     def step(self, step: int) -> None:
@@ -228,6 +278,7 @@ class WeightQuantizer:
             raise ValueError(f"{self.name}: already attached to {len(self.targets)} modules; call remove() first.")
         targets = select_weight_targets(model, self.modules, self.exclude, self.name)
         self.quantizers = attach_weight_quantizers(targets, self.spec, self.owner, self.name)
+        guard_direct_reads(model)
         self.targets = targets
         self.step(self.steps_done)
         return targets

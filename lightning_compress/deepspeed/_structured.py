@@ -1,4 +1,4 @@
-"""What row, head and channel pruning share: one callback per group, pruned one shot at the offset."""
+"""What row, head and channel pruning share: one callback per group, DeepSpeed's counts and timing."""
 
 from __future__ import annotations
 
@@ -29,15 +29,29 @@ def structured_section(
     return sec, algo, start
 
 
+def schedule_kwargs(algo: str, start: int) -> dict[str, Any]:
+    """When DeepSpeed's masks are computed, as our schedule arguments.
+
+    * ``l1``: one mask, applied from the offset on: one prune event at ``start`` (``end_step = start``).
+    * ``topk``: DeepSpeed's mask is the top-k of the scores at every forward from the offset on, so it
+      follows the scores: ``schedule="constant"`` (the final ratio at every event), ``frequency=1``,
+      ``end_step=None`` (the last optimizer step of training).
+    """
+    if algo == "topk":
+        return dict(start_step=start, end_step=None, schedule="constant", frequency=1)
+    return dict(start_step=start, end_step=start)
+
+
 def group_kwargs(group: Group, algo: str, start: int, units: str) -> dict[str, Any]:
-    """The arguments every structured callback gets for one group: the group's ratio pruned once at
-    ``start`` (``end_step = start_step``: DeepSpeed's one-shot pruning at the offset)."""
+    """The arguments every structured callback gets for one group: the group's ratio, with DeepSpeed's
+    count (``rounding="floor"``: ``ceil(dense_ratio * n)`` units stay, as its TopKBinarizer) and
+    DeepSpeed's timing (:func:`schedule_kwargs`)."""
     if "dense_ratio" not in group.params:
         raise config_error(f"{group.path}.params", f"dense_ratio is missing (the fraction of {units} kept)")
     return dict(
         sparsity=sparsity(group.params["dense_ratio"], f"{group.path}.params.dense_ratio"),
         method=algo,
-        start_step=start,
-        end_step=start,
+        **schedule_kwargs(algo, start),
         modules=group.modules,
+        rounding="floor",
     )

@@ -2,8 +2,11 @@
 per group.
 
 Each group: ``ActQuant(bits=params.bits, range=range_calibration, symmetric=quantization_type ==
-"symmetric", modules=...)``.  ActQuant quantizes from the first step: a non-zero ``schedule_offset``
-(DeepSpeed's default is 1000) is left out with a warning.
+"symmetric", modules=..., start_step=schedule_offset)`` (DeepSpeed's default offset is 1000): inputs
+pass unquantized until ``schedule_offset`` optimizer steps are done.  ``dynamic`` is per token (the
+last dimension), as DeepSpeed's ``num_groups = numel / size(-1)``; ``static`` an EMA (momentum 0.95)
+of the batch min / max, as DeepSpeed's ``QuantAct``.  ``bits`` must be 4 or 8 (DeepSpeed asserted so).
+``lightning_compress.clean`` keeps the quantize-dequantize of the inputs in the slim model.
 """
 
 from __future__ import annotations
@@ -40,14 +43,9 @@ def translate(section: Any, path: str) -> list[CallbackSpec]:
             range=rng,
             symmetric=qtype == "symmetric",
             modules=group.modules,
+            start_step=start,
         )
-        optional: dict[str, str] = {}
-        if start:
-            kwargs["start_step"] = start
-            optional["start_step"] = (
-                f"ActQuant quantizes activations from the first step (DeepSpeed's schedule_offset={start}"
-                f"{' (its default)' if 'schedule_offset' not in shared else ''} has no equivalent); set "
-                "schedule_offset to 0 to silence this"
-            )
-        specs.append(CallbackSpec(ActQuant.__name__, kwargs, group.path, optional))
+        if kwargs["bits"] not in (4, 8):
+            raise config_error(f"{group.path}.params.bits", f"{kwargs['bits']}: DeepSpeed quantizes activations to 4 or 8 bits only")
+        specs.append(CallbackSpec(ActQuant.__name__, kwargs, group.path))
     return specs

@@ -1,8 +1,9 @@
 """``compression_training.channel_pruning`` -> one :class:`~lightning_compress.callbacks.ChannelPruning`
 per group.
 
-Each group: ``sparsity = 1 - dense_ratio`` of the output channels of its ``modules`` (convolutions),
-``method`` l1 | topk (default l1), pruned once at ``schedule_offset`` (default 1000).  DeepSpeed's
+Each group: ``sparsity = 1 - dense_ratio`` of the output channels of its ``modules`` (convolutions;
+``ceil(dense_ratio * channels)`` stay, DeepSpeed's count), ``method`` l1 | topk (default l1) from
+``schedule_offset`` (default 1000): topk recomputed every step after it, l1 once at it.  DeepSpeed's
 ``related_modules`` are not needed: ChannelPruning finds the coupled BatchNorms and consumer convolutions
 by tracing the model, so they are left out with a warning.
 """

@@ -39,16 +39,25 @@ def warn(path: str, message: str) -> None:
     warnings.warn(f"DeepSpeed config `{path}`{message}", stacklevel=level)
 
 
+def nearest(key: str, allowed: Collection[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``allowed`` (difflib), or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_keys(d: Any, allowed: Collection[str], path: str) -> dict[str, Any]:
-    """``d`` itself, once it is a JSON object whose keys are all in ``allowed``."""
+    """``d`` itself, once it is a JSON object whose keys are all in ``allowed``; an unknown key raises
+    naming its JSON path and the nearest valid key."""
     if not isinstance(d, dict):
         raise config_error(path, f"expected a JSON object, got {type(d).__name__} {d!r}")
     unknown = sorted(set(d) - set(allowed))
     if unknown:
+        where = "; ".join(f"{path}.{k}{nearest(k, allowed)}" for k in unknown)
         raise config_error(
-            path,
-            f"unknown key(s) {unknown} (at {', '.join(f'{path}.{k}' for k in unknown)}); "
-            f"supported here: {sorted(allowed)}. Remove or rename them.",
+            f"{path}.{unknown[0]}",
+            f"unknown key(s) {unknown} (at {where}); supported here: {sorted(allowed)}. Remove or rename them.",
         )
     return d
 
@@ -225,4 +234,17 @@ def load(path_or_dict: str | os.PathLike | dict[str, Any], methods: Collection[s
         return cfg, SECTION  # the section itself was passed
     if stray:
         raise config_error(stray[0], f"{stray} must sit inside `{SECTION}`, not at the top level of the DeepSpeed config")
+    near_section = [k for k in cfg if isinstance(k, str) and k != SECTION and nearest(k, [SECTION])]
+    if near_section:
+        raise config_error(
+            near_section[0],
+            f"is not a DeepSpeed config key{nearest(near_section[0], [SECTION])}; the compression methods "
+            f"must sit in `{SECTION}` (nothing would be compressed otherwise)",
+        )
+    near_method = [k for k in cfg if isinstance(k, str) and nearest(k, methods)]
+    if near_method and len(near_method) == len(cfg):
+        raise config_error(
+            near_method[0],
+            f"unknown compression method{nearest(near_method[0], methods)}; DeepSpeed's methods are {list(methods)}",
+        )
     return {}, SECTION

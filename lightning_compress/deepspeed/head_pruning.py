@@ -1,7 +1,8 @@
 """``compression_training.head_pruning`` -> one :class:`~lightning_compress.callbacks.HeadPruning` per group.
 
-Each group: ``sparsity = 1 - dense_ratio`` of the attention heads, ``method`` l1 | topk (default topk),
-pruned once at ``schedule_offset`` (default 1000).  DeepSpeed names the output projection
+Each group: ``sparsity = 1 - dense_ratio`` of the attention heads with DeepSpeed's count
+(``ceil(dense_ratio * heads)`` stay: 8 of 12 at 0.6), ``method`` l1 | topk (default topk) from
+``schedule_offset`` (default 1000): topk recomputed every step after it, l1 once at it.  DeepSpeed names the output projection
 (``...attention.output.dense``) in ``modules`` and q/k/v in ``related_modules``; HeadPruning takes the
 self-attention module (``...attention.self``) and finds q/k/v and the output projection itself, so the
 usual q/k/v ``related_modules`` are implied and other ones are left out with a warning.  ``num_heads``

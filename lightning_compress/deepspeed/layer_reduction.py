@@ -1,10 +1,20 @@
 """``compression_training.layer_reduction`` -> one :class:`~lightning_compress.callbacks.LayerReductionKD`.
 
-``LayerReductionKD(keep_layers=teacher_layer or keep_number_layer, layers=module_name_prefix)``.
-``other_module_name`` lists the modules whose weights the student takes from the teacher; the student
-built here *is* the teacher's network minus layers, so those weights are the teacher's anyway.  Numbered
-entries (``bert.encoder.layer.2``) are read as kept layers, as DeepSpeed allowed; ``keep_number_layer``
-must then agree with their count (or with ``len(teacher_layer)``).
+DeepSpeed's ``student_initialization`` only *initialises* the student: student layer ``i`` <- teacher
+layer ``teacher_layer[i]`` and every ``other_module_name`` module <- the teacher's; the loss is whatever
+the training script computes (DeepSpeedExamples' ``--distill_method``).  So:
+
+``LayerReductionKD(keep_layers=teacher_layer, teacher_layers=teacher_layer, layers=module_name_prefix,
+weights={"logits": 0, "hidden": 0, "attention": 0, "labels": 1})``: no distillation loss unless asked
+(``from_deepspeed_config(..., distill=True | {weights})``, or ``DeepSpeedCompressionStrategy(...,
+compression_distill=...)``).  Without a teacher the student is the model's own layers ``teacher_layer``
+(the same weights DeepSpeed copied when its teacher was the same checkpoint) and ``other_module_name``
+modules are the model's own.  A separate teacher (the two-stage XTC recipe: a fine-tuned full model)
+is passed as ``teacher=`` (``compression_teacher=`` on the strategy): then ``copy_modules =
+[module_name_prefix] + other_module_name`` copies its layers ``teacher_layer`` and those modules into the
+student, as DeepSpeed did (a student built shallow already keeps all its layers).  Numbered
+``other_module_name`` entries (``bert.encoder.layer.2``) are read as kept layers, as DeepSpeed allowed;
+``keep_number_layer`` must agree with the number of kept layers.
 """
 
 from __future__ import annotations
@@ -63,7 +73,30 @@ def translate(section: Any, path: str) -> list[CallbackSpec]:
     if keep_n is not None and isinstance(keep, list) and keep_n != len(keep):
         source = "teacher_layer" if teacher_layer is not None else "the numbered other_module_name entries"
         raise config_error(f"{path}.keep_number_layer", f"{keep_n} differs from len({source})={len(keep)}; they must agree")
-    kwargs: dict[str, Any] = {"keep_layers": keep}
+    kwargs: dict[str, Any] = {"keep_layers": keep, "weights": dict(NO_DISTILLATION)}
+    if isinstance(keep, list):
+        kwargs["teacher_layers"] = list(keep)
     if prefix is not None:
         kwargs["layers"] = prefix
-    return [CallbackSpec(LayerReductionKD.__name__, kwargs, path)]
+    copy = ([prefix] if prefix is not None else []) + [n for n in other or [] if not _numbered([n], prefix)]
+    return [CallbackSpec(LayerReductionKD.__name__, kwargs, path, teacher_copy=copy)]
+
+
+#: LayerReductionKD weights of an imported config: the user's loss only (DeepSpeed never added one)
+NO_DISTILLATION = {"logits": 0.0, "hidden": 0.0, "attention": 0.0, "labels": 1.0}
+#: what ``distill=True`` turns on: LayerReductionKD's default terms
+DEFAULT_DISTILLATION = {"logits": 1.0, "hidden": 0.0, "attention": 0.0, "labels": 1.0}
+
+
+def with_options(spec: CallbackSpec, teacher: Any = None, distill: Any = None) -> CallbackSpec:
+    """``spec`` with a separate ``teacher`` (then ``copy_modules``: the layer stack and
+    ``other_module_name``) and the distillation weights (``distill``: False / None = none, True =
+    LayerReductionKD's defaults, a dict = those weights)."""
+    kwargs = dict(spec.kwargs)
+    if teacher is not None:
+        kwargs["teacher"] = teacher
+        if spec.teacher_copy:
+            kwargs["copy_modules"] = list(spec.teacher_copy)
+    if distill:
+        kwargs["weights"] = dict(DEFAULT_DISTILLATION) if distill is True else {**NO_DISTILLATION, **dict(distill)}
+    return CallbackSpec(spec.callback, kwargs, spec.path, dict(spec.optional), spec.teacher_copy)

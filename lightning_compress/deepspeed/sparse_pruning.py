@@ -9,10 +9,14 @@ DeepSpeed                              SparsePruning
                                        ``pattern="4x1"`` unless ``block_pattern``
 ``dense_ratio`` r (group or shared)    ``sparsity = 1 - r``; several groups -> ``groups={name: {sparsity,
                                        modules}}``
-``schedule_offset`` (default 1000)     ``start_step`` (optimizer steps)
-``schedule_offset_end``                ``end_step`` (l1/topk without it: ``start_step``, DeepSpeed's one-shot
-                                       pruning at the offset; snip_momentum requires it, as DeepSpeed)
-``schedule_offset_stride``             ``frequency`` (default 1)
+``schedule_offset`` (default 1000)     ``start_step`` (optimizer steps); ``topk``: ``schedule="constant"``,
+                                       ``frequency=1``, ``end_step=None``: the mask is recomputed at the
+                                       final ratio every step after the offset, as DeepSpeed's top-k of
+                                       the scores at every forward
+``schedule_offset_end``                snip_momentum: ``end_step`` (required, as DeepSpeed); l1: one-shot at
+                                       the offset (``end_step = start_step``; DeepSpeed's l1 mask is fixed);
+                                       with l1 / topk it warns and is ignored (so did DeepSpeed)
+``schedule_offset_stride``             snip_momentum: ``frequency`` (default 1); l1 / topk: ignored, warns
 ``block_pattern`` ``"NxM"``            ``pattern="NxM"`` (same meaning: N output rows x M input columns)
 ``block_pattern`` ``"N:M"``            ``pattern="(M-N):M"``: DeepSpeed passed it to Intel Neural Compressor,
                                        where N weights of M are *pruned*; here N of M are *kept*
@@ -34,6 +38,7 @@ from lightning_compress.deepspeed.config import (
     method_section,
     module_regexes,
     sparsity,
+    warn,
     warn_unused_related,
 )
 from lightning_compress.deepspeed.registry import register_translator
@@ -87,12 +92,21 @@ def translate(section: Any, path: str) -> list[CallbackSpec]:
         raise config_error(f"{sp}.schedule_offset_end", f"{end} is before schedule_offset={start}")
     frequency = as_int(shared.get("schedule_offset_stride", 1), f"{sp}.schedule_offset_stride", minimum=1)
     default_pattern = "4x1" if algo == "snip_momentum" else "unstructured"
+    timing: dict[str, Any] = dict(start_step=start, end_step=end, frequency=frequency)
+    if algo != "snip_momentum":
+        # DeepSpeed: l1's mask is fixed, topk's is the top-k of the scores at every forward; either
+        # stays on from schedule_offset on (its scheduler never turns it off again)
+        for key in ("schedule_offset_end", "schedule_offset_stride"):
+            if key in shared:
+                warn(f"{sp}.{key}", f" has no effect with method {algo!r} (DeepSpeed keeps the mask on from "
+                     "schedule_offset on; only snip_momentum prunes gradually); ignored.")
+        timing = dict(start_step=start, end_step=start, frequency=1)
+        if algo == "topk":
+            timing = dict(start_step=start, end_step=None, frequency=1, schedule="constant")
     kwargs: dict[str, Any] = dict(
         method=algo,
         pattern=pattern(shared.get("block_pattern", default_pattern), f"{sp}.block_pattern"),
-        start_step=start,
-        end_step=end,
-        frequency=frequency,
+        **timing,
         scope="global" if algo == "snip_momentum" else "local",
         exclude=module_regexes(shared.get("excluded_modules"), f"{sp}.excluded_modules"),
     )

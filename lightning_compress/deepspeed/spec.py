@@ -23,6 +23,9 @@ class CallbackSpec:
     #: DeepSpeed settings kept in ``kwargs`` for the record that the callback has no argument for:
     #: ``{kwarg: why}``; :func:`build_callback` leaves them out with a warning giving the reason
     optional: dict[str, str] = field(default_factory=dict)
+    #: layer reduction: the ``copy_modules`` a separately given teacher fills (module_name_prefix and
+    #: other_module_name); unused without a teacher
+    teacher_copy: list[str] | None = None
 
 
 def build_callback(spec: CallbackSpec) -> Any:
@@ -46,7 +49,10 @@ def build_callback(spec: CallbackSpec) -> Any:
         if key in kwargs:
             warn(spec.path, f": {key}={kwargs.pop(key)!r} not passed: {why}.")
     try:
-        return cls(**kwargs)
+        cb = cls(**kwargs)
+        if hasattr(cb, "schedule_may_outlast_fit"):  # DeepSpeed semantics: a schedule may outlast the run
+            cb.schedule_may_outlast_fit = True
+        return cb
     except TypeError as err:
         m = _UNEXPECTED.search(str(err))
         if m is None or m.group(1) not in kwargs:

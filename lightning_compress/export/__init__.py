@@ -32,7 +32,11 @@ fold_batchnorm=False) -> slim model            masks baked, pruned units removed
 :func:`save_slim` (model, dir, example, ...)   nothing (sets eval during export): writes ``model.pt2``,
 -> {format: path}                              ``model.safetensors``, ``model.onnx``.
 :func:`load_slim_state` (path) -> state dict   nothing: reads ``model.safetensors`` (packed weights
-                                               dequantized); :func:`load_program` (path) -> module.
+                                               dequantized); :func:`load_slim` (model, path) loads it
+                                               with activation quantization; :func:`load_program`
+                                               (path) -> module; :func:`load_onnx` (path) -> session.
+:func:`staged_dir` (dir, overwrite)            a temporary sibling folder swapped in whole on success
+                                               (:func:`check_output_dir` refuses bad folders first).
 :func:`export_float` / :func:`export_qdq`      nothing: ONNX of a plain fp32 copy / of the fake-quantized
 (model, args, path, ...) -> path               model (QDQ); one writer, :func:`write_onnx`.
 :func:`export_int8` (model, args, path, ...)   nothing: ONNX of :func:`int8_model` (integer codes,
@@ -42,7 +46,9 @@ fold_batchnorm=False) -> slim model            masks baked, pruned units removed
 Modules: :mod:`~lightning_compress.export.slim` (clean, clean_for_storage, pack_quantized),
 :mod:`~lightning_compress.export.plain` (plain_copy), :mod:`~lightning_compress.export.batchnorm`
 (fold_batchnorm), :mod:`~lightning_compress.export.save` (save_slim, write_json),
-:mod:`~lightning_compress.export.load` (load_slim_state, load_program),
+:mod:`~lightning_compress.export.load` (load_slim_state, load_slim, load_program, load_onnx),
+:mod:`~lightning_compress.export.folder` (check_output_dir, staged_dir),
+:mod:`~lightning_compress.export.input_quant` (InputQuantize: activation quantization in a slim model),
 :mod:`~lightning_compress.export.program` (export_program: ``torch.export`` with a dynamic batch),
 :mod:`~lightning_compress.export.onnx` (write_onnx and the three ONNX exports),
 :mod:`~lightning_compress.export.int8` (Int8Linear, Int8Conv2d, Int8Embedding, StoredInt8,
@@ -54,7 +60,9 @@ from lightning_compress.export.adapt import split_example, tensor_outputs
 from lightning_compress.export.batchnorm import fold_batchnorm
 from lightning_compress.export.slim import StorageForms, clean, clean_for_storage, pack_quantized
 from lightning_compress.export.int8 import Int8Conv2d, Int8Embedding, Int8Linear, StoredInt8, int8_model
-from lightning_compress.export.load import load_program, load_slim_state
+from lightning_compress.export.folder import check_output_dir, staged_dir
+from lightning_compress.export.input_quant import InputQuantize, input_quantizers
+from lightning_compress.export.load import load_onnx, load_program, load_slim, load_slim_state
 from lightning_compress.export.onnx import export_float, export_int8, export_qdq, write_onnx
 from lightning_compress.export.plain import plain_copy
 from lightning_compress.export.program import export_program
@@ -63,6 +71,7 @@ from lightning_compress.export.save import save_slim, state_for_safetensors, uni
 
 __all__ = [
     "FORMATS",
+    "InputQuantize",
     "SaveJob",
     "register_format",
     "Int8Conv2d",
@@ -70,6 +79,7 @@ __all__ = [
     "Int8Linear",
     "StorageForms",
     "StoredInt8",
+    "check_output_dir",
     "clean",
     "clean_for_storage",
     "export_float",
@@ -77,13 +87,17 @@ __all__ = [
     "export_program",
     "export_qdq",
     "fold_batchnorm",
+    "input_quantizers",
     "int8_model",
+    "load_onnx",
     "load_program",
+    "load_slim",
     "load_slim_state",
     "pack_quantized",
     "plain_copy",
     "save_slim",
     "split_example",
+    "staged_dir",
     "state_for_safetensors",
     "tensor_outputs",
     "unique_tensors",

@@ -106,7 +106,8 @@ class StoredInt8(nn.Module):
     """Export-time Linear / Conv2d whose weight is stored as integer codes (int8, or uint8 with
     zero-points) with one scale per row of :func:`core.quantize.as_rows` (tensor, channel or group)
     and dequantized in the graph (``Cast`` -> ``Sub`` -> ``Mul`` -> ``Reshape``, constant-folded by
-    ONNX Runtime at load): small files, float kernels."""
+    ONNX Runtime at load): small files, float kernels.  The dequantized weight (and the bias) keep
+    the original layer's dtype, so a bf16-trained layer computes in bf16 as in training."""
 
     def __init__(self, module: nn.Module, codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None) -> None:
         super().__init__()
@@ -118,12 +119,14 @@ class StoredInt8(nn.Module):
         self.register_buffer("wq", codes.reshape(rows, -1).to(torch.int8 if zp is None else torch.uint8))
         self.register_buffer("w_scale", scale.float().reshape(rows, 1))
         self.register_buffer("w_zp", (zp if zp is not None else torch.zeros_like(scale)).float().reshape(rows, 1))
-        self.register_buffer("bias", module.bias.detach().float().clone() if module.bias is not None else None)
+        # the trained precision: bf16-true weights dequantize to bf16 (exactly the forward's values)
+        self.compute_dtype = module.weight.dtype
+        self.register_buffer("bias", module.bias.detach().clone() if module.bias is not None else None)
         if self.kind == "conv":
             self.stride, self.padding, self.dilation, self.groups = module.stride, module.padding, module.dilation, module.groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = ((self.wq.float() - self.w_zp) * self.w_scale).reshape(self.shape)
+        w = ((self.wq.float() - self.w_zp) * self.w_scale).reshape(self.shape).to(self.compute_dtype)
         if self.kind == "linear":
             return nn.functional.linear(x, w, self.bias)
         return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -162,8 +165,8 @@ def int8_model(
             summary["float"].append(name)
             continue
         if isinstance(module, nn.Embedding):
-            how = "integer" if spec.granularity != "group" else "float"
-        elif storage_only or spec.granularity == "group" or (isinstance(module, nn.Conv2d) and conv == "float"):
+            how = "integer" if spec.granularity in ("tensor", "channel") else "float"
+        elif storage_only or spec.granularity in ("group", "row_block") or (isinstance(module, nn.Conv2d) and conv == "float"):
             how = "int8 storage"
         else:
             how = "integer"

@@ -15,7 +15,9 @@ def plain_copy(model: nn.Module, bake: bool = True) -> nn.Module:
 
     ``bake=True``: every transform (masks and fake quantizers) is first baked into the weights
     (:func:`lightning_compress.core.masking.bake`), so the copy computes what ``model`` computes, with
-    the same shapes (pruned units stay, as zeros).  ``bake=False``: the stored weights are kept, i.e.
+    the same shapes (pruned units stay, as zeros), except that activation quantizers are dropped
+    (input transforms cannot be baked; :func:`lightning_compress.export.clean` keeps them, see
+    :mod:`lightning_compress.export.input_quant`).  ``bake=False``: the stored weights are kept, i.e.
     the uncompressed float model.
     """
     model = copy.deepcopy(model)

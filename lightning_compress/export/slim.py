@@ -6,7 +6,10 @@ every mask transform (``"sparse_mask"`` of SparsePruning, ``"row_mask"``, ``"cha
 channels / heads are removed physically with every shape attribute updated
 (:func:`lightning_compress.core.surgery.remove_units`), the fake-quantized (dequantized float) values
 of quantized weights are baked in, and all wrappers, ``_lc_*`` buffers and attributes go
-(:func:`lightning_compress.core.masking.strip`).
+(:func:`lightning_compress.core.masking.strip`).  Activation quantization (``ActQuant``) is kept: each
+quantized input gets a plain quantize-dequantize forward pre-hook with the quantizer's eval-mode
+function (:mod:`lightning_compress.export.input_quant`), so the slim model computes what the trained
+model computes in ``eval()``.  Parameters keep their dtype (a bf16-trained model stays bf16).
 
 :func:`clean_for_storage` also returns what real low-bit storage needs: the quantized weights packed
 in low bits (:func:`lightning_compress.core.quantize.pack_model`: int8, or 4/2/1-bit codes packed in
@@ -27,9 +30,10 @@ import torch
 from torch import nn
 
 from lightning_compress.core import masking
-from lightning_compress.core.quantize import pack_model
+from lightning_compress.core.quantize import pack_model, weight_quantizer
 from lightning_compress.core.surgery import remove_units, unit_groups
 from lightning_compress.export.batchnorm import fold_batchnorm as _fold
+from lightning_compress.export.input_quant import attach_input_quant, collect_input_quant
 from lightning_compress.export.int8 import int8_model
 
 
@@ -45,14 +49,30 @@ def _weight_quantized(model: nn.Module) -> list[str]:
     ]
 
 
+def _disabled_quantized(model: nn.Module) -> set[str]:
+    """``"<module>.<param>"`` of every weight quantizer that is off (its schedule never switched it
+    on): the trained model computes with the float weight there."""
+    out: set[str] = set()
+    for name, m in model.named_modules():
+        for p in masking.transformed_params(m):
+            q = weight_quantizer(m, p)
+            if q is not None and not q.enabled:
+                out.add(f"{name}.{p}" if name else p)
+    return out
+
+
 def pack_quantized(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """Packed low-bit storage of every weight quantized by a :class:`~lightning_compress.core.quantize.WeightFakeQuant`
     (WeightQuant, :func:`lightning_compress.quantize`): ``{f"{module}.{param}.{key}": tensor}`` as
     :func:`lightning_compress.core.quantize.pack_model` lays it out, or None when there is none.
     Other ``"weight_quant"`` transforms (hand-written functions) cannot be packed; :func:`clean`
-    bakes their values as floats.  Must run before the quantizers are stripped.
+    bakes their values as floats.  A quantizer that is off (``enabled=False``: WeightQuant before its
+    ``start_step``) is not packed: the model computes with the float weight, and so does every saved
+    form.  Must run before the quantizers are stripped.
     """
-    return pack_model(model) or None
+    off = _disabled_quantized(model)
+    packed = {k: v for k, v in pack_model(model).items() if k.rsplit(".", 1)[0] not in off}
+    return packed or None
 
 
 class StorageForms(NamedTuple):
@@ -108,10 +128,14 @@ def _clean(model: nn.Module, inplace: bool, fold_batchnorm: bool, storage: bool)
     for m in model.modules():  # their values are in the weights now
         masking.drop(m, kinds=_is_mask_kind, inputs=False)
     notes = remove_units(model, groups)
+    act = collect_input_quant(model)  # activation quantization stays (as a plain pre-hook)
     packed = (pack_quantized(model) or {}) if storage else {}
     stored = int8_model(model, storage_only=True)[0] if packed else None
     masking.bake(model)
     masking.strip(model)
+    attach_input_quant(model, act)
+    if stored is not None:
+        attach_input_quant(stored, copy.deepcopy(act))
     if fold_batchnorm:
         notes += _fold(model, quantized)
         if stored is not None:

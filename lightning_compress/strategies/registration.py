@@ -11,11 +11,23 @@ imports :class:`~lightning_compress.strategies.DeepSpeedCompressionStrategy` whe
 name, so the hook runs no import of ours in the middle of Lightning's own.
 
 Names: ``deepspeed_compression`` (ZeRO 2, DeepSpeed's default) and ``deepspeed_compression_stage_1`` /
-``_stage_2`` / ``_stage_3``.
+``_stage_2`` / ``_stage_3``; ``fsdp_compression`` / ``fsdp_compression_shard_grad_op`` (FSDP1, see
+:mod:`lightning_compress.strategies.fsdp_compression`) and ``model_parallel_compression`` (FSDP2, see
+:mod:`lightning_compress.strategies.model_parallel_compression`); and Lightning's own DeepSpeed names
+(``deepspeed``, ``deepspeed_stage_1``, ..., ``deepspeed_stage_3_offload_nvme``: whatever ``DeepSpeedStrategy.register_strategies`` registers, read from
+it, with the same init params) now also name ``DeepSpeedCompressionStrategy``.  On CUDA that class runs
+Lightning's ``DeepSpeedStrategy`` code (a subclass whose overrides defer to it there; the additions: a
+``compression_training`` config section becomes callbacks, where DeepSpeed 0.19 would reject it,
+:mod:`~lightning_compress.strategies.quiet` hides known-harmless messages, and checkpoints are saved
+atomically with a manifest), so those names train as before; on the CPU accelerator, where Lightning's raises ``RuntimeError: The DeepSpeed
+strategy is only supported on CUDA GPUs``, they run (gloo).  This is what makes README's first snippet,
+``Trainer(..., strategy="deepspeed")``, run as written on a CPU-only machine.  A program that wants the
+stock class passes it as an object: ``Trainer(strategy=DeepSpeedStrategy(...))``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -38,6 +50,44 @@ STRATEGY_NAMES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
+def lightning_deepspeed_names(strategies_module: ModuleType) -> dict[str, tuple[dict[str, Any], str]]:
+    """``{name: (init params, description)}`` of the names Lightning registers for ``DeepSpeedStrategy``
+    (read from ``DeepSpeedStrategy.register_strategies`` into a scratch registry, so a Lightning release
+    that adds or changes names is followed as it is)."""
+    scratch = type(strategies_module.StrategyRegistry)()
+    strategies_module.DeepSpeedStrategy.register_strategies(scratch)
+    return {name: (dict(data["init_params"]), data["description"]) for name, data in scratch.items()}
+
+
+#: FSDP1 names (``FSDPCompressionStrategy``)
+FSDP_NAMES: dict[str, tuple[dict[str, Any], str]] = {
+    "fsdp_compression": ({}, "FSDP1 FULL_SHARD (CUDA or CPU/gloo) for lightning-compress"),
+    "fsdp_compression_shard_grad_op": (
+        {"sharding_strategy": "SHARD_GRAD_OP"},
+        "FSDP1 SHARD_GRAD_OP (CUDA or CPU/gloo) for lightning-compress",
+    ),
+}
+
+#: FSDP2 names (``ModelParallelCompressionStrategy``)
+MODEL_PARALLEL_NAMES: dict[str, tuple[dict[str, Any], str]] = {
+    "model_parallel_compression": ({}, "FSDP2 fully_shard data parallel (CUDA or CPU/gloo) for lightning-compress"),
+}
+
+
+def fsdp_compression_strategy(**kwargs: Any) -> Any:
+    """``FSDPCompressionStrategy(**kwargs)``, imported on first use."""
+    from lightning_compress.strategies.fsdp_compression import FSDPCompressionStrategy
+
+    return FSDPCompressionStrategy(**kwargs)
+
+
+def model_parallel_compression_strategy(**kwargs: Any) -> Any:
+    """``ModelParallelCompressionStrategy(**kwargs)``, imported on first use."""
+    from lightning_compress.strategies.model_parallel_compression import ModelParallelCompressionStrategy
+
+    return ModelParallelCompressionStrategy(**kwargs)
+
+
 def deepspeed_compression_strategy(**kwargs: Any) -> Any:
     """``DeepSpeedCompressionStrategy(**kwargs)``, imported on first use (what the registry calls)."""
     from lightning_compress.strategies.deepspeed_compression import DeepSpeedCompressionStrategy
@@ -46,16 +96,43 @@ def deepspeed_compression_strategy(**kwargs: Any) -> Any:
 
 
 def register(registry: Any = None, strategy: Callable[..., Any] = deepspeed_compression_strategy) -> None:
-    """Add the names to ``registry`` (default: Lightning's ``StrategyRegistry``, which this imports).
+    """Add the names to ``registry`` (default: Lightning's ``StrategyRegistry``, which this imports):
+    :data:`STRATEGY_NAMES` and Lightning's own DeepSpeed names (:func:`lightning_deepspeed_names`).
     Idempotent; ``strategy`` is what the registry calls with the init params (a class or a factory)."""
+    strategies_module = importlib.import_module(LIGHTNING_STRATEGIES)  # the one in sys.modules when imported
     if registry is None:
-        from lightning.pytorch.strategies import StrategyRegistry as registry
-    for name, (params, description) in STRATEGY_NAMES.items():
+        registry = strategies_module.StrategyRegistry
+    names = {**lightning_deepspeed_names(strategies_module), **STRATEGY_NAMES}
+    for name, (params, description) in names.items():
         registry.register(name, strategy, description=description, override=True, **params)
 
 
+def _register_names(registry: Any, names: dict[str, tuple[dict[str, Any], str]], strategy: Callable[..., Any]) -> None:
+    if registry is None:
+        from lightning.pytorch.strategies import StrategyRegistry as registry
+    for name, (params, description) in names.items():
+        registry.register(name, strategy, description=description, override=True, **params)
+
+
+def register_fsdp(registry: Any = None, strategy: Callable[..., Any] = fsdp_compression_strategy) -> None:
+    """Add the ``fsdp_compression*`` names (as :func:`register`)."""
+    _register_names(registry, FSDP_NAMES, strategy)
+
+
+def register_model_parallel(registry: Any = None, strategy: Callable[..., Any] = model_parallel_compression_strategy) -> None:
+    """Add ``model_parallel_compression`` (as :func:`register`)."""
+    _register_names(registry, MODEL_PARALLEL_NAMES, strategy)
+
+
+def register_all(registry: Any = None) -> None:
+    """Every name of this module: DeepSpeed, FSDP1 and FSDP2 variants."""
+    register(registry)
+    register_fsdp(registry)
+    register_model_parallel(registry)
+
+
 def _register_in(module: ModuleType) -> None:
-    register(module.StrategyRegistry)
+    register_all(module.StrategyRegistry)
 
 
 def register_when_lightning_loads() -> None:

@@ -78,11 +78,22 @@ def topk_zero3(ctx: Context) -> None:
     run(ctx, 3, cb, max_steps=5, accumulate_grad_batches=2)
 
 
-def _resume_run(ctx: Context, stage: int, steps: int, ckpt=None, save=None) -> dict:
+class _StopAt(pl.Callback):
+    """An interruption mid-fit (a shorter max_steps would be a schedule that cannot finish: an error)."""
+
+    def __init__(self, step: int | None) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001,ANN002
+        if self.step is not None and trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def _resume_run(ctx: Context, stage: int, steps: int, ckpt=None, save=None, stop_at=None) -> dict:
     pl.seed_everything(0)
     cb = SnipMomentumPruning(sparsity=0.75, pattern="4x1", start_step=1, end_step=6, frequency=1)
     probe = Probe()
-    trainer = ctx.trainer(stage=stage, callbacks=[cb, probe], max_steps=steps)
+    trainer = ctx.trainer(stage=stage, callbacks=[cb, probe, _StopAt(stop_at)], max_steps=steps)
     # 16 samples, batch 8, 2 ranks: one batch per rank per epoch, so a resumed run sees what an
     # uninterrupted one sees
     trainer.fit(TinyMLP(), mlp_loader(n=16, batch_size=8), ckpt_path=ckpt)
@@ -94,7 +105,7 @@ def _resume_run(ctx: Context, stage: int, steps: int, ckpt=None, save=None) -> d
 def _resume(ctx: Context, stage: int) -> None:
     full = _resume_run(ctx, stage, 8)
     ckpt = str(ctx.work_dir / "mid.ckpt")
-    _resume_run(ctx, stage, 3, save=ckpt)
+    _resume_run(ctx, stage, 8, save=ckpt, stop_at=3)
     resumed = _resume_run(ctx, stage, 8, ckpt=ckpt)
     ctx.save({"full": full, "resumed": resumed})
 

@@ -61,7 +61,7 @@ def resolve_criterion(method: "str | Criterion | type[Criterion]", owner: str = 
     """A criterion object from a registered name, a :class:`Criterion` instance or a subclass.
 
     Raises:
-        ValueError: an unknown name or another type (names ``owner`` and the registered names).
+        ValueError: an unknown name; TypeError: another type (both name ``owner`` and the registered names).
     """
     prefix = f"{owner}: " if owner else ""
     if isinstance(method, Criterion):
@@ -70,7 +70,7 @@ def resolve_criterion(method: "str | Criterion | type[Criterion]", owner: str = 
         return method()
     if isinstance(method, str) and method in CRITERIA:
         return CRITERIA[method]()
-    raise ValueError(
+    raise (ValueError if isinstance(method, str) else TypeError)(
         f"{prefix}`method`={method!r} is unknown; choose one of {tuple(CRITERIA)} or pass a "
         f"lightning_compress.core.criteria.Criterion (register a new one with @register_criterion)."
     )

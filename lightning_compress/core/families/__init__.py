@@ -17,7 +17,12 @@ themselves; they ask this registry, which asks every registered :class:`~.base.F
 * :func:`takes_keyword_inputs`: whether the model is called with named inputs (for exporters).
 
 Built in: :mod:`.hf_bert` (BERT-family attention and FFN), :mod:`.hf_transformers` (config /
-``layer_idx`` knowledge of any transformers model), :mod:`.torch_mha` (``nn.MultiheadAttention``).
+``layer_idx`` knowledge of any transformers model), :mod:`.torch_mha` (``nn.MultiheadAttention``),
+:mod:`.torchvision_swin` (Swin window attention), :mod:`.transformers_albert`,
+:mod:`.transformers_deberta_v2`, :mod:`.transformers_distilbert`, :mod:`.transformers_qkvo_proj`
+(Llama / Qwen2 / Mistral with grouped-query attention and SwiGLU, HF ViT), :mod:`.transformers_t5`.
+After ``clean`` removed units, :func:`after_unit_removal` lets every family fix config sizes
+(``intermediate_size``, ``num_key_value_heads``, ...) from the slim shapes.
 Every module of this package other than ``base`` and ``registry`` is imported when the package is,
 in alphabetical order of file name, which is the order the families are asked.
 

@@ -39,18 +39,23 @@ class Projection:
             for a packed projection).  For an output projection only the weight (its bias is per feature).
         tiles: how many head-major blocks the dimension holds one after the other (3 for a packed
             q/k/v ``in_proj``: rows ``[q heads | k heads | v heads]``), 1 otherwise.
+        width: entries per unit along the dimension in this projection; ``None``: the attention's
+            ``head_size``.  Grouped-query attention prunes whole key/value groups: a unit is one
+            key/value head (``head_dim`` rows of ``k_proj`` / ``v_proj``) with its query heads
+            (``group * head_dim`` rows of ``q_proj``, the same columns of ``o_proj``).
     """
 
     name: str
     module: nn.Module = field(repr=False)
     params: tuple[str, ...]
     tiles: int = 1
+    width: int | None = None
 
     @classmethod
-    def linear(cls, name: str, module: nn.Linear, *, with_bias: bool = True) -> Projection:
+    def linear(cls, name: str, module: nn.Linear, *, with_bias: bool = True, width: int | None = None) -> Projection:
         """A Linear layer's ``weight`` (and ``bias`` when it has one and ``with_bias``)."""
         params = ("weight", "bias") if with_bias and module.bias is not None else ("weight",)
-        return cls(name, module, params)
+        return cls(name, module, params, width=width)
 
 
 @dataclass
@@ -136,6 +141,11 @@ class Family:
         ``model`` (each a :class:`~lightning_compress.core.graph.ChannelSpace`: producers whose output
         features are read only by the consumers, through elementwise ops)."""
         return []
+
+    def after_unit_removal(self, model: nn.Module) -> None:
+        """Fix config fields from the slim shapes after ``clean`` removed rows / channels / heads of
+        ``model`` (called once per ``clean``, after every :meth:`update_after_head_removal`): e.g.
+        ``config.intermediate_size`` from the FFN widths.  Must be idempotent."""
 
     # ------------------------------------------------------------------ layer stacks (distillation)
     def layer_count(self, model: nn.Module) -> int | None:

@@ -11,6 +11,8 @@ What is known, by module structure (no transformers import):
 * **Feed-forward** (for ``RowPruning`` when ``torch.fx`` cannot trace the model, which is the case for
   every Hugging Face model): a module with children ``intermediate.dense`` and ``output.dense``; the
   former's outputs are read only by the latter (through the activation), so they form one space.
+  After removal ``config.intermediate_size_per_layer`` and, when all layers agree,
+  ``config.intermediate_size`` (see :mod:`._hf_common`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from lightning_compress.core.families._hf_common import layer_key, model_config, record_layers
 from lightning_compress.core.families.base import AttentionInfo, Family, Projection
 from lightning_compress.core.families.registry import register_family
 from lightning_compress.core.graph import ChannelSpace
@@ -76,10 +79,24 @@ class HFBert(Family):
 
     def channel_spaces(self, model: nn.Module, named: Mapping[str, nn.Module]) -> list[ChannelSpace]:
         out = []
-        for name, module in named.items():
-            a = getattr(getattr(module, "intermediate", None), "dense", None)
-            b = getattr(getattr(module, "output", None), "dense", None)
-            if isinstance(a, nn.Linear) and isinstance(b, nn.Linear) and a.out_features == b.in_features:
-                p = _prefix(name)
-                out.append(ChannelSpace(producers={f"{p}intermediate.dense": a}, consumers={f"{p}output.dense": b}))
+        for name, (a, b) in _ffn_blocks(named):
+            p = _prefix(name)
+            out.append(ChannelSpace(producers={f"{p}intermediate.dense": a}, consumers={f"{p}output.dense": b}))
         return out
+
+    def after_unit_removal(self, model: nn.Module) -> None:
+        widths = {layer_key(name): a.out_features for name, (a, _) in _ffn_blocks(dict(model.named_modules()))}
+        config = model_config(model)
+        if widths and hasattr(config, "intermediate_size"):
+            record_layers(config, "intermediate_size", widths)
+
+
+def _ffn_blocks(named: Mapping[str, nn.Module]) -> list[tuple[str, tuple[nn.Linear, nn.Linear]]]:
+    """``(layer name, (intermediate.dense, output.dense))`` of every BERT-style feed-forward block."""
+    out = []
+    for name, module in named.items():
+        a = getattr(getattr(module, "intermediate", None), "dense", None)
+        b = getattr(getattr(module, "output", None), "dense", None)
+        if isinstance(a, nn.Linear) and isinstance(b, nn.Linear) and a.out_features == b.in_features:
+            out.append((name, (a, b)))
+    return out

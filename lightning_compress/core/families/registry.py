@@ -100,14 +100,21 @@ def family_channel_spaces(model: nn.Module) -> tuple[list[ChannelSpace], list[st
 def channel_spaces(model: nn.Module) -> tuple[list[ChannelSpace], str]:
     """Channel spaces by ``torch.fx`` tracing, or from the families when fx cannot trace ``model``.
 
-    Returns ``(spaces, how)``: ``how`` is ``"fx"``, or the families' tags joined by ``"+"``
-    (``"hf_heuristic"`` for the BERT-family FFN blocks).
+    When fx traces, the families' spaces whose layers fx never saw (they live inside a module fx
+    keeps as a leaf, e.g. ``nn.TransformerEncoderLayer``'s ``linear1 -> linear2``) are added.
+
+    Returns ``(spaces, how)``: ``how`` is ``"fx"`` (``"fx+<tags>"`` with such additions), or the
+    families' tags joined by ``"+"`` (``"hf_heuristic"`` for the BERT-family FFN blocks).
 
     Raises:
         ValueError: fx fails and no family knows the model's blocks (the message has fx's error).
     """
     try:
-        return trace_channel_spaces(model), "fx"
+        traced = trace_channel_spaces(model)
+        seen = {id(m) for sp in traced for m in [*sp.producers.values(), *sp.norms.values(), *sp.consumers.values()]}
+        extra, tags = family_channel_spaces(model)
+        extra = [sp for sp in extra if not any(id(m) in seen for m in [*sp.producers.values(), *sp.consumers.values()])]
+        return traced + extra, "+".join(["fx", *tags]) if extra else "fx"
     except TracingError as err:
         spaces, tags = family_channel_spaces(model)
         if spaces:
@@ -117,6 +124,13 @@ def channel_spaces(model: nn.Module) -> tuple[list[ChannelSpace], str]:
             f"recognised its blocks either (known: {describe('channel_spaces')}). Pass `related_modules` "
             f"({{producer regex: [consumer regexes]}}) to name the consumers by hand."
         ) from None
+
+
+def after_unit_removal(model: nn.Module) -> None:
+    """Every family fixes the config fields it knows from ``model``'s slim shapes (after ``clean``
+    removed units)."""
+    for f in FAMILIES:
+        f.after_unit_removal(model)
 
 
 # ----------------------------------------------------------------------------------- layer stacks

@@ -3,9 +3,10 @@
 Its heads are masked but never removed: the projection width is tied to ``embed_dim``
 (``head_dim = embed_dim // num_heads``; ``kdim`` / ``vdim`` are input sizes, not projection sizes), so
 a narrower one is no longer an ``nn.MultiheadAttention``.  The mask zeroes a head's q/k/v rows and
-biases; a zero value row makes the head's output zero, so ``out_proj`` needs no mask in forward (and
-``F.multi_head_attention_forward`` reads ``out_proj.weight`` directly, which a forward mask on
-``out_proj`` would not reach); ``clean`` bakes the zeros into the ``out_proj`` columns too.
+biases; a zero value row makes the head's output zero, so ``out_proj`` needs no mask in forward
+(``F.multi_head_attention_forward`` reads ``out_proj.weight`` directly; other methods' transforms on it
+still act, see :mod:`lightning_compress.core.direct_reads`); ``clean`` bakes the zeros into the
+``out_proj`` columns too.
 """
 
 from __future__ import annotations

@@ -32,8 +32,10 @@ class NMPattern(Pattern):
         if not match:
             return None
         n, m = int(match.group(1)), int(match.group(2))
-        if m < 1 or n < 0:
+        if m < 1:
             raise ValueError("M must be >= 1 (e.g. '2:4').")
+        if n < 1:
+            raise ValueError(f"N={n} keeps no weight of each group of {m}; keep at least 1 (e.g. '1:{m}' or '2:4').")
         if n > m:
             raise ValueError(
                 f"N={n} > M={m}. 'N:M' keeps N of every M weights, so N must be <= M (did you mean '{m}:{n}'?)."
