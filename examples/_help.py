@@ -16,7 +16,7 @@ from jsonargparse import DefaultHelpFormatter
 
 CALLBACKS = (
     "SparsePruning", "SnipMomentumPruning", "RowPruning", "HeadPruning", "ChannelPruning",
-    "WeightQuant", "ActQuant", "LayerReductionKD", "RedundancyClean",
+    "WeightQuant", "ActQuant", "LayerReductionKD", "OneShotCompression", "RedundancyClean",
 )
 EXAMPLE = re.compile(r"^    Example[^\n]*::\n\n(?P<body>(?:        [^\n]*\n|\n)+)", re.MULTILINE)
 LOAD = 'torch.export.load("slim/model.pt2")'

@@ -13,7 +13,7 @@ from tests.doc_examples import docstring_example, stand_ins
 KIND = {
     "SparsePruning": "mlp", "SnipMomentumPruning": "mlp", "RowPruning": "mlp", "WeightQuant": "mlp",
     "ActQuant": "mlp", "ChannelPruning": "cnn", "RedundancyClean": "cnn", "HeadPruning": "bert",
-    "LayerReductionKD": "bert",
+    "LayerReductionKD": "bert", "OneShotCompression": "bert",
 }
 
 

@@ -75,6 +75,10 @@ def test_bad_arguments():
         OneShotCompression([Wanda(0.5)], dataloader="test")
     with pytest.raises(ValueError, match=r"OneShotCompression: `methods`"):
         OneShotCompression([])
+    with pytest.raises(TypeError, match=r"OneShotCompression: `calib_batches`=2.0"):
+        OneShotCompression([Wanda(0.5)], calib_batches=2.0)
+    with pytest.raises(TypeError, match=r"OneShotCompression: `verbose`='yes'"):
+        OneShotCompression([Wanda(0.5)], verbose="yes")
     lm = TinyLM()
     cb = OneShotCompression([Wanda(0.5)], dataloader="val")
     with pytest.raises(ValueError, match="could not get the val dataloader"):

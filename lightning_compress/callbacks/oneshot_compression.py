@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lightning_compress.callbacks._base import CompressionCallback
 from lightning_compress.core import masking
+from lightning_compress.core.args import check_bool, check_callable, check_choice, check_int, check_str
 from lightning_compress.oneshot.api import check_methods, oneshot
 from lightning_compress.oneshot.methods import OneShotMethod
 from lightning_compress.oneshot.sequential import OneShotReport
@@ -59,6 +60,18 @@ class OneShotCompression(CompressionCallback):
     Raises:
         ValueError: bad ``methods`` / ``calib_batches`` / ``dataloader`` (at construction); no dataloader of
             the asked kind, or a layer the methods cannot fit (at setup).
+
+    Example (``model``, ``datamodule``: yours, with a decoder/encoder layer stack; ``x``: a batch of its input)::
+
+        import torch
+        from lightning.pytorch import Trainer
+        from lightning_compress import OneShotCompression, RedundancyClean
+        from lightning_compress.oneshot import Wanda
+
+        callbacks = [OneShotCompression([Wanda(0.5)], calib_batches=4), RedundancyClean("slim")]
+        Trainer(max_steps=1000, callbacks=callbacks).fit(model, datamodule)
+        slim = torch.export.load("slim/model.pt2").module()  # runs without your model's code
+        y = slim(x)  # exported in eval mode: call it as it is (it has no working .eval())
     """
 
     def __init__(
@@ -72,15 +85,12 @@ class OneShotCompression(CompressionCallback):
     ) -> None:
         super().__init__()
         self.methods = check_methods(methods, NAME)
-        if isinstance(calib_batches, bool) or not isinstance(calib_batches, int) or calib_batches < 1:
-            raise ValueError(f"{NAME}: `calib_batches`={calib_batches!r} must be a positive integer (batches to calibrate on).")
-        if dataloader not in ("train", "val"):
-            raise ValueError(f"{NAME}: `dataloader`={dataloader!r} must be 'train' or 'val'.")
-        self.calib_batches = calib_batches
-        self.dataloader = dataloader
-        self.forward = forward or default_forward
-        self.layers = layers
-        self.verbose = verbose
+        self.calib_batches = check_int(calib_batches, "calib_batches", NAME, minimum=1,
+                                       fix="pass how many batches to calibrate on (>= 1)")
+        self.dataloader = check_choice(dataloader, "dataloader", NAME, ("train", "val"))
+        self.forward = check_callable(forward, "forward", NAME, what="a function (pl_module, batch) -> output") or default_forward
+        self.layers = check_str(layers, "layers", NAME, allow_none=True, what="the qualified name of the layer stack")
+        self.verbose = check_bool(verbose, "verbose", NAME)
         #: the calibration report (None before calibration)
         self.report: OneShotReport | None = None
 
