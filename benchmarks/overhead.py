@@ -1,14 +1,23 @@
-"""Training-step overhead of SnipMomentumPruning(pattern="4x1") on a BERT-small, CPU.
+"""Training-step overhead of the compression callbacks on a BERT-small, CPU.
 
-Two copies of the same model (same init) train side by side, one step each in turn (interleaved,
-so machine noise hits both alike): a plain PyTorch step, and the same step with the callback's
-real hooks called where Lightning calls them (``on_train_batch_start`` before forward,
-``on_before_optimizer_step`` before ``optimizer.step``).  The Trainer's own per-step cost is the
-same for both and is left out, which makes the ratio stricter, not kinder.  Prune events run every
-``--frequency`` steps inside the timed region.
+Recipes (``--recipes``, comma separated; default all):
 
-Prints the median step times, their ratio, and the memory the masks and scores take per targeted
-weight.  Usage: ``python benchmarks/overhead.py [--steps 40] [--threads 2]``.
+* ``snip``: ``SnipMomentumPruning(pattern="4x1", sparsity=0.9)``, prune events every ``--frequency`` steps;
+* ``w8a8``: ``WeightQuant(bits=8, granularity="channel")`` + ``ActQuant(bits=8, range="static")`` on the encoder;
+* ``w4g``: ``WeightQuant(bits=4, granularity="group", group_size=64)`` on the encoder;
+* ``a8dyn``: ``ActQuant(bits=8, range="dynamic")`` (per token) on the encoder;
+* ``snip+w8a8``: the pruning and the two quantizers together.
+
+Every recipe trains its own copy of the same model (same init) side by side with a dense copy, one
+step each in turn (interleaved, so machine noise hits both alike), all in one process: a plain
+PyTorch step, and the same step with the callbacks' real hooks called where Lightning calls them
+(``on_train_batch_start`` before forward, ``on_before_optimizer_step`` before ``optimizer.step``,
+``on_train_batch_end`` after it).  The Trainer's own per-step cost is the same for both and is left
+out, which makes the ratio stricter, not kinder.  ``--rounds`` rounds of ``--steps`` timed steps
+(after ``--warmup``) each; the table gives the median over rounds of each round's median step time
+and of each round's ratio to the dense copy.
+
+Usage: ``python benchmarks/overhead.py [--steps 20] [--rounds 3] [--threads 2] [--recipes w8a8,w4g]``.
 """
 
 from __future__ import annotations
@@ -18,79 +27,124 @@ import copy
 import statistics
 import time
 from types import SimpleNamespace
+from typing import Any, Callable
 
 import torch
+
+ENC = ["bert.encoder"]
+
+
+def recipes(total: int, frequency: int) -> dict[str, tuple[str, Callable[[], list[Any]]]]:
+    from lightning_compress import ActQuant, SnipMomentumPruning, WeightQuant
+
+    def snip() -> Any:
+        return SnipMomentumPruning(pattern="4x1", sparsity=0.9, start_step=0, end_step=total - 1, frequency=frequency)
+
+    def w8() -> Any:
+        return WeightQuant(bits=8, granularity="channel", modules=ENC)
+
+    def a8s() -> Any:
+        return ActQuant(bits=8, range="static", modules=ENC)
+
+    return {
+        "snip": ("SnipMomentumPruning(4x1, 0.9)", lambda: [snip()]),
+        "w8a8": ("W8 channel + A8 static", lambda: [w8(), a8s()]),
+        "w4g": ("W4 group 64", lambda: [WeightQuant(bits=4, granularity="group", group_size=64, modules=ENC)]),
+        "a8dyn": ("A8 dynamic per token", lambda: [ActQuant(bits=8, range="dynamic", modules=ENC)]),
+        "snip+w8a8": ("SnipMomentum + W8A8", lambda: [snip(), w8(), a8s()]),
+    }
+
+
+class Runner:
+    def __init__(self, model: torch.nn.Module, callbacks: list[Any], batch: dict[str, torch.Tensor], total: int) -> None:
+        self.model, self.callbacks, self.batch = model, callbacks, batch
+        self.trainer = SimpleNamespace(global_step=0, model=model, logger=None, estimated_stepping_batches=total)
+        for cb in callbacks:
+            cb.setup(self.trainer, model, "fit")
+            cb.on_train_start(self.trainer, model)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(self, step: int) -> float:
+        tr, cbs = self.trainer, self.callbacks
+        tr.global_step = step
+        t = time.perf_counter()
+        for cb in cbs:
+            cb.on_train_batch_start(tr, None, self.batch, step)
+        loss = self.model(**self.batch).loss
+        loss.backward()
+        for cb in cbs:
+            if hasattr(cb, "on_before_optimizer_step"):
+                cb.on_before_optimizer_step(tr, None, self.opt)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        tr.global_step = step + 1
+        for cb in cbs:
+            cb.on_train_batch_end(tr, None, None, self.batch, step)
+        return time.perf_counter() - t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frequency", type=int, default=10)
+    ap.add_argument("--recipes", default="snip,w8a8,w4g,a8dyn,snip+w8a8")
+    ap.add_argument("--profile", default=None, help="a recipe to profile (torch.profiler, 3 steps) instead of timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import BertConfig, BertForSequenceClassification
-
-    from lightning_compress import SnipMomentumPruning
 
     torch.manual_seed(0)
     cfg = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, num_labels=2)
     base = BertForSequenceClassification(cfg)
     base.train()
-    pruned = copy.deepcopy(base)
     batch = {
         "input_ids": torch.randint(0, cfg.vocab_size, (8, 128)),
         "attention_mask": torch.ones(8, 128, dtype=torch.long),
         "labels": torch.randint(0, 2, (8,)),
     }
-    total = args.warmup + args.steps
-    cb = SnipMomentumPruning(pattern="4x1", sparsity=0.9, start_step=0, end_step=total, frequency=args.frequency)
-    trainer = SimpleNamespace(global_step=0, model=pruned, logger=None, estimated_stepping_batches=total)
-    cb.setup(trainer, pruned, "fit")
-    cb.on_train_start(trainer, pruned)
-    opt_a = torch.optim.AdamW(base.parameters(), lr=1e-4)
-    opt_b = torch.optim.AdamW(pruned.parameters(), lr=1e-4)
+    total = args.rounds * (args.warmup + args.steps) + 10
+    table = recipes(total, args.frequency)
+    chosen = [r for r in args.recipes.split(",") if r]
+    if args.profile:
+        run = Runner(copy.deepcopy(base), table[args.profile][1](), batch, total)
+        for s in range(3):
+            run.step(s)
+        from torch.profiler import ProfilerActivity, profile
 
-    def plain_step() -> float:
-        t = time.perf_counter()
-        loss = base(**batch).loss
-        loss.backward()
-        opt_a.step()
-        opt_a.zero_grad(set_to_none=True)
-        return time.perf_counter() - t
-
-    def pruned_step(step: int) -> float:
-        trainer.global_step = step
-        t = time.perf_counter()
-        cb.on_train_batch_start(trainer, None, batch, step)
-        loss = pruned(**batch).loss
-        loss.backward()
-        cb.on_before_optimizer_step(trainer, None, opt_b)
-        opt_b.step()
-        opt_b.zero_grad(set_to_none=True)
-        return time.perf_counter() - t
-
-    times_a, times_b = [], []
-    for step in range(total):
-        if step % 2 == 0:
-            a, b = plain_step(), pruned_step(step)
-        else:
-            b, a = pruned_step(step), plain_step()
-        if step >= args.warmup:
-            times_a.append(a)
-            times_b.append(b)
-    targeted = sum(t.mask.numel() for t in cb.targets)
-    mask_bytes = sum(t.mask.numel() * t.mask.element_size() for t in cb.targets)
-    score_bytes = sum(t.score.score.numel() * t.score.score.element_size() for t in cb.targets if t.score.score is not None)
-    ma, mb = statistics.median(times_a), statistics.median(times_b)
-    print(f"BERT-small (hidden 256, 4 layers, 4 heads, FFN 1024), batch 8 x 128, CPU, {args.threads} threads, {args.steps} steps each, interleaved")
-    print(f"| {'run':<38} | {'median step (ms)':>16} | {'ratio':>6} |")
-    print(f"|{'-' * 40}|{'-' * 18}|{'-' * 8}|")
-    print(f"| {'no callback':<38} | {ma * 1e3:16.1f} | {1.0:6.3f} |")
-    print(f"| {'SnipMomentumPruning(4x1, 0.9)':<38} | {mb * 1e3:16.1f} | {mb / ma:6.3f} |")
-    print(f"targeted weights: {targeted:,} in {len(cb.targets)} layers; final sparsity {cb.sparsity_stats()['sparsity']:.3f}")
-    print(f"memory per targeted weight: masks {mask_bytes / targeted:.2f} B, scores {score_bytes / targeted:.2f} B")
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for s in range(3, 6):
+                run.step(s)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+        return
+    dense = Runner(copy.deepcopy(base), [], batch, total)
+    runs = {r: Runner(copy.deepcopy(base), table[r][1](), batch, total) for r in chosen}
+    med: dict[str, list[float]] = {r: [] for r in ["dense", *chosen]}
+    ratio: dict[str, list[float]] = {r: [] for r in chosen}
+    step = 0
+    for _ in range(args.rounds):
+        times: dict[str, list[float]] = {r: [] for r in ["dense", *chosen]}
+        for i in range(args.warmup + args.steps):
+            order = ["dense", *chosen] if i % 2 == 0 else [*reversed(chosen), "dense"]
+            got = {r: (dense if r == "dense" else runs[r]).step(step) for r in order}
+            step += 1
+            if i >= args.warmup:
+                for r, t in got.items():
+                    times[r].append(t)
+        for r in med:
+            med[r].append(statistics.median(times[r]))
+        for r in chosen:
+            ratio[r].append(med[r][-1] / med["dense"][-1])
+    print(f"BERT-small (hidden 256, 4 layers, 4 heads, FFN 1024), batch 8 x 128, AdamW, CPU, {args.threads} threads, "
+          f"{args.rounds} rounds x {args.steps} steps, interleaved")
+    print(f"| {'run':<32} | {'median step (ms)':>16} | {'ratio (median of rounds)':>24} | {'ratios per round':<22} |")
+    print(f"|{'-' * 34}|{'-' * 18}|{'-' * 26}|{'-' * 24}|")
+    print(f"| {'dense':<32} | {statistics.median(med['dense']) * 1e3:16.1f} | {1.0:24.3f} | {'':<22} |")
+    for r in chosen:
+        per = ", ".join(f"{x:.2f}" for x in ratio[r])
+        print(f"| {table[r][0]:<32} | {statistics.median(med[r]) * 1e3:16.1f} | {statistics.median(ratio[r]):24.3f} | {per:<22} |")
 
 
 if __name__ == "__main__":
