@@ -203,3 +203,32 @@ def test_act_fake_quant_static_module_matches_reference(autocast, symmetric):
         assert bool(getattr(lin, INIT))
         assert torch.equal(getattr(lin, LO), lo_r) and torch.equal(getattr(lin, HI), hi_r), i
         assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), i
+
+
+def test_no_grad_cache_reuses_until_the_weight_changes():
+    """Evaluation pays weight fake-quant once: the same tensor comes back while the parameter is
+    unchanged; an in-place write, an optimizer step or a new width recomputes it (values as fresh)."""
+    from lightning_compress.core.fake_quant import WeightFakeQuant
+
+    lin = nn.Linear(16, 8)
+    q = WeightFakeQuant(QuantSpec(bits=8, granularity="channel"))
+    with torch.no_grad():
+        a = q(lin, lin.weight)
+        assert q(lin, lin.weight) is a
+        assert q(lin, lin.weight * 1.0) is not a  # not the parameter itself (a masked copy): never cached
+        lin.weight.mul_(2.0)  # in-place write: new _version
+        b = q(lin, lin.weight)
+        assert b is not a and torch.equal(b, _ref_weight(lin.weight, q.spec))
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    lin(torch.randn(2, 16)).sum().backward()
+    with torch.no_grad():
+        before = q(lin, lin.weight)
+    opt.step()  # counted by the optimizer step hook even if the version check were fooled
+    with torch.no_grad():
+        c = q(lin, lin.weight)
+        assert c is not before and torch.equal(c, _ref_weight(lin.weight, q.spec))
+        q.bits = 4
+        d = q(lin, lin.weight)
+        assert torch.equal(d, _ref_weight(lin.weight, QuantSpec(bits=4, granularity="channel")))
+    y = q(lin, lin.weight)  # with grad: never from the cache, gradient flows
+    assert y.requires_grad and y is not d

@@ -76,8 +76,7 @@ class ActFakeQuant:
         init: torch.Tensor = getattr(module, INIT)
         if module.training and not self.frozen:
             with torch.no_grad():
-                xd = x.detach().float()
-                b_lo, b_hi = xd.amin(), xd.amax()
+                b_lo, b_hi = torch.aminmax(x.detach().float())  # one pass
                 if bool(init):
                     lo_b.mul_(self.momentum).add_((1 - self.momentum) * b_lo)
                     hi_b.mul_(self.momentum).add_((1 - self.momentum) * b_hi)
@@ -88,8 +87,7 @@ class ActFakeQuant:
         if bool(init):
             lo, hi = lo_b, hi_b
         else:
-            xd = x.detach().float()
-            lo, hi = xd.amin(), xd.amax()
+            lo, hi = torch.aminmax(x.detach().float())
         scale, zp = affine_params(lo.reshape(1), hi.reshape(1), self.bits, self.symmetric)
         return fake_quant_static(x, scale, zp, self.bits, self.symmetric)
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lightning_compress.core import masking
 from lightning_compress.core.quant_grid import (
@@ -50,7 +51,7 @@ def _rows(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 def _deepspeed_grid(
     rows: torch.Tensor, spec: QuantSpec, ranges: tuple[torch.Tensor, torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    lo, hi = ranges if ranges is not None else (rows.detach().float().amin(1), rows.detach().float().amax(1))
+    lo, hi = ranges if ranges is not None else torch.aminmax(rows.detach().float(), dim=1)
     return deepspeed_affine_params(lo, hi, spec.bits, spec.symmetric)
 
 
@@ -124,6 +125,16 @@ def quantize_weight_int(
     return q, scale, (zp if not spec.symmetric else None)
 
 
+_STEPS = [0]  # optimizer steps taken in this process (any torch optimizer): invalidates the no-grad cache
+
+
+def _count_step(optimizer: object, args: object, kwargs: object) -> None:
+    _STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
 class WeightFakeQuant:
     """A weight transform ``fn(module, weight)`` for :func:`core.masking.add_param_transform`.
 
@@ -144,6 +155,8 @@ class WeightFakeQuant:
         self.enabled = enabled
         self.transposed = transposed
         self.ranges: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: no-grad forwards (evaluation): (key, quantized weight) of the last call, see :meth:`__call__`
+        self._cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def current_spec(self) -> QuantSpec:
@@ -160,11 +173,39 @@ class WeightFakeQuant:
         rows = as_rows(self._oriented(weight.detach()), spec.granularity, spec.group_size, spec.groups)
         self.ranges = row_range(rows, self.observer, spec.bits, spec.symmetric, 0.9999)
 
+    def _cache_key(self, module: nn.Module, weight: torch.Tensor) -> tuple | None:
+        """Key of a reusable no-grad result: only for the module's own parameter (not a masked copy,
+        whose storage is new at every call), off ZeRO-3 (its gathered weight is released after use),
+        and tied to the parameter's ``_version`` (in-place writes, ``load_state_dict``), its storage,
+        the optimizer steps taken, and this quantizer's settings."""
+        if torch.is_grad_enabled() or hasattr(weight, "ds_id") or type(weight) not in (torch.Tensor, nn.Parameter):
+            return None
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return None
+        if not any(weight is p for p in module._parameters.values()):
+            return None
+        return (id(weight), weight._version, weight.data_ptr(), weight.dtype, _STEPS[0], self.bits, self.spec,
+                self.observer, self.transposed, id(self.ranges), self.ranges)
+
     def __call__(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized weight.  Under ``torch.no_grad`` (evaluation) the result is kept and
+        returned again while the parameter is unchanged (same ``_version`` and storage, no optimizer
+        step since, same settings): weight fake-quant is paid once per evaluation, not per batch."""
         if not self.enabled:
             return weight
+        key = self._cache_key(module, weight)
+        if key is not None and self._cache is not None and _same_key(self._cache[0], key):
+            return self._cache[1]
+        out = self._quantize(weight)
+        self._cache = None if key is None else (key, out)
+        return out
+
+    def _quantize(self, weight: torch.Tensor) -> torch.Tensor:
         out = fake_quant_weight(self._oriented(weight), self.current_spec, self.ranges, self.observer)
         return out.t() if self.transposed else out
+
+    def __getstate__(self) -> dict:  # deepcopy / pickle: the cache stays behind
+        return {**self.__dict__, "_cache": None}
 
     def quantize_int(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Codes of ``weight`` (of its transpose ``[out, in]`` when :attr:`transposed`)."""
@@ -174,12 +215,20 @@ class WeightFakeQuant:
         return f"WeightFakeQuant(bits={self.bits}, spec={self.spec}, observer={self.observer!r}, enabled={self.enabled})"
 
 
+def _same_key(a: tuple, b: tuple) -> bool:
+    """Keys equal, with the ranges tuple compared by identity (its tensors have no ``==`` to a bool)."""
+    return len(a) == len(b) and all(x is y if isinstance(x, tuple) else x == y for x, y in zip(a, b))
+
+
 def fake_quant_dynamic(x: torch.Tensor, bits: int, symmetric: bool, dims: tuple[int, ...]) -> torch.Tensor:
     """Quantize ``x`` with one range per slice reduced over ``dims`` (per token: ``(-1,)``;
     per image of an NCHW batch: ``(1, 2, 3)``), computed at this call; STE."""
     xf = x.float()
-    lo = xf.detach().amin(dim=dims, keepdim=True)
-    hi = xf.detach().amax(dim=dims, keepdim=True)
+    if len(dims) == 1:  # one pass (aminmax takes a single dim); the same values as amin / amax
+        lo, hi = torch.aminmax(xf.detach(), dim=dims[0], keepdim=True)
+    else:
+        lo = xf.detach().amin(dim=dims, keepdim=True)
+        hi = xf.detach().amax(dim=dims, keepdim=True)
     qmin, qmax = qrange(bits, symmetric)
     if symmetric:
         scale = torch.maximum(lo.abs(), hi.abs()) / qmax

@@ -12,7 +12,7 @@ from lightning_compress.core.quant_grid import OBSERVERS, affine_params, fake_qu
 
 def row_range(rows: torch.Tensor, observer: str, bits: int, symmetric: bool, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
     rows = rows.detach().float()
-    lo, hi = rows.amin(1), rows.amax(1)
+    lo, hi = torch.aminmax(rows, dim=1)  # one pass; the same values as amin / amax
     if observer == "minmax":
         return lo, hi
     if observer == "percentile":
