@@ -75,16 +75,16 @@ class ActFakeQuant:
         hi_b: torch.Tensor = getattr(module, HI)
         init: torch.Tensor = getattr(module, INIT)
         if module.training and not self.frozen:
+            # no host synchronisation: the first batch's range or the EMA, picked on the device
+            # (``r * m + (1 - m) * batch`` rounds as the in-place ``mul_`` / ``add_`` it replaces)
             with torch.no_grad():
                 b_lo, b_hi = torch.aminmax(x.detach().float())  # one pass
-                if bool(init):
-                    lo_b.mul_(self.momentum).add_((1 - self.momentum) * b_lo)
-                    hi_b.mul_(self.momentum).add_((1 - self.momentum) * b_hi)
-                else:
-                    lo_b.copy_(b_lo)
-                    hi_b.copy_(b_hi)
-                    init.fill_(True)
-        if bool(init):
+                m = self.momentum
+                lo_b.copy_(torch.where(init, lo_b * m + (1 - m) * b_lo, b_lo))
+                hi_b.copy_(torch.where(init, hi_b * m + (1 - m) * b_hi, b_hi))
+                init.fill_(True)
+            lo, hi = lo_b, hi_b
+        elif bool(init):
             lo, hi = lo_b, hi_b
         else:
             lo, hi = torch.aminmax(x.detach().float())

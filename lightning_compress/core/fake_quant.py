@@ -176,12 +176,13 @@ class WeightFakeQuant:
     def _cache_key(self, module: nn.Module, weight: torch.Tensor) -> tuple | None:
         """Key of a reusable no-grad result: only for the module's own parameter (not a masked copy,
         whose storage is new at every call), off ZeRO-3 (its gathered weight is released after use),
+        never while tracing / exporting (ONNX QDQ, ``torch.export``: the graph must hold the quantizer),
         and tied to the parameter's ``_version`` (in-place writes, ``load_state_dict``), its storage,
         the optimizer steps taken, and this quantizer's settings."""
         if torch.is_grad_enabled() or hasattr(weight, "ds_id") or type(weight) not in (torch.Tensor, nn.Parameter):
             return None
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-            return None
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return None  # a trace must record the quantizer, not a cached constant
         if not any(weight is p for p in module._parameters.values()):
             return None
         return (id(weight), weight._version, weight.data_ptr(), weight.dtype, _STEPS[0], self.bits, self.spec,
