@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lightning_compress.core.dist import gathered, is_zero3_param
+from lightning_compress.core.distill_losses import first_tensor
 from lightning_compress.oneshot.linear_view import linears
 from lightning_compress.oneshot.methods import BlockContext, OneShotMethod, SmoothQuant
 from lightning_compress.oneshot.stats import BlockStats, collect_stats
@@ -151,14 +152,11 @@ def capture_block_inputs(
 
 
 def _first_output(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    hs = getattr(out, "last_hidden_state", None)
-    if isinstance(hs, torch.Tensor):
-        return hs
-    raise TypeError(f"oneshot: a layer returned {type(out).__name__}; expected a tensor or a tuple starting with one.")
+    """A block's hidden state (:func:`~lightning_compress.core.distill_losses.first_tensor`)."""
+    try:
+        return first_tensor(out)
+    except ValueError:
+        raise TypeError(f"oneshot: a layer returned {type(out).__name__}; expected a tensor or a tuple starting with one.") from None
 
 
 def run_block(block: nn.Module, records: list[Record], hidden: list[torch.Tensor]) -> Iterator[torch.Tensor]:
