@@ -46,7 +46,7 @@ def first_batch(trainer: Trainer, stage: str | None) -> Any:
     """The first batch of ``stage``'s dataloader, or None when the trainer has none (yet)."""
     loop = getattr(trainer, _LOOP.get(stage or "", ""), None)
     source = getattr(loop, "_data_source", None)
-    if source is None or not source.is_defined():
+    if source is None or getattr(source, "instance", None) is None or not source.is_defined():
         return None
     loaders = source.dataloader()
     while isinstance(loaders, list | tuple | dict) and loaders:
