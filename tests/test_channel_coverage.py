@@ -201,3 +201,24 @@ def test_division_by_tracked_channels_is_refused():
     spaces = record_channel_spaces(model, lambda: model(torch.randn(1, 3, 4, 4)))
     b = next(sp for sp in spaces if "b" in sp.producers)
     assert not b.ok and "divides by channels" in b.problems[0]
+
+
+class NoForwardVGG(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = TinyVGG()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.body(x), y)
+
+
+def test_lightning_module_without_forward_takes_example_as_batch():
+    model = NoForwardVGG()
+    batch = (torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+    cb = ChannelPruning(sparsity=0.5, example_input=batch)
+    cb.attach(model)
+    producers = sorted(n for t in cb.targets for n in {m.name for m in t.unit_group.members if m.role == "out"})
+    assert producers == ["body.classifier.0", "body.features.0", "body.features.1", "body.features.4"]
+    with pytest.raises(ValueError, match="needs torch.fx to trace NoForwardVGG or an example input"):
+        ChannelPruning(sparsity=0.5).attach(NoForwardVGG())

@@ -2,8 +2,10 @@
 :func:`lightning_compress.core.channel_trace.record_channel_spaces`), from the first source that has one:
 
 1. an explicit example (a callback's ``example_input`` argument): ``model(example)``; a tuple is
-   unpacked as positional arguments, a dict as keyword arguments;
-2. the model's ``example_input_array`` (Lightning's attribute), called the same way;
+   unpacked as positional arguments, a dict as keyword arguments (a LightningModule without
+   ``forward``: the example is a batch, run as ``training_step(example, 0)``);
+2. the model's ``example_input_array`` (Lightning's attribute), called the same way (skipped for a
+   LightningModule without ``forward``);
 3. under a Trainer, the first batch of the stage's dataloader (``fit``: the train dataloader, also
    through a datamodule), run through the matching step method (``training_step(batch, 0)``,
    ``validation_step``, ``test_step``, ``predict_step``) with ``self.log`` / ``self.log_dict`` made
@@ -71,17 +73,24 @@ def example_run(
 ) -> tuple[Callable[[], Any], str] | None:
     """``(run, what)``: a zero-argument callable running the model on an example, and a phrase naming
     the source (for error messages); None when no source has an example."""
+    no_forward = isinstance(model, LightningModule) and type(model).forward is LightningModule.forward
+    if example is not None and no_forward:
+        return _step_run(model, "training_step", example), "`example_input` (a batch) through `training_step`"
     if example is not None:
         return (lambda: _call(model, example)), "`example_input`"
     arr = getattr(model, "example_input_array", None)
-    if arr is not None:
+    if arr is not None and not no_forward:
         return (lambda: _call(model, arr)), "`example_input_array`"
     if trainer is None or not isinstance(model, LightningModule) or stage not in _STEP:
         return None
     batch = first_batch(trainer, stage)
     if batch is None:
         return None
-    step = _STEP[stage]
+    return _step_run(model, _STEP[stage], batch), f"the first {stage} batch through `{_STEP[stage]}`"
+
+
+def _step_run(model: LightningModule, step: str, batch: Any) -> Callable[[], Any]:
+    """``model.<step>(batch, 0)`` with ``self.log`` / ``self.log_dict`` as no-ops for the call."""
 
     def run() -> Any:
         quiet = lambda *a, **k: None  # noqa: E731 - self.log outside the loop would raise
@@ -92,7 +101,7 @@ def example_run(
             model.__dict__.pop("log", None)
             model.__dict__.pop("log_dict", None)
 
-    return run, f"the first {stage} batch through `{step}`"
+    return run
 
 
 __all__ = ["example_run", "first_batch"]
