@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from lightning_compress.core.args import check_bool, check_choice, check_int, fail, is_int
+from lightning_compress.core.fake_quant_fused import fake_quant_grid, fast_path, straight_through
 
 SUPPORTED_WEIGHT_BITS = (1, 2, 3, 4, 8)
 #: widths of ``scheme="deepspeed"`` (DeepSpeed's quantizers take any width; 1 binary, 2 ternary)
@@ -197,6 +198,13 @@ def deepspeed_affine_params(
 def fake_quant_rows(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
     """Fake-quantize float32 ``rows`` [R, n] with one (scale, zp) per row; STE; ONNX-exportable."""
     qmin, qmax = qrange(bits, symmetric)
+    if fast_path():  # the same values and gradients in one fused autograd.Function (see fake_quant_fused)
+        q8min, q8max = qrange(8, symmetric)
+        if bits >= 8:
+            return fake_quant_grid(rows, scale, zp, q8min, q8max)
+        lo_v = ((qmin - 0.49 - zp).float() * scale).unsqueeze(1)
+        hi_v = ((qmax + 0.49 - zp).float() * scale).unsqueeze(1)
+        return fake_quant_grid(rows, scale, zp, q8min, q8max, lo_v, hi_v)
     if bits < 8:
         # clip to the b-bit range; the bounds sit 0.49 step outside it, so every value that rounds
         # into the range keeps its gradient (as in torch.fake_quantize_*) and clipped ones round to
@@ -212,4 +220,6 @@ def fake_quant_rows(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, b
 
 def ste(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Value ``q`` exactly, gradient of ``w`` (straight through)."""
+    if fast_path():
+        return straight_through(w, q)
     return q.detach() + (w - w.detach())
