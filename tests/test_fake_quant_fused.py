@@ -125,3 +125,40 @@ def test_nan_stays_nan():
     x = torch.tensor([[0.5, float("nan"), -0.2]])
     out = fake_quant_static(x, torch.tensor([0.01]), torch.tensor([0], dtype=torch.int32), 8, True)
     assert torch.isnan(out[0, 1]) and not torch.isnan(out[0, [0, 2]]).any()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_training_steps_bit_identical(monkeypatch, autocast):
+    """Four AdamW steps of a small MLP under W4 group + W8 channel + A8 static / A4 dynamic quantizers:
+    the parameters and the learned static ranges are the same bits with the fused path and the reference."""
+    from torch import nn
+
+    from lightning_compress.core.act_quant import HI, LO
+    from lightning_compress.core.act_quantizer import ActQuantizer
+    from lightning_compress.core.weight_quantizer import WeightQuantizer
+
+    def train(enabled: bool) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(fake_quant_fused, "ENABLED", enabled)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+        WeightQuantizer(model, bits=4, granularity="group", group_size=8, modules=["0"])
+        WeightQuantizer(model, bits=8, granularity="channel", modules=["2"])
+        ActQuantizer(model, bits=8, range="static", modules=["0", "2"])
+        ActQuantizer(model, bits=4, range="dynamic", symmetric=False, modules=["4"])
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x = torch.randn(8, 16, generator=g)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(x).float().pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state.update({f"{i}.{n}": getattr(model[i], n).clone() for i in (0, 2) for n in (LO, HI)})
+        return state
+
+    fused, ref = train(True), train(False)
+    assert fused.keys() == ref.keys()
+    for k in ref:
+        assert _same(fused[k], ref[k]), k
