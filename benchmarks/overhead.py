@@ -6,7 +6,8 @@ Recipes (``--recipes``, comma separated; default all):
 * ``w8a8``: ``WeightQuant(bits=8, granularity="channel")`` + ``ActQuant(bits=8, range="static")`` on the encoder;
 * ``w4g``: ``WeightQuant(bits=4, granularity="group", group_size=64)`` on the encoder;
 * ``a8dyn``: ``ActQuant(bits=8, range="dynamic")`` (per token) on the encoder;
-* ``snip+w8a8``: the pruning and the two quantizers together.
+* ``snip+w8a8``: the pruning and the two quantizers together;
+* ``w8a8-ref``: ``w8a8`` with the reference fake-quant ops (``core.fake_quant_fused.ENABLED`` off during its steps).
 
 Every recipe trains its own copy of the same model (same init) side by side with a dense copy, one
 step each in turn (interleaved, so machine noise hits both alike), all in one process: a plain
@@ -55,7 +56,27 @@ def recipes(total: int, frequency: int) -> dict[str, tuple[str, Callable[[], lis
         "w4g": ("W4 group 64", lambda: [WeightQuant(bits=4, granularity="group", group_size=64, modules=ENC)]),
         "a8dyn": ("A8 dynamic per token", lambda: [ActQuant(bits=8, range="dynamic", modules=ENC)]),
         "snip+w8a8": ("SnipMomentum + W8A8", lambda: [snip(), w8(), a8s()]),
+        "w8a8-ref": ("W8A8, reference fake-quant ops", lambda: [ReferenceOps(), w8(), a8s()]),
     }
+
+
+class ReferenceOps:
+    """Not a compression callback: runs its recipe's steps with ``core.fake_quant_fused.ENABLED`` off
+    (``torch.fake_quantize_*`` and autograd-recorded clips, the ops before issue 17's fused path)."""
+
+    def setup(self, trainer: Any, model: Any, stage: str) -> None: ...
+
+    def on_train_start(self, trainer: Any, model: Any) -> None: ...
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        from lightning_compress.core import fake_quant_fused
+
+        fake_quant_fused.ENABLED = False
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        from lightning_compress.core import fake_quant_fused
+
+        fake_quant_fused.ENABLED = True
 
 
 class Runner:

@@ -2,7 +2,8 @@
 :class:`WeightFakeQuant`, integer codes :func:`quantize_weight_int`) and activations
 (:func:`fake_quant_dynamic`, :func:`fake_quant_static`); :func:`weight_quantizer` /
 :func:`pre_quant_weight` read them back from a module.  Formats: :mod:`lightning_compress.core.quantize`.
-Pure PyTorch."""
+Eager calls run the fused kernels of :mod:`lightning_compress.core.fake_quant_fused` (bit-identical to
+the ``torch.fake_quantize_*`` / straight-through formulas they replace).  Pure PyTorch."""
 
 from __future__ import annotations
 
