@@ -18,7 +18,9 @@ out, which makes the ratio stricter, not kinder.  ``--rounds`` rounds of ``--ste
 (after ``--warmup``) each; the table gives the median over rounds of each round's median step time
 and of each round's ratio to the dense copy.
 
-Usage: ``python benchmarks/overhead.py [--steps 20] [--rounds 3] [--threads 2] [--recipes w8a8,w4g]``.
+Usage: ``python benchmarks/overhead.py [--steps 20] [--rounds 3] [--threads 2] [--recipes w8a8,w4g] [--clock cpu]``
+(``--clock cpu`` times each step by the process's CPU time instead of the wall clock: on a box whose
+cores other processes keep busy, waiting for a core then counts for neither copy).
 """
 
 from __future__ import annotations
