@@ -53,6 +53,8 @@ def _grid(
     z = zp.reshape(-1, 1).float()
     t = rows * (1.0 / s)  # the kernels' float inv_scale = 1.0f / scale
     t.round_().add_(z)  # nearbyint, then + zero point in float32
+    if mask and t.device.type == "cpu" and bool(t.amin() >= qmin) and bool(t.amax() <= qmax):
+        return t.sub_(z).mul_(s), None  # every code in range: the clamp is a no-op, the mask all True
     if mask:
         c = t.clamp(qmin, qmax)
         m = c == t
@@ -63,13 +65,21 @@ def _grid(
 
 class _FakeQuantRows(torch.autograd.Function):
     """Values of :func:`_grid` after the optional clip to ``[lo_v, hi_v]`` (per row, sub-8-bit widths);
-    backward: ``grad * mask``, then the clip's gradient (``+0`` outside, half on a bound)."""
+    backward: ``grad * mask``, then the clip's gradient (``+0`` outside, half on a bound).  On CPU, where
+    reading a reduction costs no device sync, two shortcuts with the same bits: rows strictly inside
+    their clip bounds skip the clip and its masks, and codes all in range skip the clamp, the mask and
+    the backward multiply (``grad * 1.0 == grad``)."""
 
     @staticmethod
     def forward(ctx, rows, scale, zp, qmin, qmax, lo_v, hi_v):  # type: ignore[override]
-        if lo_v is None:
+        inside = lo_v is None or (  # read on the host only on CPU (no device sync elsewhere)
+            rows.device.type == "cpu"
+            and bool((rows.amin(1, keepdim=True) > lo_v).all())
+            and bool((rows.amax(1, keepdim=True) < hi_v).all())
+        )
+        if inside:  # nothing clipped, no value on a bound: the clip is the identity, values and gradient
             out, m = _grid(rows, scale, zp, qmin, qmax, True)
-            ctx.save_for_backward(m)
+            ctx.save_for_backward(m)  # None: every code in range, the gradient passes unchanged
             return out
         c = torch.clamp(rows, lo_v, hi_v)  # the values of maximum(minimum(rows, hi_v), lo_v) (lo_v < hi_v)
         keep = c == rows
@@ -81,7 +91,8 @@ class _FakeQuantRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         saved = ctx.saved_tensors
-        g = grad * saved[0]  # fake_quantize's backward: dY * mask
+        # fake_quantize's backward: dY * mask (None: all True, and dY * 1.0 is dY bit for bit)
+        g = grad if saved[0] is None else grad * saved[0]
         if len(saved) == 3:
             _, keep, tie = saved
             g = torch.where(tie, g / 2, g)  # minimum / maximum: half the gradient on a tie
