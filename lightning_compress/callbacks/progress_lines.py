@@ -155,6 +155,7 @@ class ProgressLines(Callback):
         self._reset_epoch()
         self._fit_start = self._last_line = 0.0
         self._start_step = 0
+        self._total: int | None = None  # optimizer steps of the fit (-1: unknown), read at on_train_start
 
     # ------------------------------------------------------------------ output
     def write(self, trainer: Trainer, text: str) -> None:
@@ -173,8 +174,11 @@ class ProgressLines(Callback):
 
     # ------------------------------------------------------------------ pieces of a line
     def _total_steps(self, trainer: Trainer) -> int | None:
-        total = trainer.estimated_stepping_batches
-        return int(total) if isinstance(total, (int, float)) and math.isfinite(total) else None
+        """Optimizer steps of this fit (read once, at ``on_train_start``); None when unknown (infinite)."""
+        if self._total is None:
+            total = trainer.estimated_stepping_batches
+            self._total = int(total) if isinstance(total, (int, float)) and math.isfinite(total) else -1
+        return None if self._total < 0 else self._total
 
     def _shown_metrics(self, trainer: Trainer) -> list[str]:
         out = []
@@ -210,6 +214,7 @@ class ProgressLines(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fit_start = self._last_line = self.clock()
         self._start_step = trainer.global_step
+        self._total = None
         self._reset_epoch()
 
     @override
