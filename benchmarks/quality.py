@@ -31,9 +31,9 @@ agree).  "sparsity" is ``1 - nonzero / total`` over the encoder layers' 2-D weig
 rows count as zeros).  One process per row (``--worker``), so memory and random state start fresh.
 
 INC's venv (``--inc-venv``, default ``benchmarks/.venvs/inc21``, git-ignored) is created on first use:
-``torch==2.13.0`` (installed without its dependencies, since torch 2.13 asks for ``setuptools>=77`` and
-INC 2.1 for an older one), ``neural-compressor==2.1.*``, ``transformers==4.57.6``, ``numpy<2``,
-``setuptools<70``.  The log goes to ``<venv>.log``.
+``torch==2.13.0``, then ``neural-compressor==2.1.*`` (2.1.1), ``transformers==4.57.6``, ``numpy<2``, ``six``
+(INC 2.1 imports it and does not declare it), then ``setuptools<70`` on its own (the setting INC 2.1
+ran with here; torch 2.13 declares ``setuptools>=77``, so the two cannot go in one pip call).  The log goes to ``<venv>.log``.
 
 Results are kept in ``--results`` (JSON) per task and row with the settings used: a rerun skips rows
 already measured with the same settings (``--fresh`` redoes them), so the table can be filled in
@@ -69,8 +69,7 @@ import quality_common as qc  # noqa: E402
 ENC = [r"encoder\.layer\.\d+\."]
 #: the pruning schedule of every pruning row (ours and INC's): fractions of the fit
 SCHEDULE = {"schedule": "exp", "start_step": 0, "end_step": 1.0, "frequency": 0.01}
-INC_PINS = ['"neural-compressor==2.1.*"', '"transformers==4.57.6"', '"numpy<2"', '"setuptools<70"', "safetensors",
-            "six", "filelock", "sympy", "networkx", "jinja2", "fsspec", "typing_extensions"]
+INC_PINS = ['"neural-compressor==2.1.*"', '"transformers==4.57.6"', '"numpy<2"', "safetensors", "six"]
 TORCH_213 = "torch==2.13.0"
 
 ROWS: dict[str, str] = {
@@ -185,16 +184,22 @@ def ensure_inc_venv(venv: Path) -> Path:
     """The INC venv's python, creating the venv first if needed (minutes; log in ``<venv>.log``)."""
     py = venv / "bin" / "python"
     if py.exists():
-        probe = subprocess.run([str(py), "-c", "import neural_compressor, transformers, torch; print(neural_compressor.__version__, torch.__version__)"],
+        # package metadata only (importing neural_compressor takes minutes on a loaded box)
+        names = ["neural-compressor", "torch", "transformers", "six", "numpy"]
+        probe = subprocess.run([str(py), "-c", f"import importlib.metadata as m; print(*[m.version(n) for n in {names}])"],
                                capture_output=True, text=True)
-        if probe.returncode == 0:
+        if probe.returncode == 0 and probe.stdout.split()[:2] and probe.stdout.split()[0].startswith("2.1.") \
+                and probe.stdout.split()[1].startswith("2.13."):
             return py
     log = Path(str(venv) + ".log")
     venv.parent.mkdir(parents=True, exist_ok=True)
     print(f"creating the INC venv {venv} (log: {log}); this takes minutes", flush=True)
     pip = f'"{venv}/bin/pip" install -q'
-    script = (f'{sys.executable} -m venv "{venv}" && {pip} "setuptools<70" wheel && '
-              f'{pip} --no-deps "{TORCH_213}" && {pip} {" ".join(INC_PINS)}')
+    # torch 2.13 declares setuptools>=77 and INC 2.1 ran with setuptools<70: torch first with its
+    # dependencies, then INC and its pins, then setuptools<70 on its own (pip warns about torch's
+    # pin and installs it; torch needs setuptools only to build C++ extensions)
+    script = (f'{sys.executable} -m venv "{venv}" && {pip} "{TORCH_213}" && {pip} {" ".join(INC_PINS)} && '
+              f'{pip} "setuptools<70"')
     with open(log, "w") as f:
         rc = subprocess.run(["bash", "-c", script], stdout=f, stderr=subprocess.STDOUT).returncode
     if rc != 0:
@@ -325,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         run_ours(args.worker, Path(args.prepared), args.model_dir, Path(args.out), args.threads, args.seed, args.lr)
         return
     results_path = Path(args.results)
+    failed = []
     if not args.report:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -355,7 +361,12 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{key}: measured already (--fresh to redo)", flush=True)
                     continue
                 print(f"{time.strftime('%H:%M:%S')} {key}: {ROWS[row]} ...", flush=True)
-                r = run_row(args, task, row, prepared, str(model_dir), inc_py)
+                try:
+                    r = run_row(args, task, row, prepared, str(model_dir), inc_py)
+                except RuntimeError as err:  # the other rows still run; the exit status says it failed
+                    print(f"{key}: FAILED: {err}", flush=True)
+                    failed.append(key)
+                    continue
                 r["settings"] = settings_of(args, task)
                 r["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
                 results = load_results(results_path)
@@ -363,6 +374,10 @@ def main(argv: list[str] | None = None) -> None:
                 results_path.write_text(json.dumps(results, indent=2) + "\n")
                 print(f"{key}: acc {100 * r['scores']['acc']:.2f} f1 {100 * r['scores']['f1']:.2f} sparsity "
                       f"{100 * r['sparsity']:.1f}% train {r['train_seconds']:.0f} s", flush=True)
+                if "slim" in r and r["slim"] != r["masked"]:
+                    print(f"{key}: NOTE the slim model scores {r['slim']}, the masked model {r['masked']}", flush=True)
+        if failed:
+            print(f"failed rows: {failed}", flush=True)
     results = load_results(results_path)
     if not results:
         sys.exit(f"no results in {results_path}")
@@ -372,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"plot: {args.plot}")
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
+    if not args.report and failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
