@@ -23,7 +23,9 @@ targets the encoder's Linear layers (``encoder\\.layer\\.\\d+\\.``):
 * ``head_row``: ``HeadPruning(sparsity=0.5)`` + ``RowPruning(sparsity=0.5, modules=["intermediate\\.dense"])``;
 * ``inc50`` / ``inc80``: Intel Neural Compressor 2.1, ``WeightPruningConfig(pruning_type="snip_momentum",
   pattern="4x1", target_sparsity=0.5 / 0.8)`` with the same steps, frequency, curve and layers
-  (``benchmarks/quality_inc.py``, run by the INC venv's python).
+  (``benchmarks/quality_inc.py``, run by the INC venv's python);
+* ``dense_inc`` (only when named in ``--rows``): the dense loop of ``quality_inc.py`` in the INC venv,
+  no INC call: a check that both sides train alike (its per-step losses beside ``dense``'s).
 
 Ours run through Lightning's ``Trainer`` with the callbacks and ``RedundancyClean(save=False)``: the
 scores are those of the slim model ``RedundancyClean`` builds (the masked model is scored too and must
@@ -82,8 +84,11 @@ ROWS: dict[str, str] = {
     "head_row": "HeadPruning 50% + RowPruning 50% + clean",
     "inc50": "INC 2.1 snip_momentum 4x1 50%",
     "inc80": "INC 2.1 snip_momentum 4x1 80%",
+    "dense_inc": "dense, the INC venv's loop (check)",
 }
-INC_ROWS = {"inc50": 0.5, "inc80": 0.8}
+INC_ROWS = {"inc50": 0.5, "inc80": 0.8, "dense_inc": 0.0}
+#: rows run without --rows (dense_inc only checks that both sides train alike)
+DEFAULT_ROWS = [r for r in ROWS if r != "dense_inc"]
 
 
 def our_callbacks(row: str) -> list[Any]:
@@ -162,7 +167,8 @@ def run_ours(row: str, prepared: Path, model_dir: str, out: Path, threads: int, 
         raise RuntimeError(f"{row}: the fit ran {trainer.global_step} optimizer steps, not {steps}")
     masked = qc.evaluate(module, data["dev"])
     result: dict[str, Any] = {"row": row, "side": "ours", "train_seconds": t.seconds, "steps": steps,
-                              "final_loss": sum(module.losses[-10:]) / len(module.losses[-10:]), "masked": masked}
+                              "final_loss": sum(module.losses[-10:]) / len(module.losses[-10:]),
+                              "losses": module.losses, "masked": masked}
     if clean is not None:
         slim = clean.slim_model
         result["slim"] = qc.evaluate(slim, data["dev"])
@@ -217,6 +223,7 @@ def run_row(args: argparse.Namespace, task: str, row: str, prepared: Path, model
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
     if row in INC_ROWS:
+        env["LOGLEVEL"] = "WARNING"  # INC's logger: one INFO line per layer and prune event otherwise
         cmd = [str(inc_py), str(HERE / "quality_inc.py"), "--prepared", str(prepared), "--model-dir", model_dir,
                "--sparsity", str(INC_ROWS[row]), "--out", str(out), "--threads", str(args.threads),
                "--seed", str(args.seed), "--lr", str(args.lr), "--frequency", str(SCHEDULE["frequency"]),
@@ -306,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default="../shared/data/glue", help="GLUE root with SST-2/ and MRPC/ (train.tsv, dev.tsv)")
     ap.add_argument("--tasks", default="sst2,mrpc")
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma separated, of {list(ROWS)}")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=64)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 import quality_common as qc  # noqa: E402
 
@@ -41,11 +41,16 @@ def resolve(value: float, total: int, minimum: int = 0, cap: bool = True) -> int
     return max(step, minimum)
 
 
+class NoCallbacks:
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return lambda *a, **k: None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prepared", required=True)
     ap.add_argument("--model-dir", required=True)
-    ap.add_argument("--sparsity", type=float, required=True)
+    ap.add_argument("--sparsity", type=float, required=True, help="0: no INC, the plain loop (row dense_inc)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=42)
@@ -55,7 +60,6 @@ def main() -> None:
     ap.add_argument("--row", default="inc")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    logging.getLogger("neural_compressor").setLevel(logging.WARNING)
     import neural_compressor
     from neural_compressor.training import WeightPruningConfig, prepare_compression
 
@@ -72,14 +76,17 @@ def main() -> None:
         op_names=[r"encoder\.layer\.\d+\."], start_step=0, end_step=end_step, pruning_frequency=frequency,
         pruning_scope="global", sparsity_decay_type="exp", max_sparsity_ratio_per_op=0.98,
     )
-    manager = prepare_compression(model, config)
-    cbs = manager.callbacks
+    if args.sparsity > 0:
+        cbs = prepare_compression(model, config).callbacks
+    else:  # the plain loop of this venv, for checking that both sides train alike
+        cbs = NoCallbacks()
     opt, sched = qc.make_optimizer(model, args.lr, steps)
     torch.manual_seed(args.seed)
     losses = []
     with qc.Timer() as t:
         cbs.on_train_begin()
-        for step, batch in enumerate(data["train"]):
+        # a DataLoader as Lightning's (its iterator draws one number from the global generator)
+        for step, batch in enumerate(DataLoader(data["train"], batch_size=None, shuffle=False)):
             cbs.on_step_begin(step)
             loss = model(**batch).loss
             loss.backward()
@@ -93,7 +100,7 @@ def main() -> None:
     scores = qc.evaluate(model, data["dev"])
     result = {
         "row": args.row, "side": "inc", "train_seconds": t.seconds, "steps": steps,
-        "final_loss": sum(losses[-10:]) / len(losses[-10:]), "scores": scores,
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]), "losses": losses, "scores": scores,
         "sparsity": qc.encoder_sparsity(model.state_dict(), dense_numel),
         "params": sum(p.numel() for p in model.parameters()),
         "inc": {"version": neural_compressor.__version__, "torch": torch.__version__,

@@ -57,6 +57,7 @@ def test_lr_schedule_is_glue_berts(bench) -> None:
 
 def test_every_row_builds_its_callbacks(bench) -> None:
     _, _, quality = bench
+    assert "dense_inc" not in quality.DEFAULT_ROWS and set(quality.DEFAULT_ROWS) | {"dense_inc"} == set(quality.ROWS)
     for row in quality.ROWS:
         if row in quality.INC_ROWS:
             continue
