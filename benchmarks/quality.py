@@ -303,7 +303,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"{qc.TASKS[task]} dev accuracy (%)")
         ax.set_title(f"all-MiniLM-L6-v2, {qc.TASKS[task]}: ours (o) vs INC 2.1 (x)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower left")
+        if "dense" in rows:
+            ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
