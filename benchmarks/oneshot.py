@@ -178,7 +178,12 @@ def main() -> None:
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    ap.add_argument("--table", nargs=2, metavar=("OURS_JSON", "LLMC_JSON"),
+                    help="only print the table from two workers' JSON files (e.g. of a run cut short)")
     args = ap.parse_args()
+    if args.table:
+        ours, llmc = (json.loads(Path(p).read_text()) for p in args.table)
+        return print_table({"ours": ours, "llmc": llmc}, [c for c in args.configs if c in ours or c in llmc])
     if args.worker:
         return worker(args.worker, args.tokens, args.group, args.worker_out)
     for c in args.configs:
@@ -224,11 +229,15 @@ def main() -> None:
     results["wall_s"] = time.perf_counter() - t0
     results["load_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=2))
+    print_table(results, args.configs)
+
+
+def print_table(results: dict, configs: list[str]) -> None:
     print("\n| config | ours ppl | llm-compressor ppl | ours / theirs | ours CPU s | theirs CPU s | ours extra MiB | "
           "theirs extra MiB | ours held MiB | verdict |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in args.configs:
-        o = results["ours"].get(name, {})
+    for name in configs:
+        o = results.get("ours", {}).get(name, {})
         t = results.get("llmc", {}).get(name, {})
         ratio = f"{o['ppl'] / t['ppl']:.3f}" if "ppl" in o and "ppl" in t else "-"
         print(f"| {name} | {fmt(o.get('ppl'), '.2f')} | {fmt(t.get('ppl'), '.2f') if 'error' not in t else t['error'][:60]} | "

@@ -33,6 +33,7 @@ import copy
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -91,6 +92,21 @@ def main() -> None:
     data = torch.load(args.tokens)
     calib, evals = data["calib"], data["eval"]
     dense, tok = load_model()
+    # llm-compressor's Oneshot.validate_model reads the on-disk config (AutoConfig.from_pretrained of
+    # model.config.name_or_path) and refuses a model whose config names a quantization method other than
+    # compressed-tensors.  A model loaded from a GGUF file has no config.json there (the package folder
+    # holds only the .gguf) and its config records quant_method "gguf" although transformers dequantized
+    # every weight to float32 (the dense perplexity is the same on both sides).  So the model's config,
+    # without that record, is saved to a folder of its own and the model pointed at it; weights untouched.
+    if getattr(dense.config, "quantization_config", None) is not None:
+        del dense.config.quantization_config
+    cfg_dir = tempfile.mkdtemp(prefix="smollm2-config-")
+    dense.config.save_pretrained(cfg_dir)
+    cfg_file = Path(cfg_dir) / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.pop("quantization_config", None)
+    cfg_file.write_text(json.dumps(cfg, indent=2))
+    dense.config._name_or_path = dense.name_or_path = cfg_dir
     rows: dict = {"versions": {"llmcompressor": llmcompressor.__version__, "compressed_tensors": compressed_tensors.__version__,
                                "torch": torch.__version__, "transformers": transformers.__version__}}
     for name in args.configs:
