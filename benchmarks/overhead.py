@@ -6,7 +6,8 @@ Recipes (``--recipes``, comma separated; default all):
 * ``w8a8``: ``WeightQuant(bits=8, granularity="channel")`` + ``ActQuant(bits=8, range="static")`` on the encoder;
 * ``w4g``: ``WeightQuant(bits=4, granularity="group", group_size=64)`` on the encoder;
 * ``a8dyn``: ``ActQuant(bits=8, range="dynamic")`` (per token) on the encoder;
-* ``snip+w8a8``: the pruning and the two quantizers together.
+* ``snip+w8a8``: the pruning and the two quantizers together;
+* ``w8a8-ref``: ``w8a8`` with the reference fake-quant ops (``core.fake_quant_fused.ENABLED`` off during its steps).
 
 Every recipe trains its own copy of the same model (same init) side by side with a dense copy, one
 step each in turn (interleaved, so machine noise hits both alike), all in one process: a plain
@@ -17,7 +18,9 @@ out, which makes the ratio stricter, not kinder.  ``--rounds`` rounds of ``--ste
 (after ``--warmup``) each; the table gives the median over rounds of each round's median step time
 and of each round's ratio to the dense copy.
 
-Usage: ``python benchmarks/overhead.py [--steps 20] [--rounds 3] [--threads 2] [--recipes w8a8,w4g]``.
+Usage: ``python benchmarks/overhead.py [--steps 20] [--rounds 3] [--threads 2] [--recipes w8a8,w4g] [--clock cpu]``
+(``--clock cpu`` times each step by the process's CPU time instead of the wall clock: on a box whose
+cores other processes keep busy, waiting for a core then counts for neither copy).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from typing import Any, Callable
 import torch
 
 ENC = ["bert.encoder"]
+#: the step timer: ``--clock wall`` (perf_counter, default) or ``--clock cpu`` (process CPU time, all
+#: threads: steadier than wall time on a box whose other processes take the cores; use it with --threads 1)
+CLOCK: Callable[[], float] = time.perf_counter
 
 
 def recipes(total: int, frequency: int) -> dict[str, tuple[str, Callable[[], list[Any]]]]:
@@ -52,7 +58,27 @@ def recipes(total: int, frequency: int) -> dict[str, tuple[str, Callable[[], lis
         "w4g": ("W4 group 64", lambda: [WeightQuant(bits=4, granularity="group", group_size=64, modules=ENC)]),
         "a8dyn": ("A8 dynamic per token", lambda: [ActQuant(bits=8, range="dynamic", modules=ENC)]),
         "snip+w8a8": ("SnipMomentum + W8A8", lambda: [snip(), w8(), a8s()]),
+        "w8a8-ref": ("W8A8, reference fake-quant ops", lambda: [ReferenceOps(), w8(), a8s()]),
     }
+
+
+class ReferenceOps:
+    """Not a compression callback: runs its recipe's steps with ``core.fake_quant_fused.ENABLED`` off
+    (``torch.fake_quantize_*`` and autograd-recorded clips, the ops before issue 17's fused path)."""
+
+    def setup(self, trainer: Any, model: Any, stage: str) -> None: ...
+
+    def on_train_start(self, trainer: Any, model: Any) -> None: ...
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        from lightning_compress.core import fake_quant_fused
+
+        fake_quant_fused.ENABLED = False
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        from lightning_compress.core import fake_quant_fused
+
+        fake_quant_fused.ENABLED = True
 
 
 class Runner:
@@ -67,7 +93,7 @@ class Runner:
     def step(self, step: int) -> float:
         tr, cbs = self.trainer, self.callbacks
         tr.global_step = step
-        t = time.perf_counter()
+        t = CLOCK()
         for cb in cbs:
             cb.on_train_batch_start(tr, None, self.batch, step)
         loss = self.model(**self.batch).loss
@@ -80,7 +106,7 @@ class Runner:
         tr.global_step = step + 1
         for cb in cbs:
             cb.on_train_batch_end(tr, None, None, self.batch, step)
-        return time.perf_counter() - t
+        return CLOCK() - t
 
 
 def main() -> None:
@@ -91,8 +117,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frequency", type=int, default=10)
     ap.add_argument("--recipes", default="snip,w8a8,w4g,a8dyn,snip+w8a8")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="step timer: wall (perf_counter) or cpu (process_time)")
     ap.add_argument("--profile", default=None, help="a recipe to profile (torch.profiler, 3 steps) instead of timing")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -138,7 +167,7 @@ def main() -> None:
         for r in chosen:
             ratio[r].append(med[r][-1] / med["dense"][-1])
     print(f"BERT-small (hidden 256, 4 layers, 4 heads, FFN 1024), batch 8 x 128, AdamW, CPU, {args.threads} threads, "
-          f"{args.rounds} rounds x {args.steps} steps, interleaved")
+          f"{args.rounds} rounds x {args.steps} steps, interleaved, {args.clock} clock")
     print(f"| {'run':<32} | {'median step (ms)':>16} | {'ratio (median of rounds)':>24} | {'ratios per round':<22} |")
     print(f"|{'-' * 34}|{'-' * 18}|{'-' * 26}|{'-' * 24}|")
     print(f"| {'dense':<32} | {statistics.median(med['dense']) * 1e3:16.1f} | {1.0:24.3f} | {'':<22} |")

@@ -374,7 +374,7 @@ ARGS = {
     "RowPruning": ["sparsity", "method", "schedule", "start_step", "end_step", "frequency", "scope",
                    "max_sparsity_per_layer", "modules", "exclude", "groups", "related_modules", "related_pairing"],
     "ChannelPruning": ["sparsity", "method", "schedule", "start_step", "end_step", "frequency", "scope",
-                       "max_sparsity_per_layer", "modules", "exclude", "groups"],
+                       "max_sparsity_per_layer", "modules", "exclude", "groups", "linear", "example_input"],
     "HeadPruning": ["sparsity", "method", "schedule", "start_step", "end_step", "frequency", "scope",
                     "max_sparsity_per_layer", "modules", "exclude", "groups"],
     "WeightQuant": ["bits", "start_bits", "period", "granularity", "group_size", "symmetric", "modules", "exclude",
@@ -411,6 +411,7 @@ PLAUSIBLE = {
     "keep_layers": [1, 2, [0, 1]], "layers": [None, "layers"], "copy_modules": [None], "temperature": [1.0, 2],
     "weights": [None, {"logits": 1.0, "hidden": 0.5}], "output_dir": ["out_dir"], "formats": [["safetensors"], ("onnx",)],
     "example_input": [None, torch.zeros(1, 16)], "latency_runs": [0, 3], "save": [True, False], "fold_batchnorm": [True, False],
+    "linear": [True, False],
 }
 
 

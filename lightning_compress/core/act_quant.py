@@ -17,7 +17,7 @@ from lightning_compress.core import masking
 from lightning_compress.core.conv1d import is_conv1d
 from lightning_compress.core.fake_quant import fake_quant_dynamic, fake_quant_static
 from lightning_compress.core.quant_grid import ACT_QUANT_KIND, affine_params
-from lightning_compress.core.quant_observers import RangeObserver
+from lightning_compress.core.quant_observers import RangeObserver, min_max
 
 LO, HI, INIT = (masking.private_name(n) for n in ("act_lo", "act_hi", "act_init"))
 
@@ -78,7 +78,7 @@ class ActFakeQuant:
             # no host synchronisation: the first batch's range or the EMA, picked on the device
             # (``r * m + (1 - m) * batch`` rounds as the in-place ``mul_`` / ``add_`` it replaces)
             with torch.no_grad():
-                b_lo, b_hi = torch.aminmax(x.detach().float())  # one pass
+                b_lo, b_hi = min_max(x.detach().float())
                 m = self.momentum
                 lo_b.copy_(torch.where(init, lo_b * m + (1 - m) * b_lo, b_lo))
                 hi_b.copy_(torch.where(init, hi_b * m + (1 - m) * b_hi, b_hi))
@@ -87,7 +87,7 @@ class ActFakeQuant:
         elif bool(init):
             lo, hi = lo_b, hi_b
         else:
-            lo, hi = torch.aminmax(x.detach().float())
+            lo, hi = min_max(x.detach().float())
         scale, zp = affine_params(lo.reshape(1), hi.reshape(1), self.bits, self.symmetric)
         return fake_quant_static(x, scale, zp, self.bits, self.symmetric)
 

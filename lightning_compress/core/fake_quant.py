@@ -2,7 +2,8 @@
 :class:`WeightFakeQuant`, integer codes :func:`quantize_weight_int`) and activations
 (:func:`fake_quant_dynamic`, :func:`fake_quant_static`); :func:`weight_quantizer` /
 :func:`pre_quant_weight` read them back from a module.  Formats: :mod:`lightning_compress.core.quantize`.
-Pure PyTorch."""
+Eager calls run the fused kernels of :mod:`lightning_compress.core.fake_quant_fused` (bit-identical to
+the ``torch.fake_quantize_*`` / straight-through formulas they replace).  Pure PyTorch."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lightning_compress.core import masking
+from lightning_compress.core.fake_quant_fused import fast_path, straight_through
+from lightning_compress.core.float_quant import fake_quant_float_weight, is_float_scheme
 from lightning_compress.core.quant_grid import (
     WEIGHT_QUANT_KIND,
     QuantSpec,
@@ -23,7 +26,7 @@ from lightning_compress.core.quant_grid import (
     qrange,
     ste,
 )
-from lightning_compress.core.quant_observers import row_range
+from lightning_compress.core.quant_observers import min_max, row_range
 
 
 def ternary_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +54,7 @@ def _rows(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 def _deepspeed_grid(
     rows: torch.Tensor, spec: QuantSpec, ranges: tuple[torch.Tensor, torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    lo, hi = ranges if ranges is not None else torch.aminmax(rows.detach().float(), dim=1)
+    lo, hi = ranges if ranges is not None else min_max(rows.detach().float(), 1)
     return deepspeed_affine_params(lo, hi, spec.bits, spec.symmetric)
 
 
@@ -77,8 +80,11 @@ def fake_quant_weight(
     """Fake-quantize ``w`` by ``spec`` (same shape and dtype, STE gradient).
 
     ``ranges``: fixed per-row (lo, hi) from an earlier calibration; else ``observer`` computes them
-    (``scheme="deepspeed"``: min / max, as DeepSpeed).
+    (``scheme="deepspeed"``: min / max, as DeepSpeed).  A float ``scheme`` (FP8 / MX / NVFP4) takes its
+    scales from the weight's absolute maximum (:mod:`lightning_compress.core.float_quant`).
     """
+    if is_float_scheme(spec.scheme):
+        return fake_quant_float_weight(w, spec)
     rows = _rows(w, spec).float()
     if spec.bits == 2:
         codes, alpha = ternary_rows(rows)
@@ -103,7 +109,11 @@ def quantize_weight_int(
     """Integer codes ``[rows, n]`` (int32), scale per row (float32) and zero-point per row (asym only).
 
     Affine: ``w ~= (q - zp) * scale``; ternary/binary: ``w ~= q * scale`` with q in {-1,0,1} / {-1,1}.
+    Float schemes have no integer codes: :func:`lightning_compress.core.float_quant.pack_float_weight`.
     """
+    if is_float_scheme(spec.scheme):
+        raise ValueError(f"quantize_weight_int: scheme={spec.scheme!r} is a float format, not an integer grid; "
+                         "use lightning_compress.core.float_quant.quantize_float_weight")
     rows = _rows(w.detach(), spec).float()
     if spec.bits == 2:
         codes, alpha = ternary_rows(rows)
@@ -167,7 +177,7 @@ class WeightFakeQuant:
 
     def calibrate(self, weight: torch.Tensor) -> None:
         """Fix the clipping ranges from ``weight`` with this quantizer's observer (affine widths)."""
-        if self.bits <= 2:
+        if self.bits <= 2 or is_float_scheme(self.spec.scheme):  # no ranges: ternary/binary, float formats
             return
         spec = self.current_spec
         rows = as_rows(self._oriented(weight.detach()), spec.granularity, spec.group_size, spec.groups)
@@ -225,11 +235,7 @@ def fake_quant_dynamic(x: torch.Tensor, bits: int, symmetric: bool, dims: tuple[
     """Quantize ``x`` with one range per slice reduced over ``dims`` (per token: ``(-1,)``;
     per image of an NCHW batch: ``(1, 2, 3)``), computed at this call; STE."""
     xf = x.float()
-    if len(dims) == 1:  # one pass (aminmax takes a single dim); the same values as amin / amax
-        lo, hi = torch.aminmax(xf.detach(), dim=dims[0], keepdim=True)
-    else:
-        lo = xf.detach().amin(dim=dims, keepdim=True)
-        hi = xf.detach().amax(dim=dims, keepdim=True)
+    lo, hi = min_max(xf.detach(), dims, keepdim=True)
     qmin, qmax = qrange(bits, symmetric)
     if symmetric:
         scale = torch.maximum(lo.abs(), hi.abs()) / qmax
@@ -241,6 +247,9 @@ def fake_quant_dynamic(x: torch.Tensor, bits: int, symmetric: bool, dims: tuple[
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     if not symmetric:
         zp = torch.clamp(torch.round(-lo / scale), qmin, qmax)
+    if fast_path():  # the same float32 operations in place; (q - zp) * scale holds no -0.0
+        out = (xf.detach() / scale).round_().add_(zp).clamp_(qmin, qmax).sub_(zp).mul_(scale)
+        return straight_through(xf, out, plus_zero=False).to(x.dtype)
     q = torch.clamp(torch.round(xf / scale) + zp, qmin, qmax)
     out = (q - zp) * scale
     return ste(xf, out).to(x.dtype)

@@ -13,16 +13,21 @@ from typing import Literal
 import torch
 
 from lightning_compress.core.args import check_bool, check_choice, check_int, fail, is_int
+from lightning_compress.core.fake_quant_fused import fake_quant_grid, fast_path, straight_through
+from lightning_compress.core.float_quant import FLOAT_SCHEMES, check_float_spec, element_bits, is_float_scheme
 
 SUPPORTED_WEIGHT_BITS = (1, 2, 3, 4, 8)
 #: widths of ``scheme="deepspeed"`` (DeepSpeed's quantizers take any width; 1 binary, 2 ternary)
 DEEPSPEED_WEIGHT_BITS = tuple(range(1, 17))
 SUPPORTED_ACT_BITS = (4, 8)
 Granularity = Literal["tensor", "channel", "group", "row_block"]
-Scheme = Literal["affine", "deepspeed"]
+Scheme = Literal[
+    "affine", "deepspeed", "fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "nvfp4"
+]
 Observer = Literal["minmax", "percentile", "mse"]
 GRANULARITIES = ("tensor", "channel", "group", "row_block")
-SCHEMES = ("affine", "deepspeed")
+#: integer grids, then the float formats of :mod:`lightning_compress.core.float_quant`
+SCHEMES = ("affine", "deepspeed", *FLOAT_SCHEMES)
 OBSERVERS = ("minmax", "percentile", "mse")
 
 #: kinds under which weight / input quantizers ride on a module (see ``core/masking.py``)
@@ -69,6 +74,9 @@ class QuantSpec:
 
     def validate(self, owner: str = "quantize", bits_argument: str = "bits") -> "QuantSpec":
         check_choice(self.scheme, "scheme", owner, SCHEMES)
+        if is_float_scheme(self.scheme):  # bits = the element width; granularity as the format defines it
+            check_float_spec(self, owner)
+            return self
         check_bits(self.bits, supported_bits(self.scheme), bits_argument, owner)
         check_choice(self.granularity, "granularity", owner, GRANULARITIES)
         check_bool(self.symmetric, "symmetric", owner)
@@ -92,7 +100,9 @@ class QuantSpec:
 
 
 def supported_bits(scheme: str) -> tuple[int, ...]:
-    """The weight widths a ``scheme`` quantizes."""
+    """The weight widths a ``scheme`` quantizes (a float scheme: its element width only)."""
+    if is_float_scheme(scheme):
+        return (element_bits(scheme),)
     return DEEPSPEED_WEIGHT_BITS if scheme == "deepspeed" else SUPPORTED_WEIGHT_BITS
 
 
@@ -195,16 +205,23 @@ def deepspeed_affine_params(
 
 
 def fake_quant_rows(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    """Fake-quantize float32 ``rows`` [R, n] with one (scale, zp) per row; STE; ONNX-exportable."""
+    """Fake-quantize float32 ``rows`` [R, n] with one (scale, zp) per row; STE; ONNX-exportable.
+
+    Eager calls take the fused path (:mod:`~lightning_compress.core.fake_quant_fused`, the same values
+    and gradients); traced / exported / compiled ones record ``torch.fake_quantize_*`` (ONNX QDQ)."""
     qmin, qmax = qrange(bits, symmetric)
+    q8min, q8max = qrange(8, symmetric)
+    lo_v = hi_v = None
     if bits < 8:
         # clip to the b-bit range; the bounds sit 0.49 step outside it, so every value that rounds
         # into the range keeps its gradient (as in torch.fake_quantize_*) and clipped ones round to
         # qmin / qmax
         lo_v = ((qmin - 0.49 - zp).float() * scale).unsqueeze(1)
         hi_v = ((qmax + 0.49 - zp).float() * scale).unsqueeze(1)
+    if fast_path():
+        return fake_quant_grid(rows, scale, zp, q8min, q8max, lo_v, hi_v)
+    if lo_v is not None:
         rows = torch.maximum(torch.minimum(rows, hi_v), lo_v)
-    q8min, q8max = qrange(8, symmetric)
     if rows.shape[0] == 1:
         return torch.fake_quantize_per_tensor_affine(rows, scale.reshape(()), zp.reshape(()), q8min, q8max)
     return torch.fake_quantize_per_channel_affine(rows, scale, zp, 0, q8min, q8max)
@@ -212,4 +229,6 @@ def fake_quant_rows(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, b
 
 def ste(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Value ``q`` exactly, gradient of ``w`` (straight through)."""
+    if fast_path():
+        return straight_through(w, q)
     return q.detach() + (w - w.detach())

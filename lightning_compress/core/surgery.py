@@ -10,7 +10,10 @@ a residual stage, the heads of one attention) and every tensor slice that belong
   does to a zero) and sliced at removal.
 
 A unit spans ``width`` consecutive indices along the member's dim (1 for rows/channels, the head
-size for heads), repeated ``tiles`` times (3 for ``nn.MultiheadAttention``'s packed ``in_proj``).
+size for heads, ``H*W`` for a Linear after a flatten), repeated ``tiles`` times (3 for
+``nn.MultiheadAttention``'s packed ``in_proj``; the groups of a grouped conv, pruned periodically),
+starting at ``offset`` (a slice of a concatenation: a densenet conv reads several groups' channels,
+each at its offset; the entries outside every group's slice stay).
 
 Masks are bool buffers (``persistent=False``): the group's unit mask ``_lc_<kind>_units`` on the
 group's holder module, and per member module one expanded vector per dim ``_lc_<kind>_d<dim>``.
@@ -59,6 +62,13 @@ class Member:
     width: int = 1
     tiles: int = 1
     masked: bool = True  # False: only baked/sliced at clean (nn.MultiheadAttention's out_proj)
+    offset: int = 0  # first index of the member's slice along ``dim`` (a concatenation's segment)
+    partial: bool = False  # True: the slice may be shorter than the dim (the rest is another group's)
+
+    @property
+    def span(self) -> int:
+        """Entries along ``dim`` that the member's units cover (from ``offset``)."""
+        return self.width * self.tiles
 
 
 @dataclass
@@ -86,6 +96,23 @@ class UnitGroup:
     @property
     def mask(self) -> torch.Tensor:
         return getattr(self.holder, self.unit_buffer)
+
+    def __deepcopy__(self, memo: dict) -> UnitGroup:
+        """A copy whose members are the copies of the modules (as the default would make).  Groups link
+        modules across the whole network (a densenet's concatenations), so copying one group walks to the
+        next: the recursion limit is raised for the copy instead of failing deep inside it."""
+        import copy
+        import sys
+
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 50_000))
+        try:
+            new = copy.copy(self)
+            memo[id(self)] = new
+            new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+            return new
+        finally:
+            sys.setrecursionlimit(limit)
 
     def params_per_unit(self) -> int:
         total = 0
@@ -162,10 +189,11 @@ def attach_group(group: UnitGroup, owner: str) -> None:
             continue
         t = _param_or_buffer(m.module, m.params[0])
         length = _full_len(t, m.dim)
-        if length != group.num_units * m.width * m.tiles:
+        need = group.num_units * m.width * m.tiles
+        if (m.offset + need > length) if (m.offset or m.partial) else (length != need):
             raise ValueError(
                 f"module {m.name!r}: dim {m.dim} of {m.params[0]!r} has {length} entries, expected "
-                f"{group.num_units} units x {m.width} x {m.tiles} for {group.name!r}"
+                f"{group.num_units} units x {m.width} x {m.tiles} from offset {m.offset} for {group.name!r}"
             )
         buf = dim_buffer(group.kind, m.dim)
         if buf not in m.module._buffers:
@@ -190,9 +218,10 @@ def sync_group(group: UnitGroup) -> None:
         if not m.masked:
             continue
         vec = getattr(m.module, dim_buffer(group.kind, m.dim))
-        # one vector per (kind, dim): a module is an "out" member (dim 0) of at most one group and an
-        # "in" member (dim 1) of at most one group of a kind
-        vec.copy_(expand(units.to(vec.device), m.width, m.tiles))
+        # one vector per (kind, dim); each group of the kind writes its own slice of it (a module is
+        # an "out" / "in" member of several groups only at disjoint offsets: a concatenation)
+        part = expand(units.to(vec.device), m.width, m.tiles)
+        vec[m.offset:m.offset + part.numel()].copy_(part)
 
 
 # ---------------------------------------------------------------------------- removal
@@ -212,6 +241,16 @@ def detach_group(group: UnitGroup, owner: str) -> None:
     if groups.pop(group.kind, None) is not None and not groups:
         group.holder.__dict__.pop(UNIT_GROUPS, None)
     group.holder._buffers.pop(group.unit_buffer, None)
+
+def _full_keep(m: Member, part: torch.Tensor) -> torch.Tensor:
+    """The keep vector of ``m``'s whole dim: ``part`` at ``m.offset``, True elsewhere."""
+    length = _full_len(_param_or_buffer(m.module, m.params[0]), m.dim)
+    if m.offset == 0 and part.numel() == length:
+        return part
+    full = torch.ones(length, dtype=torch.bool)
+    full[m.offset:m.offset + part.numel()] = part
+    return full
+
 
 def _keep_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask.bool().cpu(), as_tuple=False).flatten()
@@ -257,7 +296,7 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
         if units.all():
             continue
         for m in g.members:
-            vec = expand(units, m.width, m.tiles)
+            vec = _full_keep(m, expand(units, m.width, m.tiles))
             entry = keep.setdefault(id(m.module), (m.module, {}, set()))
             prev = entry[1].get(m.dim)
             entry[1][m.dim] = vec if prev is None else (prev & vec)
@@ -289,6 +328,8 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = int(w.shape[0]), int(w.shape[1])
         elif isinstance(module, nn.Conv2d):
+            if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+                module.groups = int(w.shape[0])  # depthwise: one filter per channel, still
             module.out_channels = int(w.shape[0])
             module.in_channels = int(w.shape[1]) * module.groups
         elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):

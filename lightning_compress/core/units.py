@@ -36,8 +36,9 @@ def unit_reduce(group: UnitGroup, tensor_of: Callable[[nn.Parameter], torch.Tens
             continue
         t = t.double().cpu()
         per_row = t.reshape(t.shape[0], -1).sum(dim=1) if m.dim == 0 else t.transpose(0, m.dim).reshape(t.shape[m.dim], -1).sum(1)
-        total += per_row.reshape(m.tiles, group.num_units, m.width).sum(dim=(0, 2))
-        count += t.numel() // group.num_units
+        span = m.tiles * group.num_units * m.width  # a concatenation's member: its slice from ``offset``
+        total += per_row[m.offset:m.offset + span].reshape(m.tiles, group.num_units, m.width).sum(dim=(0, 2))
+        count += t.numel() // t.shape[m.dim] * span // group.num_units
     return total / max(count, 1)
 
 

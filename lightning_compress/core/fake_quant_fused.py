@@ -1,0 +1,135 @@
+"""The eager fast path of fake quantization: one ``torch.autograd.Function`` per quantizer that computes
+the on-grid value with a short chain of in-place vectorized ops and saves only what the backward needs
+(a bool mask, or nothing), instead of ``torch.fake_quantize_per_{tensor,channel}_affine`` (a scalar
+loop on CPU) behind autograd-recorded ``minimum`` / ``maximum`` clips and ``q.detach() + (w - w.detach())``.
+
+Bit-identical, values and gradients, to the ops it replaces for finite inputs (``tests/test_qat_exact.py``
+compares both against a frozen copy of the old formulas, ties included):
+
+* ``torch.fake_quantize_*`` computes per element ``q = zp + nearbyint(x * (1.0f / scale))`` in float32,
+  output ``(clamp(q, qmin, qmax) - zp) * scale``, gradient ``grad * (qmin <= q <= qmax)``; the chain
+  below does the same float32 operations in the same order (``torch.round`` is round half to even,
+  as ``nearbyint``), and adds ``zp`` before the clamp so that a ``-0.0`` code comes out ``+0.0`` as the
+  kernel's integer arithmetic gives.
+* the sub-8-bit clip ``maximum(minimum(x, hi), lo)``: same values as ``clamp(x, lo, hi)``; its gradient
+  is ``+0`` where ``x`` was clipped and half the incoming gradient where ``x`` equals a bound exactly
+  (the tie rule of ``minimum`` / ``maximum``); both are reproduced.
+* ``ste(w, q)``: ``q + (w - w)`` is ``q + 0.0`` (a ``-0.0`` becomes ``+0.0``), gradient ``grad`` unchanged.
+
+Non-finite inputs are the exception, on purpose: the old kernel casts ``NaN`` / ``inf`` codes to an
+integer (undefined behaviour; on x86 a NaN or +inf comes out as ``qmin * scale``, a silent finite
+value); here a NaN stays NaN and ``+-inf`` clamps to ``qmax`` / ``qmin``.
+
+:func:`fast_path` is False while tracing, exporting or compiling: the graph then records the
+``torch.fake_quantize_*`` ops (ONNX QDQ, ``torch.export``; inductor fuses them itself).
+:data:`ENABLED` switches the fast path off process-wide (a fallback, and the tests' reference).
+Pure PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: False: every quantizer takes the reference ops (``torch.fake_quantize_*``, autograd-recorded clips)
+ENABLED = True
+
+
+def fast_path() -> bool:
+    """True when the fused eager path may run: :data:`ENABLED`, and not tracing / exporting / compiling."""
+    return ENABLED and not (
+        torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+def _grid(
+    rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int, mask: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``fake_quantize_per_channel_affine(rows, scale, zp, 0, qmin, qmax)`` of float32 ``rows [R, n]``
+    (``R == 1``: the per-tensor op) and, with ``mask``, its gradient mask ``qmin <= code <= qmax``."""
+    s = scale.reshape(-1, 1)
+    z = zp.reshape(-1, 1).float()
+    t = rows * (1.0 / s)  # the kernels' float inv_scale = 1.0f / scale
+    t.round_().add_(z)  # nearbyint, then + zero point in float32
+    if mask and t.device.type == "cpu" and bool(t.amin() >= qmin) and bool(t.amax() <= qmax):
+        return t.sub_(z).mul_(s), None  # every code in range: the clamp is a no-op, the mask all True
+    if mask:
+        c = t.clamp(qmin, qmax)
+        m = c == t
+    else:
+        c, m = t.clamp_(qmin, qmax), None
+    return c.sub_(z).mul_(s), m
+
+
+class _FakeQuantRows(torch.autograd.Function):
+    """Values of :func:`_grid` after the optional clip to ``[lo_v, hi_v]`` (per row, sub-8-bit widths);
+    backward: ``grad * mask``, then the clip's gradient (``+0`` outside, half on a bound).  On CPU, where
+    reading a reduction costs no device sync, two shortcuts with the same bits: rows strictly inside
+    their clip bounds skip the clip and its masks, and codes all in range skip the clamp, the mask and
+    the backward multiply (``grad * 1.0 == grad``)."""
+
+    @staticmethod
+    def forward(ctx, rows, scale, zp, qmin, qmax, lo_v, hi_v):  # type: ignore[override]
+        inside = lo_v is None or (  # read on the host only on CPU (no device sync elsewhere)
+            rows.device.type == "cpu"
+            and bool((rows.amin(1, keepdim=True) > lo_v).all())
+            and bool((rows.amax(1, keepdim=True) < hi_v).all())
+        )
+        if inside:  # nothing clipped, no value on a bound: the clip is the identity, values and gradient
+            out, m = _grid(rows, scale, zp, qmin, qmax, True)
+            ctx.save_for_backward(m)  # None: every code in range, the gradient passes unchanged
+            return out
+        c = torch.clamp(rows, lo_v, hi_v)  # the values of maximum(minimum(rows, hi_v), lo_v) (lo_v < hi_v)
+        keep = c == rows
+        tie = (rows == lo_v).logical_or_(rows == hi_v)
+        out, m = _grid(c, scale, zp, qmin, qmax, True)
+        ctx.save_for_backward(m, keep, tie)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        # fake_quantize's backward: dY * mask (None: all True, and dY * 1.0 is dY bit for bit)
+        g = grad if saved[0] is None else grad * saved[0]
+        if len(saved) == 3:
+            _, keep, tie = saved
+            g = torch.where(tie, g / 2, g)  # minimum / maximum: half the gradient on a tie
+            g = torch.where(keep, g, 0.0)  # ... and +0 where the value was clipped (masked_fill_)
+        return g, None, None, None, None, None, None
+
+
+def fake_quant_grid(
+    rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int,
+    lo_v: torch.Tensor | None = None, hi_v: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused ``fake_quantize`` of float32 ``rows [R, n]`` with one (``scale`` float32, ``zp`` int32) per
+    row and codes in ``[qmin, qmax]``, after clipping to ``[lo_v, hi_v]`` (``[R, 1]``) when given; the
+    mask is computed and saved only when a gradient is needed."""
+    if torch.is_grad_enabled() and rows.requires_grad:
+        return _FakeQuantRows.apply(rows, scale, zp, qmin, qmax, lo_v, hi_v)
+    if lo_v is not None:
+        rows = torch.clamp(rows, lo_v, hi_v)
+    return _grid(rows, scale, zp, qmin, qmax, False)[0]
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Value ``q + 0.0`` (what ``q.detach() + (w - w.detach())`` gives for finite ``w``), gradient of ``w``."""
+
+    @staticmethod
+    def forward(ctx, w, q, plus_zero):  # type: ignore[override]
+        return q.add(0.0) if plus_zero else q.clone() if q is w else q
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return grad, None, None
+
+
+def straight_through(w: torch.Tensor, q: torch.Tensor, plus_zero: bool = True) -> torch.Tensor:
+    """Fused ``ste(w, q)``: ``q`` (detached) as value, the identity gradient to ``w``.  ``plus_zero=False``
+    skips the ``+ 0.0`` pass for callers whose ``q`` holds no ``-0.0``."""
+    q = q.detach()
+    if torch.is_grad_enabled() and w.requires_grad:
+        return _StraightThrough.apply(w, q, plus_zero)
+    return q.add(0.0) if plus_zero else q
