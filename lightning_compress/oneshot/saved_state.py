@@ -6,7 +6,7 @@ after the calibration (``OneShotCompression``'s state) resumes with the very mas
 * ``"mask"``: the ``"sparse_mask"`` keep-mask (bool, the module's own weight layout), from
   SparseGPT / Wanda / Magnitude;
 * ``"weight_quant"``: the fixed-range weight quantizer of GPTQ / RTN / SmoothQuant's W8 --
-  ``spec`` (bits, granularity, group_size, symmetric, groups) and ``lo`` / ``hi`` (float32 per row of
+  ``spec`` (bits, granularity, group_size, symmetric, groups, scheme) and ``lo`` / ``hi`` (float32 per row of
   :func:`~lightning_compress.core.quant_grid.as_rows`, None for the ternary grid);
 * ``"act_quant"``: SmoothQuant's input quantizer (bits, symmetric, range, momentum; the dynamic range
   has no other state).
@@ -32,7 +32,7 @@ from lightning_compress.oneshot.linear_view import TransposedWeightFakeQuant, is
 
 MASK_KIND = "sparse_mask"
 MASK_BUFFER = masking.private_name("mask")
-_SPEC_FIELDS = ("bits", "granularity", "group_size", "symmetric", "groups")
+_SPEC_FIELDS = ("bits", "granularity", "group_size", "symmetric", "groups", "scheme")
 
 
 def _owned(module: nn.Module, owner: str) -> list[masking.Transform]:
