@@ -1,37 +1,45 @@
-"""The main job: train a CIFAR-10 ResNet-20 briefly on CPU, compress it, and print what it bought.
+"""The main job: compress a well-trained CIFAR-10 ResNet-20 on CPU and print what it bought.
 
-    python examples/main_job.py                      # offline: reads ../shared/data/cifar10 zips
-    python examples/main_job.py --data-dir data/cifar10_subset --recipe snip_momentum
+    python examples/main_job.py                          # offline: reads ../shared/data/cifar10
+    python examples/main_job.py --source DIR --recipe channel
 
 Steps (no network needed):
 
-1. Data: if ``--data-dir`` has no ``train/<class>/*.jpg`` + ``test/...`` yet, a class-balanced subset
-   (``--train-per-class`` / ``--test-per-class`` images) is extracted from the zips in ``--source``
-   (default ``../shared/data/cifar10``; a folder with ``train.zip``/``test.zip`` or image folders) and
-   marked as such (``DATA_ORIGIN.json``).  A ``--data-dir`` that already holds other images (the full
-   set, another subset) is refused with the fix.  The run prints which data it uses.
-2. Dense: ResNet-20 trained ``--dense-epochs`` epochs (SGD + cosine).
-3. Compression, fine-tuning ``--compress-epochs`` epochs from the dense weights:
-   * ``channel`` (default when ChannelPruning and RedundancyClean are installed): 50% of the conv
-     channels pruned (residual-coupled convs together), then physically removed by RedundancyClean:
-     a smaller, faster model.
-   * ``snip_momentum``: 4x1 blocks pruned to 50% by SNIP-momentum scores (weights zeroed in place:
-     half the non-zeros, same dense shapes, so latency does not change without sparse kernels).
-4. Report: test accuracy, parameters (total and non-zero), saved size (``torch.save`` of the state dict)
-   and CPU latency (median of interleaved forwards on one test batch) before and after.
+1. Data: CIFAR-10 ``train.zip``/``test.zip`` (or ``train/``/``test/`` image folders) from ``--source``
+   (default ``../shared/data/cifar10``) are decoded once into tensors (about 5 s); ``--train-per-class`` /
+   ``--test-per-class`` keep the first N images of every class.  No data there: ``FileNotFoundError`` saying
+   where it is expected and how to pass it.
+2. Dense: the ResNet-20 shipped in ``examples/cifar/weights/resnet20_dense.pt`` (trained by
+   ``examples/cifar/train_dense.py`` on all 50,000 training images; ``--weights PATH`` for another file of
+   that format), evaluated on every test image (10,000).  Nothing dense is trained here.
+3. Two compression recipes, each a short fine-tune from the dense weights through Lightning's Trainer with
+   the compression callbacks, the dense model as a distillation teacher (``--kd-weight``), and
+   ``RedundancyClean`` at the end:
+   * ``channel``: ``ChannelPruning`` 50% of the conv channels (l1; residual-coupled convs share one mask),
+     pruned over the first 30% of the steps, then physically removed: a smaller, faster model;
+   * ``snip_w8a8``: ``SnipMomentumPruning`` 4x1 blocks at 50% (global ranking) + ``WeightQuant`` 8 bits per
+     channel + ``ActQuant`` 8 bits static: int8 weights stored, half of them zero (same dense shapes, so
+     latency does not drop without sparse / int8 kernels).
+4. Report: test accuracy on every test image before / after, parameters (total, non-zero), weight bits,
+   file size (``model.safetensors`` as ``RedundancyClean`` stores it; the dense weights the same way), CPU
+   latency (median of interleaved forwards of one test batch), printed and written to
+   ``out/main_job/report.json``, plus a picture ``out/main_job/report.png`` (per-layer sparsity and bits,
+   accuracy against latency; needs matplotlib, the ``plot`` extra).
 
-About 4-5 minutes on 2 CPU cores with the defaults (4 min 7 s measured on a shared, loaded 2-core box).
+Progress: one line per phase and per epoch (loss, accuracy, sparsity / bits, ETA; also every 30 s) when
+stdout is not a terminal; Lightning's progress bar (rich when installed) when it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
+import math
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +52,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import lightning_compress  # noqa: E402,F401
-from examples.cifar.data import CifarDataModule, prepare_subset  # noqa: E402
 from examples._quiet import hide_lightning_tips  # noqa: E402
-from examples.cifar.model import CifarResNet  # noqa: E402
+from examples.cifar.finetune import FineTune  # noqa: E402
+from examples.cifar.tensor_data import CifarTensors, accuracy, load_cifar  # noqa: E402
+from examples.cifar.train_dense import load_dense, normalize  # noqa: E402
 
-
-def available_recipes() -> list[str]:
-    import lightning_compress.callbacks as cbs
-
-    recipes = []
-    if hasattr(cbs, "ChannelPruning") and hasattr(cbs, "RedundancyClean"):
-        recipes.append("channel")
-    recipes.append("snip_momentum")
-    return recipes
+DEFAULT_WEIGHTS = ROOT / "examples" / "cifar" / "weights" / "resnet20_dense.pt"
+RECIPES = ("channel", "snip_w8a8")
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -74,13 +76,6 @@ def effective_weights(model: nn.Module) -> list[torch.Tensor]:
 def count_params(model: nn.Module) -> tuple[int, int]:
     weights = effective_weights(model)
     return sum(w.numel() for w in weights), sum(int(torch.count_nonzero(w)) for w in weights)
-
-
-def saved_size(model: nn.Module) -> int:
-    """Bytes of ``torch.save(state_dict)`` (what a checkpoint of the weights takes)."""
-    buf = io.BytesIO()
-    torch.save({k: v for k, v in model.state_dict().items()}, buf)
-    return buf.tell()
 
 
 @torch.inference_mode()
@@ -101,164 +96,262 @@ def interleaved_latency_ms(models: list[nn.Module], x: torch.Tensor, repeats: in
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, loader: Any) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(-1) == y).sum())
-        total += y.numel()
-    return correct / max(1, total)
+def check_slim(trained: nn.Module, slim: nn.Module, images: torch.Tensor, label: str) -> dict[str, float]:
+    """Compare the slim model with the trained (masked / fake-quantized) one on ``images``; refuse a slim
+    model that predicts differently (RedundancyClean must not change what the model computes)."""
+    x = normalize(images)
+    trained.eval()
+    slim.eval()
+    a, b = trained(x), slim(x)
+    agree = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+    diff = float((a - b).abs().max())
+    if agree < 0.99:
+        raise RuntimeError(f"main_job: {label}: the RedundancyClean model predicts differently from the trained model "
+                           f"on {len(x)} test images (same class for {agree:.1%}, max |logit difference| {diff:.3g})")
+    return {"same_prediction": agree, "max_abs_logit_diff": diff}
 
 
-def measure(name: str, model: nn.Module, dm: CifarDataModule) -> dict[str, Any]:
-    total, nonzero = count_params(model)
-    return {
-        "model": name,
-        "test_acc": accuracy(model, dm.test_dataloader()),
-        "params": total,
-        "nonzero_params": nonzero,
-        "size_bytes": saved_size(model),
-    }
+def dense_safetensors_bytes(network: nn.Module, out_dir: Path) -> int:
+    """Bytes of the dense weights saved as ``model.safetensors`` (as RedundancyClean saves the slim ones)."""
+    from safetensors.torch import save_file
 
-
-def print_report(rows: list[dict[str, Any]], batch: int) -> None:
-    head = f"{'model':<40}{'test acc':>9}{'params':>10}{'non-zero':>10}{'size (KB)':>11}{f'latency b{batch} (ms)':>20}"
-    print("\n" + head)
-    print("-" * len(head))
-    for r in rows:
-        print(
-            f"{r['model']:<40}{r['test_acc']:>9.4f}{r['params']:>10,}{r['nonzero_params']:>10,}"
-            f"{r['size_bytes'] / 1024:>11.1f}{r['latency_ms']:>20.2f}"
-        )
-    if len(rows) >= 2:
-        a, b = rows[0], rows[-1]
-        print(
-            f"\n{b['model']} vs {a['model']}: accuracy {b['test_acc'] - a['test_acc']:+.4f}, "
-            f"non-zero parameters x{a['nonzero_params'] / max(1, b['nonzero_params']):.2f} fewer, "
-            f"size x{a['size_bytes'] / max(1, b['size_bytes']):.2f} smaller, "
-            f"speed-up x{a['latency_ms'] / max(1e-9, b['latency_ms']):.2f}"
-        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(path))
+    return path.stat().st_size
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-def compression_callbacks(
-    recipe: str, sparsity: float, steps: int, out_dir: Path, formats: list[str], latency_runs: int
-) -> list[pl.Callback]:
-    """Prune over the first 60% of the fine-tuning steps, then let the model recover."""
+def recipe_callbacks(recipe: str, sparsity: float) -> list[pl.Callback]:
+    """The compression callbacks of ``recipe`` (steps as fractions of the fit, so any length works)."""
     import lightning_compress.callbacks as cbs
 
-    end = max(0, int(steps * 0.6) - 1)
-    frequency = max(1, end // 8)
     if recipe == "channel":
-        return [
-            cbs.ChannelPruning(sparsity=sparsity, method="l1", start_step=0, end_step=end, frequency=frequency),
-            cbs.RedundancyClean(output_dir=str(out_dir), formats=formats, latency_runs=latency_runs),
-        ]
+        return [cbs.ChannelPruning(sparsity=sparsity, method="l1", schedule="exp", start_step=0, end_step=0.3, frequency=0.03)]
     return [
-        cbs.SnipMomentumPruning(
-            pattern="4x1", sparsity=sparsity, start_step=0, end_step=end, frequency=frequency, max_sparsity_per_layer=0.9
-        )
+        cbs.SnipMomentumPruning(pattern="4x1", sparsity=sparsity, schedule="exp", start_step=0, end_step=0.4,
+                                frequency=0.04, scope="global", max_sparsity_per_layer=0.9),
+        cbs.WeightQuant(bits=8, granularity="channel", symmetric=True),
+        cbs.ActQuant(bits=8, range="static", symmetric=False, momentum=0.95),
     ]
 
 
-def trainer(epochs: int, callbacks: list[pl.Callback], out_dir: Path) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=str(out_dir),
-        enable_progress_bar=sys.stdout.isatty(),
+def recipe_label(recipe: str, sparsity: float) -> str:
+    return {"channel": f"channel {sparsity:.0%}", "snip_w8a8": f"snip_momentum 4x1 {sparsity:.0%} + W8A8"}[recipe]
+
+
+def progress_callbacks(label: str) -> tuple[list[pl.Callback], bool]:
+    """Line-per-epoch progress when stdout is not a terminal, else Lightning's bar (rich if installed)."""
+    if not sys.stdout.isatty():
+        from lightning_compress.callbacks import ProgressLines
+
+        return [ProgressLines(label, every_s=30, metrics=["train_acc", "kd_loss"])], False
+    try:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        return [RichProgressBar()], True
+    except (ImportError, ModuleNotFoundError):  # rich is not installed: Lightning's tqdm bar
+        return [], True
+
+
+def run_recipe(recipe: str, dense: nn.Module, data: CifarTensors, args: argparse.Namespace, x_lat: torch.Tensor,
+               out_dir: Path, phase: Any) -> tuple[dict[str, Any], nn.Module, dict[str, Any]]:
+    """Fine-tune a copy of ``dense`` under ``recipe``; returns the report row, the slim model and plot data."""
+    from lightning_compress.callbacks import RedundancyClean, WeightQuant
+    from lightning_compress.report_plot import layer_compression
+
+    label = recipe_label(recipe, args.sparsity)
+    epochs = args.channel_epochs if recipe == "channel" else args.w8a8_epochs
+    lr = args.channel_lr if recipe == "channel" else args.w8a8_lr
+    per_epoch = data.train[1].numel() // args.batch_size
+    steps = max(1, round(epochs * per_epoch))
+    phase(f"{label}: fine-tune {steps} optimizer steps ({steps / per_epoch:.2f} epochs of {data.train[1].numel():,} "
+          f"images, batch {args.batch_size}, lr {lr}, KD weight {args.kd_weight}) from the dense weights")
+    pl.seed_everything(args.seed, verbose=False)
+    teacher = copy.deepcopy(dense) if args.kd_weight > 0 else None
+    module = FineTune(copy.deepcopy(dense), teacher, lr=lr, kd_weight=args.kd_weight, temperature=args.temperature)
+    compress = recipe_callbacks(recipe, args.sparsity)
+    clean = RedundancyClean(output_dir=str(out_dir / recipe), formats=args.formats, example_input=x_lat,
+                            latency_runs=0, overwrite=True)
+    progress, bar = progress_callbacks(label)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=steps, max_epochs=math.ceil(steps / per_epoch),
+        callbacks=[*compress, clean, *progress], logger=False, enable_checkpointing=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=str(out_dir), enable_progress_bar=bar,
     )
+    t = time.time()
+    trainer.fit(module, data)
+    seconds = time.time() - t
+    slim = clean.slim_model
+    if slim is None:
+        raise RuntimeError(f"main_job: {label}: RedundancyClean produced no slim model")
+    check = check_slim(module, slim, data.test[0][:500], label)
+    bits = {}
+    for cb in compress:
+        if isinstance(cb, WeightQuant) and cb.current_bits is not None:
+            bits.update({name.removeprefix("model."): cb.current_bits for name in cb.targets})
+    total, nonzero = count_params(slim.model)
+    phase(f"{label}: evaluating the RedundancyClean model on {data.test[1].numel():,} test images", new=False)
+    row = {
+        "model": f"{label} + RedundancyClean", "recipe": recipe, "test_acc": accuracy(slim, *data.test),
+        "params": total, "nonzero_params": nonzero, "weight_bits": max(bits.values()) if bits else 32,
+        "size_bytes": Path(clean.files["safetensors"]).stat().st_size if "safetensors" in clean.files else None,
+        "finetune_s": round(seconds, 1), "steps": steps, "epochs": round(steps / per_epoch, 3), "lr": lr,
+        "check": check, "export": clean.files,
+    }
+    layers = layer_compression(dense, slim.model, bits)
+    return row, slim, {"label": label, "layers": layers}
 
 
-def slim_model(model: CifarResNet, callbacks: list[pl.Callback]) -> nn.Module | None:
-    """The physically smaller model after RedundancyClean, if the recipe made one."""
-    for cb in callbacks:
-        for attr in ("slim_model", "model", "cleaned"):
-            slim = getattr(cb, attr, None)
-            if isinstance(slim, nn.Module):
-                return slim
-    return None
+# ---------------------------------------------------------------------------------------------- report
+def print_report(rows: list[dict[str, Any]], batch: int) -> None:
+    head = (f"{'model':<46}{'test acc':>9}{'change':>10}{'params':>10}{'non-zero':>10}{'bits':>6}"
+            f"{'file (KB)':>11}{f'latency b{batch} (ms)':>19}{'speed-up':>10}")
+    print("\n" + head)
+    print("-" * len(head))
+    base = rows[0]
+    for r in rows:
+        change = "" if r is base else f"{(r['test_acc'] - base['test_acc']) * 100:+.2f} pt"
+        size = "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 1024:.1f}"
+        print(f"{r['model']:<46}{r['test_acc']:>9.4f}{change:>10}{r['params']:>10,}{r['nonzero_params']:>10,}"
+              f"{r['weight_bits']:>6}{size:>11}{r['latency_ms']:>19.2f}{base['latency_ms'] / r['latency_ms']:>9.2f}x")
+
+
+#: options of the earlier main job (which trained the dense model itself) and why they went
+RETIRED = {
+    "--dense-epochs": "the main job no longer trains the dense model: it starts from --weights (trained by "
+                      "examples/cifar/train_dense.py; train new ones there and pass --weights PATH)",
+    "--data-dir": "the images are decoded from --source straight into memory (nothing is extracted); pass the "
+                  "CIFAR-10 folder as --source",
+    "--width": "the width comes with --weights (train another with examples/cifar/train_dense.py --width N)",
+}
+
+
+def _retired_dest(option: str) -> str:
+    return "retired_" + option.strip("-").replace("-", "_")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default=None,
+                   help="folder with CIFAR-10 train.zip/test.zip (or train/ and test/ image folders); default "
+                   "../shared/data/cifar10 from the current folder or from the repository root")
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
+                   help="dense ResNet saved by examples/cifar/train_dense.py (default: the shipped ResNet-20)")
+    p.add_argument("--recipe", choices=["both", *RECIPES], default="both")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of channels / weights removed")
+    p.add_argument("--channel-epochs", type=float, default=0.8, help="fine-tuning epochs of the channel recipe")
+    p.add_argument("--w8a8-epochs", type=float, default=0.3, help="fine-tuning epochs of the snip_w8a8 recipe")
+    p.add_argument("--compress-epochs", type=float, default=None, help="sets --channel-epochs and --w8a8-epochs")
+    p.add_argument("--channel-lr", type=float, default=0.02)
+    p.add_argument("--w8a8-lr", type=float, default=0.005)
+    p.add_argument("--kd-weight", type=float, default=1.0, help="distillation from the dense model (0: none)")
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--train-per-class", type=int, default=None, help="first N training images per class (default all)")
+    p.add_argument("--test-per-class", type=int, default=None, help="first N test images per class (default all 1,000)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--latency-batch", type=int, default=32)
+    p.add_argument("--latency-runs", type=int, default=15, help="timed forwards per model (median reported)")
+    p.add_argument("--formats", default="torch_export,safetensors",
+                   help="what RedundancyClean saves (comma-separated: torch_export, safetensors, onnx)")
+    p.add_argument("--out-dir", default="out/main_job")
+    p.add_argument("--seed", type=int, default=0)
+    for old in RETIRED:
+        p.add_argument(old, default=None, help=argparse.SUPPRESS, dest=_retired_dest(old))
+    args = p.parse_args(argv)
+    for old, why in RETIRED.items():
+        if getattr(args, _retired_dest(old)) is not None:
+            p.error(f"{old}: {why}")
+    if args.compress_epochs is not None:
+        args.channel_epochs = args.w8a8_epochs = args.compress_epochs
+    if args.channel_epochs <= 0 or args.w8a8_epochs <= 0:
+        p.error("--channel-epochs / --w8a8-epochs / --compress-epochs must be > 0 (fractions of an epoch are fine)")
+    if not 0 < args.sparsity < 1:
+        p.error(f"--sparsity {args.sparsity}: must be in (0, 1)")
+    args.formats = [f for f in args.formats.split(",") if f]
+    if "safetensors" not in args.formats:
+        args.formats.append("safetensors")  # the report's file size is that file
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     hide_lightning_tips()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="data/cifar10_subset",
-                        help="the subset's image folders (created from --source if missing; not data/cifar10, the "
-                        "folder the CIFAR example CLI reads the full set from)")
-    parser.add_argument("--source", default=None,
-                        help="folder with CIFAR-10 train.zip/test.zip (or image folders) to take the subset from "
-                        "(default: ../shared/data/cifar10 from the current folder or from the repository root)")
-    parser.add_argument("--train-per-class", type=int, default=250)
-    parser.add_argument("--test-per-class", type=int, default=100)
-    parser.add_argument("--recipe", choices=["auto", "channel", "snip_momentum"], default="auto")
-    parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of channels / weights removed")
-    parser.add_argument("--dense-epochs", type=int, default=4)
-    parser.add_argument("--compress-epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=16, help="ResNet first-stage channels (16 = ResNet-20)")
-    parser.add_argument("--latency-batch", type=int, default=32)
-    parser.add_argument("--latency-runs", type=int, default=15, help="timed forwards per model (median reported)")
-    parser.add_argument("--formats", default="torch_export,safetensors",
-                        help="what RedundancyClean saves (comma-separated: torch_export, safetensors, onnx)")
-    parser.add_argument("--out-dir", default="out/main_job")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    recipes = available_recipes()
-    recipe = recipes[0] if args.recipe == "auto" else args.recipe
-    if recipe not in recipes:
-        parser.error(f"--recipe {recipe}: needs callbacks this installation lacks; available: {recipes}")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    args = parse_args(argv)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    recipes = list(RECIPES) if args.recipe == "both" else [args.recipe]
     t0 = time.time()
+    n_phases = 3 + len(recipes)
+    counter = iter(range(1, 100))
+
+    def phase(text: str, new: bool = True) -> None:
+        prefix = f"[phase {next(counter)}/{n_phases}] " if new else "    "
+        print(f"{prefix}{text}  (at {time.time() - t0:.0f} s)", flush=True)
 
     source = args.source
     if source is None:
         candidates = [Path.cwd().parent / "shared" / "data" / "cifar10", ROOT.parent / "shared" / "data" / "cifar10"]
         source = next((c for c in candidates if c.is_dir()), candidates[0])
-    data_dir = prepare_subset(source, args.data_dir, args.train_per_class, args.test_per_class)
-    pl.seed_everything(args.seed, verbose=False)
-    # the folder is the subset prepare_subset made or checked (its DATA_ORIGIN.json says so): use it as it is
-    dm = CifarDataModule(str(data_dir), batch_size=args.batch_size, num_workers=0, subset="folder", download=False)
-    dm.prepare_data()
-    dm.setup("fit")  # prints which data: path, images per split, where they came from
-    print(f"recipe: {recipe}")
-    x = next(iter(dm.test_dataloader()))[0][: args.latency_batch]
+    weights = Path(args.weights)
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"main_job: --weights {str(weights)!r} does not exist. The repository ships the dense ResNet-20 as "
+            f"{DEFAULT_WEIGHTS.relative_to(ROOT)}; to make one: python examples/cifar/train_dense.py --out PATH "
+            "(about an hour on 2 CPU cores), then pass --weights PATH.")
+    phase(f"data: decoding CIFAR-10 from {source}")
+    train = load_cifar(source, "train", args.train_per_class)
+    test = load_cifar(source, "test", args.test_per_class)
+    phase(f"data: {train[1].numel():,} train / {test[1].numel():,} test images", new=False)
+    data = CifarTensors(train, test, batch_size=args.batch_size, seed=args.seed)
+    x_lat = normalize(test[0][: args.latency_batch])
 
-    model = CifarResNet("resnet20", width=args.width, lr=0.1)
-    trainer(args.dense_epochs, [], out_dir).fit(model, dm)
-    rows = [measure("ResNet-20 dense", model.model, dm)]
-    models = [copy.deepcopy(model.model)]  # the dense network, for the latency comparison at the end
-    print(f"dense done in {time.time() - t0:.0f}s: test acc {rows[0]['test_acc']:.4f}")
-
-    steps = args.compress_epochs * (len(dm.train_set) // args.batch_size)
-    formats = [f for f in args.formats.split(",") if f]
-    callbacks = compression_callbacks(recipe, args.sparsity, steps, out_dir / "slim", formats, args.latency_runs)
-    model.hparams.lr = 0.05  # fine-tune from the dense weights with a fresh cosine cycle
-    model.train()  # measuring left it in eval mode; Lightning keeps the modes it finds
-    trainer(args.compress_epochs, callbacks, out_dir).fit(model, dm)
-    label = {"channel": f"channel-pruned {args.sparsity:.0%}", "snip_momentum": f"snip_momentum 4x1 {args.sparsity:.0%}"}[recipe]
-    rows.append(measure(f"{label} (masked)", model.model, dm))
-    models.append(model.model)
-    slim = slim_model(model, callbacks) if recipe == "channel" else None
-    if slim is not None:
-        rows.append(measure(f"{label} + RedundancyClean", slim, dm))
+    phase(f"dense: {weights}")
+    dense, meta = load_dense(weights)
+    dense.eval()
+    dense_acc = accuracy(dense, *test)
+    phase(f"dense: test accuracy {dense_acc:.4f} on {test[1].numel():,} images (the weights file says "
+          f"{meta.get('test_acc', float('nan')):.4f}; trained {meta.get('epochs', '?')} epochs on "
+          f"{meta.get('train_images', '?')} images in {meta.get('train_minutes', '?')} min)", new=False)
+    total, nonzero = count_params(dense)
+    rows = [{"model": f"ResNet-{meta.get('depth', 20)} dense", "recipe": "dense", "test_acc": dense_acc,
+             "params": total, "nonzero_params": nonzero, "weight_bits": 32,
+             "size_bytes": dense_safetensors_bytes(dense, out_dir / "dense")}]
+    models: list[nn.Module] = [dense]
+    plots = []
+    for recipe in recipes:
+        row, slim, plot = run_recipe(recipe, dense, data, args, x_lat, out_dir, phase)
+        rows.append(row)
         models.append(slim)
-    for row, ms in zip(rows, interleaved_latency_ms(models, x, args.latency_runs)):
+        plots.append(plot)
+
+    phase(f"latency: {args.latency_runs} interleaved forwards of {args.latency_batch} test images per model, "
+          f"{torch.get_num_threads()} torch threads")
+    for row, ms in zip(rows, interleaved_latency_ms(models, x_lat, args.latency_runs)):
         row["latency_ms"] = ms
     print_report(rows, args.latency_batch)
-    print(f"\ntotal time {time.time() - t0:.0f}s; torch threads {torch.get_num_threads()}")
-    (out_dir / "report.json").write_text(json.dumps({"recipe": recipe, "args": vars(args), "rows": rows}, indent=2))
-    print(f"report written to {out_dir / 'report.json'}")
-    return {"recipe": recipe, "rows": rows}
+    for r in rows[1:]:
+        print(f"{r['model']}: {r['test_acc'] - dense_acc:+.4f} accuracy ({(r['test_acc'] - dense_acc) * 100:+.2f} points) "
+              f"after {r['steps']} fine-tuning steps ({r['finetune_s']:.0f} s); non-zero parameters "
+              f"x{rows[0]['nonzero_params'] / max(1, r['nonzero_params']):.2f} fewer, file x"
+              f"{rows[0]['size_bytes'] / max(1, r['size_bytes'] or 1):.2f} smaller")
+    result = {"weights": str(weights), "weights_meta": meta, "args": {k: v for k, v in vars(args).items() if not k.startswith("retired_")},
+              "rows": rows, "layers": {p["label"]: p["layers"] for p in plots}, "total_s": round(time.time() - t0, 1)}
+    (out_dir / "report.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nreport written to {out_dir / 'report.json'}")
+    try:
+        from lightning_compress.report_plot import plot_compression
+
+        png = plot_compression(out_dir / "report.png",
+                               [{"name": r["model"], "accuracy": r["test_acc"], "latency_ms": r["latency_ms"]} for r in rows],
+                               result["layers"], title=f"CIFAR-10 ResNet-20 on {test[1].numel():,} test images")
+        result["picture"] = str(png)
+        print(f"picture written to {png}")
+    except ImportError as err:
+        print(f"no picture: {err}")
+    print(f"total time {time.time() - t0:.0f} s; torch threads {torch.get_num_threads()}")
+    return result
 
 
 if __name__ == "__main__":

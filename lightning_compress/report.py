@@ -111,7 +111,12 @@ def schedule_status(callbacks: list[Any]) -> list[dict[str, Any]]:
     * weight quantization (a ``quantizer`` with ``current_bits``): the width in use is the final
       ``bits`` (None = not switched on yet, before ``start_step``);
     * activation quantization (a ``quantizer`` with ``range``): attached, every quantizer enabled, and
-      with ``range="static"`` every range learned.
+      with ``range="static"`` every range learned (entry also has ``"bits"``, ``"range"`` and ``"on"``:
+      attached with every quantizer enabled).
+
+    Pruning entries also carry ``"sparsity"`` (fraction of zeros in the masks now) and ``"groups"``
+    (``events_done`` / ``events_total`` / ``target_sparsity`` per group); weight quantization ones ``"bits"``
+    (the width in use, None before it switches on) and ``"target_bits"``.
 
     Other callbacks are skipped.  Pure: reads the objects' state, changes nothing.
     """
@@ -140,7 +145,8 @@ def schedule_status(callbacks: list[Any]) -> list[dict[str, Any]]:
             detail = (f"{quantizer.bits}-bit {quantizer.range} on {len(quantizer.quantizers)} layers"
                       + (f"; switched off on {off}" if off else "") + (f"; no static range learned for {unlearned}" if unlearned else "")
                       + ("" if quantizer.is_attached else "; not attached"))
-            out.append({"callback": name, "kind": "act_quant", "finished": finished, "detail": detail})
+            out.append({"callback": name, "kind": "act_quant", "finished": finished, "detail": detail,
+                        "bits": quantizer.bits, "range": quantizer.range, "on": quantizer.is_attached and not off})
     return out
 
 
