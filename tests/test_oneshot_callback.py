@@ -58,16 +58,6 @@ def test_validate_calibrates_from_val_loader():
     assert masking.find_transform(lm.model.model.layers[1].mlp.down_proj, "weight", "sparse_mask") is not None
 
 
-def test_resume_after_calibration_is_refused(tmp_path):
-    lm = TinyLM()
-    t = trainer(max_steps=1, callbacks=[OneShotCompression([Wanda(0.5)], calib_batches=1)])
-    t.fit(lm, token_loader())
-    t.save_checkpoint(tmp_path / "a.ckpt")
-    again = trainer(max_steps=2, callbacks=[OneShotCompression([Wanda(0.5)], calib_batches=1)])
-    with pytest.raises(RuntimeError, match="already calibrated"):
-        again.fit(TinyLM(), token_loader(), ckpt_path=tmp_path / "a.ckpt")
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"OneShotCompression: `calib_batches`=0"):
         OneShotCompression([Wanda(0.5)], calib_batches=0)

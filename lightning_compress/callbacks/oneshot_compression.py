@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 from typing_extensions import override
 
@@ -16,6 +17,7 @@ from lightning_compress.core import masking
 from lightning_compress.core.args import check_bool, check_callable, check_choice, check_int, check_str
 from lightning_compress.oneshot.api import check_methods, oneshot
 from lightning_compress.oneshot.methods import OneShotMethod
+from lightning_compress.oneshot.saved_state import calibration_state, restore_calibration
 from lightning_compress.oneshot.sequential import OneShotReport
 
 NAME = "OneShotCompression"
@@ -45,6 +47,15 @@ class OneShotCompression(CompressionCallback):
       device and, under ZeRO-3, partitioned: each decoder layer's parameters are gathered for its own
       calibration step only (``deepspeed.zero.GatheredParameters``, rank 0's result broadcast).
     * Calibration runs once per model; later stages see the compressed model.
+    * Resume (``fit(..., ckpt_path=...)``): the checkpoint's state (every mask and quantizer range of the
+      calibration that made it, see :mod:`lightning_compress.oneshot.saved_state`) replaces this run's
+      calibration when Lightning restores the callback (right after it restored the checkpoint's
+      weights), so the resumed run equals the uninterrupted one.  Lightning makes the checkpoint known
+      only after ``setup``, so the calibration at ``setup`` still runs (its time is paid again) and is
+      then dropped.  A checkpoint without that state (written without this callback) is refused at
+      ``on_fit_start``, before any training step: this run's masks and ranges come from other weights
+      than the checkpoint's.  ``trainer.validate(..., ckpt_path=...)`` restores instead of calibrating.
+      Under DeepSpeed a restore is refused (``RuntimeError``, not tested there yet).
 
     Under ``torch.distributed`` every rank calibrates on rank 0's batches (broadcast), and masks and
     ranges are broadcast from rank 0, so all ranks hold the same model, equal to a 1-process run on the
@@ -91,8 +102,13 @@ class OneShotCompression(CompressionCallback):
         self.forward = check_callable(forward, "forward", NAME, what="a function (pl_module, batch) -> output") or default_forward
         self.layers = check_str(layers, "layers", NAME, allow_none=True, what="the qualified name of the layer stack")
         self.verbose = check_bool(verbose, "verbose", NAME)
-        #: the calibration report (None before calibration)
+        #: the calibration report (None before calibration and after a resume, which does not calibrate)
         self.report: OneShotReport | None = None
+        #: True once the model carries a calibration (this run's or a checkpoint's)
+        self.calibrated = False
+        #: True once a checkpoint's calibration was restored
+        self.restored = False
+        self._strategy = ""  # the DeepSpeed strategy's class name, "" for any other strategy
 
     @override
     def identity(self) -> dict[str, Any]:
@@ -110,17 +126,32 @@ class OneShotCompression(CompressionCallback):
             self.attach(pl_module, trainer, "validate")
 
     def attach_model(self, trainer: Trainer | None, model: nn.Module, stage: str | None) -> None:
-        if (self._pending_state or {}).get("done"):
-            raise RuntimeError(_RESUME_ERROR)
         if trainer is None:
             raise ValueError(f"{NAME}: needs a Trainer (use lightning_compress.oneshot.oneshot without one).")
+        self._strategy = type(trainer.strategy).__name__ if isinstance(trainer.strategy, DeepSpeedStrategy) else ""
+        if (self._pending_state or {}).get("done"):
+            # a checkpoint's calibration arrived first (trainer.validate(ckpt_path=...)): apply_state restores it
+            self.modules_touched = {}
+            return
         kind = "val" if stage == "validate" else self.dataloader
         batches = self._batches(trainer, model, kind)
         self.report = oneshot(model, self.methods, batches, layers=self.layers, forward=self.forward,
                               owner=self.owner, verbose=self.verbose)
+        self.calibrated = True
         self.modules_touched = {n: m for n, m in model.named_modules() if any(
             o == self.owner for p in masking.transformed_params(m) for o, _ in masking.owners(m, p))
             or any(o == self.owner for o, _ in masking.owners(m))}
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is not None and not self.restored:
+            raise RuntimeError(
+                f"{NAME}: resuming from ckpt_path={str(trainer.ckpt_path)!r}, but that checkpoint holds no {NAME} "
+                f"state with these arguments (it was written without {NAME}), so this run's calibration (of the "
+                f"weights before the checkpoint was loaded) does not fit the checkpoint's weights. Load its weights "
+                f"into the model and fit without `ckpt_path` to calibrate them, or resume from a checkpoint written "
+                f"with {NAME}."
+            )
 
     def _batches(self, trainer: Trainer, model: nn.Module, kind: str) -> list[Any]:
         loop = trainer.fit_loop if kind == "train" else (trainer.validate_loop if trainer.state.fn == "validate" else trainer.fit_loop.epoch_loop.val_loop)
@@ -145,6 +176,8 @@ class OneShotCompression(CompressionCallback):
     @override
     def reset_state(self) -> None:
         self.report = None
+        self.calibrated = False
+        self.restored = False
 
     @override
     def arguments(self) -> dict[str, Any]:
@@ -152,19 +185,38 @@ class OneShotCompression(CompressionCallback):
 
     @override
     def own_state(self) -> dict[str, Any]:
-        return {"done": self.report is not None}
+        model = self.attached_model
+        if not self.calibrated or model is None:
+            return {"done": False}
+        return {"done": True, "calibration": calibration_state(model, self.owner)}
 
     @override
     def apply_state(self, state: dict[str, Any]) -> None:
-        if state.get("done"):
-            raise RuntimeError(_RESUME_ERROR)
+        if not state.get("done"):
+            return
+        if "calibration" not in state:
+            raise RuntimeError(_OLD_CHECKPOINT)
+        if self._strategy:  # a DeepSpeed strategy
+            raise RuntimeError(
+                f"{NAME}: restoring a checkpoint's calibration under {self._strategy} is not supported yet (only "
+                f"single-process and DDP-style strategies are tested; ZeRO partitions the weights the masks refer "
+                f"to). Resume this checkpoint without DeepSpeed, or calibrate again from the dense model without "
+                f"`ckpt_path`."
+            )
+        model = self.attached_model
+        assert model is not None
+        for module in self.modules_touched.values():  # this run's calibration, if any: replaced
+            masking.remove_owner(module, self.owner)
+        self.modules_touched = restore_calibration(model, state["calibration"], self.owner)
+        self.report = None
+        self.calibrated = self.restored = True
 
 
-_RESUME_ERROR = (
-    f"{NAME}: the checkpoint comes from a run that already calibrated, but one-shot masks and quantizer "
-    f"ranges are not stored in checkpoints (yet), so resuming would pair this run's calibration with the "
-    f"checkpoint's fine-tuned weights. Resume without {NAME} from a `clean`-ed model, or calibrate again "
-    f"from the dense model without `ckpt_path`."
+_OLD_CHECKPOINT = (
+    f"{NAME}: the checkpoint comes from a run that already calibrated, but it was written before {NAME} stored "
+    f"its masks and quantizer ranges, so resuming would pair a new calibration with the checkpoint's fine-tuned "
+    f"weights. Resume without {NAME} from a `clean`-ed model, or calibrate again from the dense model without "
+    f"`ckpt_path`."
 )
 
 

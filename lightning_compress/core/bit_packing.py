@@ -6,8 +6,9 @@ import torch
 
 
 def container_bits(bits: int) -> int:
-    """Bits used per value in storage: 8 -> 8, 4 and 3 -> 4 (nibbles), 2 -> 2, 1 -> 1."""
-    return {8: 8, 4: 4, 3: 4, 2: 2, 1: 1}[bits]
+    """Bits used per value in storage: 8 -> 8, 4 and 3 -> 4 (nibbles), 2 -> 2, 1 -> 1; 5, 6 and 7 -> 8
+    (one code per byte: only one-shot GPTQ / RTN make these widths)."""
+    return {8: 8, 7: 8, 6: 8, 5: 8, 4: 4, 3: 4, 2: 2, 1: 1}[bits]
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:

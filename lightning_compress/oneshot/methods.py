@@ -44,7 +44,7 @@ from lightning_compress.oneshot.wanda import wanda_mask
 
 MASK_KIND = "sparse_mask"
 MASK_BUFFER = masking.private_name("mask")
-GPTQ_BITS = (2, 3, 4, 8)
+GPTQ_BITS = (2, 3, 4, 5, 6, 7, 8)
 
 
 @dataclass
@@ -219,7 +219,7 @@ class RTN(OneShotMethod):
         name = type(self).__name__
         if isinstance(bits, bool) or not isinstance(bits, int) or bits not in GPTQ_BITS:
             raise _fail(name, "bits", bits, f"is not supported: use one of {list(GPTQ_BITS)} (2 = the library's ternary grid; "
-                        f"5-7 bits have no packed storage format here).")
+                        f"5-7 bits are stored one code per byte by clean_for_storage, packed by compressed-tensors).")
         if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
             raise _fail(name, "group_size", group_size, "must be a positive integer (input columns per scale) or None (one scale per output channel).")
         if not isinstance(symmetric, bool):
@@ -260,7 +260,7 @@ def _divisor_hint(n: int, gs: int) -> int:
 
 
 class GPTQ(RTN):
-    """GPTQ weight-only quantization: ``bits`` in (2, 3, 4, 8), ``group_size`` input columns per scale
+    """GPTQ weight-only quantization: ``bits`` in 2..8 (2: ternary), ``group_size`` input columns per scale
     (None: per output channel), ``act_order`` (columns by decreasing Hessian diagonal, static groups),
     ``symmetric``, ``damp`` (fraction of the mean Hessian diagonal), ``blocksize`` (lazy batch)."""
 
