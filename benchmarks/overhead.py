@@ -6,7 +6,8 @@ Recipes (``--recipes``, comma separated; default all):
 * ``w8a8``: ``WeightQuant(bits=8, granularity="channel")`` + ``ActQuant(bits=8, range="static")`` on the encoder;
 * ``w4g``: ``WeightQuant(bits=4, granularity="group", group_size=64)`` on the encoder;
 * ``a8dyn``: ``ActQuant(bits=8, range="dynamic")`` (per token) on the encoder;
-* ``snip+w8a8``: the pruning and the two quantizers together.
+* ``snip+w8a8``: the pruning and the two quantizers together;
+* ``snip1``: ``snip`` with a prune event at every optimizer step (``frequency=1``).
 
 Every recipe trains its own copy of the same model (same init) side by side with a dense copy, one
 step each in turn (interleaved, so machine noise hits both alike), all in one process: a plain
@@ -53,6 +54,17 @@ def recipes(total: int, frequency: int) -> dict[str, tuple[str, Callable[[], lis
         "a8dyn": ("A8 dynamic per token", lambda: [ActQuant(bits=8, range="dynamic", modules=ENC)]),
         "snip+w8a8": ("SnipMomentum + W8A8", lambda: [snip(), w8(), a8s()]),
     }
+
+
+def every_step_recipes(total: int) -> dict[str, tuple[str, Callable[[], list[Any]]]]:
+    """``snip1``: the ``snip`` recipe with a prune event at every optimizer step (``frequency=1``, steps 0 to
+    ``total - 1``), to time it beside ``snip`` (every ``--frequency`` steps) in one run."""
+    from lightning_compress import SnipMomentumPruning
+
+    def snip1() -> Any:
+        return SnipMomentumPruning(pattern="4x1", sparsity=0.9, start_step=0, end_step=total - 1, frequency=1)
+
+    return {"snip1": ("SnipMomentumPruning(4x1, 0.9) every step", lambda: [snip1()])}
 
 
 class Runner:
@@ -107,6 +119,7 @@ def main() -> None:
     }
     total = args.rounds * (args.warmup + args.steps) + 10
     table = recipes(total, args.frequency)
+    table.update(every_step_recipes(total))
     chosen = [r for r in args.recipes.split(",") if r]
     if args.profile:
         run = Runner(copy.deepcopy(base), table[args.profile][1](), batch, total)
