@@ -64,7 +64,7 @@ def every_step_recipes(total: int) -> dict[str, tuple[str, Callable[[], list[Any
     def snip1() -> Any:
         return SnipMomentumPruning(pattern="4x1", sparsity=0.9, start_step=0, end_step=total - 1, frequency=1)
 
-    return {"snip1": ("SnipMomentumPruning(4x1, 0.9) every step", lambda: [snip1()])}
+    return {"snip1": ("SnipMomentumPruning(4x1) freq=1", lambda: [snip1()])}
 
 
 class Runner:

@@ -220,3 +220,21 @@ def test_kth_smallest_equals_kthvalue(values, data):
         assert (below, equal) == (int((x < want).sum()), int((x == want).sum()))
     finally:
         kth.RADIX_MIN = saved
+
+
+def test_flat_buffers_that_are_not_the_layers_own_are_ignored(kth_path):
+    from lightning_compress.core.ranking import LayerScores, RankBuffers, select_pruned_units
+
+    g = torch.Generator().manual_seed(3)
+    costs = [torch.rand(40, generator=g), torch.rand(24, generator=g)]
+    layers = [LayerScores(c, 4, 4 * c.numel(), 0.98) for c in costs]
+    want = ref_select([(c, 4, 4 * c.numel(), 0.98) for c in costs], 0.6, "global")
+    bufs = RankBuffers.like(layers)  # right size, but the layers' costs are not its slices
+    got = select_pruned_units(layers, 0.6, "global", flat_costs=bufs.costs.fill_(0.0), pruned_out=bufs.pruned)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    slots = bufs.cost_slots()
+    for c, s in zip(costs, slots):
+        s.copy_(c)
+    laid = [LayerScores(s, 4, 4 * s.numel(), 0.98) for s in slots]
+    got = select_pruned_units(laid, 0.6, "global", flat_costs=bufs.costs, pruned_out=bufs.pruned)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -84,6 +84,18 @@ def _counts(parts: list[torch.Tensor]) -> list[int]:
     return [int(c) for c in torch.stack([torch.count_nonzero(p) for p in parts]).tolist()]
 
 
+def _laid_out(parts: list[torch.Tensor], flat: torch.Tensor) -> bool:
+    """``parts`` are ``flat``'s consecutive slices, in order, covering it."""
+    if flat.dtype != torch.float32 or not flat.is_contiguous() or any(p.device != flat.device for p in parts):
+        return False
+    offset = 0
+    for p in parts:
+        if p.data_ptr() != flat.data_ptr() + 4 * offset:
+            return False
+        offset += p.numel()
+    return offset == flat.numel()
+
+
 def _global_one_unit_size(
     layers: list[LayerScores], k: int, device: torch.device, flat_costs: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
@@ -95,6 +107,8 @@ def _global_one_unit_size(
     ``flat_costs``: the layers' costs already laid end to end (used instead of concatenating them);
     ``out``: a flat bool buffer of that length for the first round's result."""
     costs = [layer.costs.float().reshape(-1).to(device) for layer in layers]
+    if flat_costs is not None and not _laid_out(costs, flat_costs):
+        flat_costs = out = None
     caps = [_cap_units(layer) for layer in layers]
     result: list[torch.Tensor | None] = [None] * len(layers)
     free = list(range(len(layers)))
@@ -139,7 +153,8 @@ def select_pruned_units(
     """
     out: list[torch.Tensor] = []
     if scope == "local":
-        slots = [None] * len(layers) if pruned_out is None else list(torch.split(pruned_out, [lay.costs.numel() for lay in layers]))
+        sizes = [lay.costs.numel() for lay in layers]
+        slots = list(torch.split(pruned_out, sizes)) if pruned_out is not None and sum(sizes) == pruned_out.numel() else [None] * len(layers)
         for layer, slot in zip(layers, slots):
             exact = sparsity * layer.total_elems / layer.unit_elems
             k = int(math.floor(exact + 1e-9)) if rounding == "floor" else int(round(exact))
