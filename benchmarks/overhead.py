@@ -8,6 +8,7 @@ Recipes (``--recipes``, comma separated; default all):
 * ``a8dyn``: ``ActQuant(bits=8, range="dynamic")`` (per token) on the encoder;
 * ``snip+w8a8``: the pruning and the two quantizers together;
 * ``w8a8-ref``: ``w8a8`` with the reference fake-quant ops (``core.fake_quant_fused.ENABLED`` off during its steps).
+* ``snip1``: ``snip`` with a prune event at every optimizer step (``frequency=1``).
 
 Every recipe trains its own copy of the same model (same init) side by side with a dense copy, one
 step each in turn (interleaved, so machine noise hits both alike), all in one process: a plain
@@ -80,6 +81,16 @@ class ReferenceOps:
 
         fake_quant_fused.ENABLED = True
 
+def every_step_recipes(total: int) -> dict[str, tuple[str, Callable[[], list[Any]]]]:
+    """``snip1``: the ``snip`` recipe with a prune event at every optimizer step (``frequency=1``, steps 0 to
+    ``total - 1``), to time it beside ``snip`` (every ``--frequency`` steps) in one run."""
+    from lightning_compress import SnipMomentumPruning
+
+    def snip1() -> Any:
+        return SnipMomentumPruning(pattern="4x1", sparsity=0.9, start_step=0, end_step=total - 1, frequency=1)
+
+    return {"snip1": ("SnipMomentumPruning(4x1) freq=1", lambda: [snip1()])}
+
 
 class Runner:
     def __init__(self, model: torch.nn.Module, callbacks: list[Any], batch: dict[str, torch.Tensor], total: int) -> None:
@@ -136,6 +147,7 @@ def main() -> None:
     }
     total = args.rounds * (args.warmup + args.steps) + 10
     table = recipes(total, args.frequency)
+    table.update(every_step_recipes(total))
     chosen = [r for r in args.recipes.split(",") if r]
     if args.profile:
         run = Runner(copy.deepcopy(base), table[args.profile][1](), batch, total)

@@ -46,8 +46,8 @@ from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.criteria import CRITERIA, Criterion, ScoreState, resolve_criterion
 from lightning_compress.core.dist import full_grad
 from lightning_compress.core.patterns import Pattern, parse_pattern
-from lightning_compress.core.pruner_targets import GradFn, PruneGroup, UnitTarget, WeightTarget
-from lightning_compress.core.ranking import select_pruned_units
+from lightning_compress.core.pruner_targets import GradFn, PruneGroup, UnitTarget, WeightTarget, pruned_counts
+from lightning_compress.core.ranking import RankBuffers, select_pruned_units
 from lightning_compress.core.schedule import SCHEDULES, SparsitySchedule
 from lightning_compress.core.select import apply_exclude, select_modules
 from lightning_compress.core.surgery import UnitGroup
@@ -330,6 +330,7 @@ class Pruner:
             t.detach(self.owner)
         for g in self.groups:
             g.targets = []
+            g.buffers = None
         self.model = None
 
     def reset(self) -> None:
@@ -337,6 +338,7 @@ class Pruner:
         for g in self.groups:
             g.events_done = 0
             g.schedule = None
+            g.buffers = None
         self.history = []
         self.steps_done = 0
         self.resolved_end = self.end_step
@@ -404,7 +406,7 @@ class Pruner:
                 continue
             if not all(self.criterion.ready(t.score) for t in group.targets):
                 continue  # gradient criteria: wait for the first scored optimizer step
-            self.prune_group(group, group.schedule.target(due))
+            self.prune_group(group, group.schedule.target(due), keep_buffers=due < group.schedule.num_events)
             group.events_done = due
             changed = True
         if changed:
@@ -412,14 +414,21 @@ class Pruner:
         return changed
 
     @torch.no_grad()
-    def prune_group(self, group: PruneGroup, sparsity: float) -> None:
-        """Recompute the group's masks to reach ``sparsity`` now (identical on every rank)."""
+    def prune_group(self, group: PruneGroup, sparsity: float, keep_buffers: bool = False) -> None:
+        """Recompute the group's masks to reach ``sparsity`` now (identical on every rank).
+        ``keep_buffers``: more events follow, so keep the group's cost / result buffers
+        (:class:`~lightning_compress.core.ranking.RankBuffers`, 5 bytes per unit) for them."""
         if not group.targets:
             return
-        scored = [t.layer_scores(self.in_engine) for t in group.targets]
-        pruned = select_pruned_units([layer for layer, _ in scored], sparsity, self.scope, self.rounding)
+        bufs = group.buffers if group.buffers is not None and len(group.buffers.sizes) == len(group.targets) else None
+        slots = bufs.cost_slots() if bufs is not None else [None] * len(group.targets)
+        scored = [t.layer_scores(self.in_engine, slot) for t, slot in zip(group.targets, slots)]
+        layers = [layer for layer, _ in scored]
+        pruned = select_pruned_units(layers, sparsity, self.scope, self.rounding, flat_costs=None if bufs is None else bufs.costs,
+                                     pruned_out=None if bufs is None else bufs.pruned)
         for t, pu, (_, aux) in zip(group.targets, pruned, scored):
             t.apply_pruned(pu, aux)
+        group.buffers = (bufs or RankBuffers.like(layers)) if keep_buffers else None
 
     # ------------------------------------------------------------------ reporting
     def sparsity_stats(self) -> dict[str, float]:
@@ -429,7 +438,7 @@ class Pruner:
         total = zeros = 0.0
         for group in self.groups:
             g_total = sum(t.numel() for t in group.targets)
-            g_zeros = sum(t.pruned() for t in group.targets)
+            g_zeros = sum(pruned_counts(group.targets))
             total += g_total
             zeros += g_zeros
             if len(self.groups) > 1:

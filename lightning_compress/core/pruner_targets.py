@@ -12,8 +12,10 @@ mask with the same small interface, so the pruner never asks which kind it holds
 
 Interface (all full fp32 tensors, identical on every rank; masks broadcast from rank 0):
 ``attach(owner, kind)``, ``detach(owner)``, ``touched()``, ``update(grad_fn, in_engine)`` (one optimizer
-step), ``layer_scores(in_engine)`` (-> :class:`~lightning_compress.core.ranking.LayerScores`, aux),
-``apply_pruned(pruned_units, aux)``, ``load_mask(mask)``, ``numel()``, ``pruned()``.
+step), ``layer_scores(in_engine, costs_out=None)`` (-> :class:`~lightning_compress.core.ranking.LayerScores`,
+aux; ``costs_out``: a flat fp32 slice of the prune event's reusable cost buffer to write the unit costs
+into), ``apply_pruned(pruned_units, aux)`` (writes the mask buffer in place), ``load_mask(mask)``,
+``numel()``, ``pruned()`` and ``pruned_count()`` (the same as a 0-dim int64 tensor, no host sync).
 """
 
 from __future__ import annotations
@@ -105,24 +107,23 @@ class WeightTarget:
             crit.update(self.score, None, None)
 
     @torch.no_grad()
-    def layer_scores(self, in_engine: bool) -> tuple[LayerScores, torch.Tensor]:
+    def layer_scores(self, in_engine: bool, costs_out: torch.Tensor | None = None) -> tuple[LayerScores, torch.Tensor]:
         def effective() -> torch.Tensor:
             weight = full_param(self.param)
             return masking.apply_mask(weight, self.mask.to(weight.device))
 
         score = self.criterion.score(self.score, effective)
         s2d = as_2d(score.t() if self.transposed else score)
-        layer = LayerScores(self.pattern.unit_costs(s2d), self.pattern.unit_elems(self.pattern_shape), s2d.numel(), self.max_sparsity)
+        costs = self.pattern.unit_costs(s2d) if costs_out is None else self.pattern.unit_costs_into(s2d, costs_out)
+        layer = LayerScores(costs, self.pattern.unit_elems(self.pattern_shape), s2d.numel(), self.max_sparsity)
         return layer, s2d
 
     @torch.no_grad()
     def apply_pruned(self, pruned_units: torch.Tensor, aux: torch.Tensor) -> None:
-        mask = self.pattern.mask_from_pruned(pruned_units, self.pattern_shape, aux)
-        if self.transposed:
-            mask = mask.t().contiguous()
-        mask = mask.to(self.mask.device)
-        broadcast_(mask, 0)
-        self.mask.copy_(mask)
+        """Write the keep-mask of ``pruned_units`` into the mask buffer (in place; a ``Conv1D``'s
+        through its transposed view), then broadcast it from rank 0."""
+        self.pattern.mask_into(pruned_units, self.pattern_shape, aux, self.mask.t() if self.transposed else self.mask)
+        broadcast_(self.mask, 0)
 
     @torch.no_grad()
     def load_mask(self, mask: torch.Tensor) -> None:
@@ -131,8 +132,12 @@ class WeightTarget:
     def numel(self) -> float:
         return self.mask.numel()
 
+    def pruned_count(self) -> torch.Tensor:
+        """Zeroed weights (0-dim int64 tensor on the mask's device)."""
+        return self.mask.numel() - torch.count_nonzero(self.mask)
+
     def pruned(self) -> float:
-        return int((~self.mask).sum())
+        return int(self.pruned_count())
 
 
 PruneTarget = WeightTarget
@@ -201,7 +206,7 @@ class UnitTarget:
         crit.accumulate(self.score, reduced)
 
     @torch.no_grad()
-    def layer_scores(self, in_engine: bool) -> tuple[LayerScores, torch.Tensor]:
+    def layer_scores(self, in_engine: bool, costs_out: torch.Tensor | None = None) -> tuple[LayerScores, torch.Tensor]:
         """Unit scores times the unit mask (pruned units score 0, so masks only grow)."""
         ug = self.unit_group
         units = ug.mask.detach().cpu().double()
@@ -212,7 +217,8 @@ class UnitTarget:
         else:
             s = (unit_reduce(ug, lambda p: crit.weight_score(full_param(p, in_engine))) * units).float()
         per = max(ug.params_per_unit(), 1)
-        return LayerScores(costs=s, unit_elems=per, total_elems=per * ug.num_units, max_sparsity=self.max_sparsity), s
+        costs = s if costs_out is None else costs_out.copy_(s)
+        return LayerScores(costs=costs, unit_elems=per, total_elems=per * ug.num_units, max_sparsity=self.max_sparsity), s
 
     @torch.no_grad()
     def apply_pruned(self, pruned_units: torch.Tensor, aux: torch.Tensor) -> None:
@@ -231,11 +237,24 @@ class UnitTarget:
     def numel(self) -> float:
         return float(self.unit_group.params_per_unit() * self.unit_group.num_units)
 
+    def pruned_count(self) -> torch.Tensor:
+        """Parameters of removed units (0-dim int64 tensor on the mask's device)."""
+        return (self.mask.numel() - torch.count_nonzero(self.mask)) * self.unit_group.params_per_unit()
+
     def pruned(self) -> float:
         return float(self.unit_group.params_per_unit() * int((~self.mask).sum()))
 
 
 Target = WeightTarget | UnitTarget
+
+
+def pruned_counts(targets: "list[Target]") -> list[int]:
+    """Each target's pruned parameter count (``pruned_count``), read with one host sync."""
+    if not targets:
+        return []
+    counts = [t.pruned_count() for t in targets]
+    device = counts[0].device
+    return [int(c) for c in torch.stack([c.to(device) for c in counts]).tolist()]
 
 
 @dataclass
@@ -257,6 +276,9 @@ class PruneGroup:
     schedule: Any = None
     targets: list[Any] = field(default_factory=list)
     events_done: int = 0
+    #: the prune events' reusable cost / result buffers (:class:`~lightning_compress.core.ranking.RankBuffers`)
+    #: while more events are due; None otherwise
+    buffers: Any = None
 
 
-__all__ = ["PruneGroup", "PruneTarget", "Target", "UnitTarget", "WeightTarget"]
+__all__ = ["PruneGroup", "PruneTarget", "Target", "UnitTarget", "WeightTarget", "pruned_counts"]

@@ -11,7 +11,10 @@ A pattern object answers:
 * :meth:`Pattern.check` (shape, where): raise ``ValueError`` when it does not fit a weight;
 * :meth:`Pattern.unit_elems` (shape): weights zeroed per unit of a weight of that shape;
   :meth:`Pattern.unit_costs` (2-D scores -> flat unit costs, lower = pruned first);
-  :meth:`Pattern.mask_from_pruned` (flat bool pruned units -> bool keep-mask of the weight's shape).
+  :meth:`Pattern.mask_from_pruned` (flat bool pruned units -> bool keep-mask of the weight's shape);
+  :meth:`Pattern.unit_costs_into` / :meth:`Pattern.mask_into`: the same written into a caller's
+  tensor (a prune event's reusable cost buffer, the mask buffer itself); the defaults copy the
+  results of the two methods above, a pattern may override them to skip the temporaries.
 
 A new grammar is one class in one file: subclass :class:`Pattern`, implement ``parse(text)``
 (return an instance, or None when ``text`` is not in its grammar; raise ``ValueError`` when it is but
@@ -73,6 +76,17 @@ class Pattern:
         self, pruned_units: torch.Tensor, shape: tuple[int, ...], score2d: torch.Tensor | None = None
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def unit_costs_into(self, score2d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`unit_costs` written into the flat tensor ``out`` (converted to its dtype); returns ``out``."""
+        return out.copy_(self.unit_costs(score2d))
+
+    def mask_into(
+        self, pruned_units: torch.Tensor, shape: tuple[int, ...], score2d: torch.Tensor | None, out: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`mask_from_pruned` written into the bool tensor ``out`` of ``shape`` (it may be a
+        non-contiguous view, e.g. a transposed mask); returns ``out``."""
+        return out.copy_(self.mask_from_pruned(pruned_units, shape, score2d))
 
 
 #: registered pattern classes, tried in order by :func:`parse_pattern`

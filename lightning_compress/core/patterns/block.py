@@ -74,5 +74,30 @@ class BlockPattern(Pattern):
             keep = keep.repeat_interleave(self.n, 0).repeat_interleave(self.m, 1)
         return keep.reshape(shape)
 
+    def unit_costs_into(self, score2d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """As :meth:`unit_costs` (the same block means, bit for bit), computed into ``out``."""
+        out_rows, inp = score2d.shape
+        if (self.n, self.m) == (1, 1) or out.dtype != score2d.dtype or out.device != score2d.device:
+            return out.copy_(self.unit_costs(score2d))
+        a, b = out_rows // self.n, inp // self.m
+        if self.m == 1:  # the same reduction over a 3-D view (the size-1 dim dropped): one pass, faster
+            torch.mean(score2d.reshape(a, self.n, inp), dim=1, out=out.view(a, b))
+        else:
+            torch.mean(score2d.reshape(a, self.n, b, self.m), dim=(1, 3), out=out.view(a, b))
+        return out
+
+    def mask_into(
+        self, pruned_units: torch.Tensor, shape: tuple[int, ...], score2d: torch.Tensor | None, out: torch.Tensor
+    ) -> torch.Tensor:
+        """As :meth:`mask_from_pruned`, each block's keep bit written straight into ``out`` (no
+        weight-sized temporary) when ``out`` is contiguous and on ``pruned_units``' device."""
+        if not out.is_contiguous() or out.device != pruned_units.device:
+            return out.copy_(self.mask_from_pruned(pruned_units, shape, score2d))
+        rows, inp = shape_2d(shape)
+        a, b = rows // self.n, inp // self.m
+        units = pruned_units.reshape(a, 1, b, 1).expand(a, self.n, b, self.m)
+        torch.logical_not(units, out=out.view(a, self.n, b, self.m))
+        return out
+
 
 __all__ = ["BlockPattern"]
