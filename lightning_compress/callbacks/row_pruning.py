@@ -9,6 +9,7 @@ from torch import nn
 from lightning_compress.callbacks._pruning import PruneGroup
 from lightning_compress.callbacks._structured import StructuredPruning
 from lightning_compress.core import args
+from lightning_compress.core.conv1d import is_conv1d, out_in_shape
 from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.families import channel_spaces
 from lightning_compress.core.graph import ChannelSpace, related_spaces
@@ -122,8 +123,8 @@ class RowPruning(StructuredPruning):
         def usable(sp: ChannelSpace) -> bool:  # several producers: one row mask (SwiGLU gate and up)
             return (
                 sp.ok and bool(sp.producers) and bool(sp.consumers)
-                and all(isinstance(m, nn.Linear) for m in [*sp.producers.values(), *sp.consumers.values()])
-                and len({m.out_features for m in sp.producers.values()}) == 1 and not sp.norms
+                and all(_linear(m) for m in [*sp.producers.values(), *sp.consumers.values()])
+                and len({out_in_shape(m)[0] for m in sp.producers.values()}) == 1 and not sp.norms
             )
 
         if group.modules is None:
@@ -135,7 +136,7 @@ class RowPruning(StructuredPruning):
                 )
             chosen = filter_names(default, None, group.exclude, owner="RowPruning")
         else:
-            cands = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+            cands = [n for n, m in model.named_modules() if _linear(m) and n]
             chosen = filter_names(cands, group.modules, group.exclude, owner="RowPruning", what="Linear layer")
             for n in chosen:
                 sp = by_producer.get(n)
@@ -168,5 +169,11 @@ class RowPruning(StructuredPruning):
             for cn, cm in sp.consumers.items():
                 members.append(Member(names.get(id(cm), cn), cm, "in", ("weight",), 1))
             prod = sp.producers[n]
-            out.append(UnitGroup(name=n, kind=self.mask_kind, num_units=prod.out_features, members=members, holder=prod, unit="row"))
+            out.append(UnitGroup(name=n, kind=self.mask_kind, num_units=out_in_shape(prod)[0], members=members, holder=prod, unit="row"))
         return out
+
+
+def _linear(m: nn.Module) -> bool:
+    """A Linear layer, or a Hugging Face ``Conv1D`` (GPT-2: a Linear stored ``[in, out]``; its unit
+    groups name logical dims, see :func:`lightning_compress.core.surgery.physical_dim`)."""
+    return isinstance(m, nn.Linear) or is_conv1d(m)
