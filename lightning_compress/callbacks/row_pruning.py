@@ -12,7 +12,8 @@ from lightning_compress.core import args
 from lightning_compress.core.conv1d import is_conv1d, out_in_shape
 from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.families import channel_spaces
-from lightning_compress.core.graph import ChannelSpace, related_spaces
+from lightning_compress.core.graph import ChannelSpace
+from lightning_compress.core.related import PAIRINGS, paired_spaces
 from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import Member, UnitGroup
 from lightning_compress.core.types import Rounding, ScheduleName, Scope, StructuredMethodName
@@ -41,11 +42,14 @@ class RowPruning(StructuredPruning):
             feed only other Linear layers (a transformer FFN's first projection; never the residual
             stream or the model output).
         related_modules: ``{producer regex: [consumer regexes]}`` naming the consumers by hand
-            (tracing is skipped for those producers).
-        related_pairing: ``"all"``: every module a consumer regex matches reads every producer of its
-            key; ``"index"``: the j-th matched producer is read by the j-th module each consumer regex
-            matches (DeepSpeed's ``related_modules`` rule, the importer's setting).  A consumer whose
-            input width differs from its producer's output width is refused at ``setup``.
+            (tracing is skipped for those producers).  Producers that share a consumer share one row
+            mask: ``{"gate_proj": ["down_proj"], "up_proj": ["down_proj"]}`` prunes a SwiGLU per layer
+            (:mod:`lightning_compress.core.related`).
+        related_pairing: ``"auto"`` (default): per layer when a key matches several producers (the
+            j-th matched producer is read by the j-th module each consumer regex matches, DeepSpeed's
+            ``related_modules`` rule), else every module a consumer regex matches; ``"index"`` /
+            ``"all"`` force one of the two.  At ``setup``, counts that differ under per-layer pairing
+            and a consumer whose input width differs from its producer's output width are refused.
 
     Raises:
         ValueError: at ``setup`` when a named layer's outputs go somewhere that cannot be narrowed
@@ -83,7 +87,7 @@ class RowPruning(StructuredPruning):
         groups: dict[str, dict[str, Any]] | None = None,
         related_modules: dict[str, list[str]] | None = None,
         rounding: Rounding = "nearest",
-        related_pairing: Literal["all", "index"] = "all",
+        related_pairing: Literal["auto", "all", "index"] = "auto",
     ) -> None:
         super().__init__(
             sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,
@@ -99,7 +103,7 @@ class RowPruning(StructuredPruning):
             for prx, crxs in related_modules.items():
                 args.compile_regex(prx, "related_modules", "RowPruning")
                 related_modules[prx] = args.check_regexes(crxs, f"related_modules[{prx!r}]", "RowPruning", allow_none=False)
-        args.check_choice(related_pairing, "related_pairing", "RowPruning", ("all", "index"))
+        args.check_choice(related_pairing, "related_pairing", "RowPruning", PAIRINGS)
         self.related_modules = related_modules
         self.related_pairing = related_pairing
 
@@ -108,7 +112,7 @@ class RowPruning(StructuredPruning):
 
     def _spaces(self, model: nn.Module) -> list[ChannelSpace]:
         if self.related_modules:
-            return related_spaces(model, self.related_modules, "RowPruning", self.related_pairing)
+            return paired_spaces(model, self.related_modules, "RowPruning", self.related_pairing)
         try:  # fx tracing, else what the model families know (a BERT FFN block)
             spaces, _ = channel_spaces(model)
         except ValueError as err:
