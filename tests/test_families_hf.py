@@ -262,3 +262,21 @@ def test_gpt2_conv1d_heads_and_rows_sliced_in_stored_layout():
     c = slim.config
     assert c.n_head == 4 and c.n_head_per_layer == {0: 2, 1: 4}  # head size is n_embd // n_head: not expressible
     assert c.n_inner_per_layer == {0: 64, 1: int(keep_rows.sum())} and c.n_inner == 64
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_act_quant_8_then_clean(family):
+    """ActQuant 8 (dynamic, per token) on every Linear / Conv1D input: ``clean`` keeps it as an input
+    pre-hook, so the slim model computes what the quantized model computes in eval."""
+    from lightning_compress.callbacks import ActQuant
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    model, inputs = _build(family)
+    dense = copy.deepcopy(model)
+    ActQuant(bits=8).attach(model)
+    model.eval()
+    with torch.no_grad():
+        quantized = _out(model, inputs)
+        assert _rel(quantized, _out(dense, inputs)) > 1e-5, "nothing was quantized: the test would prove nothing"
+        slim = clean(model)
+        assert _rel(_out(slim, inputs), quantized) <= 1e-5
