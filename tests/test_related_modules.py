@@ -56,15 +56,22 @@ def test_swiglu_gate_and_up_named_by_hand_share_one_mask_per_layer():
 
 
 def test_consumer_regex_matching_every_layer_is_paired_per_layer():
-    """{"up_proj": ["down_proj"]}: each regex matches one module per layer, so layer j's up_proj is
-    read by layer j's down_proj only (before: every down_proj read every up_proj and the slim model
-    crashed)."""
-    model, inputs = _build("llama")
+    """{"lin1": ["lin2"]}: each regex matches one module per layer, so layer j's lin1 is read by layer
+    j's lin2 only (before: every lin2 read every lin1 and the slim model crashed)."""
+    model, inputs = _build("distilbert")
     dense = copy.deepcopy(model)
-    cb = _prune(model, RowPruning(sparsity=0.5, related_modules={"up_proj": ["down_proj"]}))
+    cb = _prune(model, RowPruning(sparsity=0.5, related_modules={"lin1": ["lin2"]}))
+    assert len(cb.pruner.targets) == 2
     for i, t in enumerate(cb.pruner.targets):
-        assert {m.name for m in t.unit_group.members if m.role == "in"} == {f"model.layers.{i}.mlp.down_proj"}
+        assert {m.name for m in t.unit_group.members if m.role == "in"} == {f"transformer.layer.{i}.ffn.lin2"}
     _check_slim(model, inputs, dense)
+
+
+def test_half_of_a_swiglu_named_alone_is_refused_at_setup():
+    model, _ = _build("llama")
+    with pytest.raises(ValueError, match=r"RowPruning: `related_modules` names \['model\.layers\.0\.mlp\.up_proj'\] but "
+                                         r"not \['model\.layers\.0\.mlp\.gate_proj'\].*combined elementwise"):
+        RowPruning(related_modules={"up_proj": ["down_proj"]}).attach(model)
 
 
 def test_pairings_that_do_not_fit_are_refused_at_setup():
@@ -73,7 +80,7 @@ def test_pairings_that_do_not_fit_are_refused_at_setup():
                                          r"\(input width 64\) a consumer of 'model\.layers\.0\.mlp\.up_proj' \(output width 128\)"):
         RowPruning(related_modules={"up_proj": ["o_proj"]}).attach(model)
     with pytest.raises(ValueError, match=r"pairs the j-th module matched by 'up_proj' with the j-th matched by "
-                                         r"'layers\.0\.mlp\.down_proj'.*matches 2 modules.*matches 1"):
+                                         r"'layers.*down_proj'.*'up_proj' matches 2 modules.*matches 1"):
         RowPruning(related_modules={"up_proj": [r"layers\.0\.mlp\.down_proj"]}).attach(model)
     with pytest.raises(ValueError, match=r"`related_pairing`='pairs' is not one of|related_pairing"):
         RowPruning(related_pairing="pairs")

@@ -15,6 +15,9 @@ result one mask per coupled set:
   ``up_proj`` as producers of one row mask and ``down_proj`` as the consumer (exact: a row removed
   from every producer is the column removed from every consumer).  Producers merged this way must
   have the same output width (refused otherwise).
+* A producer that a model family knows to be combined elementwise with others (a SwiGLU ``up_proj``
+  with its ``gate_proj``) must be named together with them: removing rows of one alone would leave
+  the product with mismatched widths, so such a pairing is refused at setup, naming the others.
 
 Pure PyTorch.
 """
@@ -97,7 +100,28 @@ def paired_spaces(model: nn.Module, related: dict[str, list[str]], owner: str, p
                 many = False  # related_spaces names the bad regex
             rule = "index" if many else "all"
         spaces.extend(related_spaces(model, {prx: crxs}, owner, rule))
-    return merge_spaces(spaces, owner)
+    merged = merge_spaces(spaces, owner)
+    _check_partners(model, merged, owner)
+    return merged
+
+
+def _check_partners(model: nn.Module, spaces: list[ChannelSpace], owner: str) -> None:
+    from lightning_compress.core.families import family_channel_spaces
+
+    known, _ = family_channel_spaces(model)
+    for sp in spaces:
+        named = {id(m) for m in sp.producers.values()}
+        for fam in known:
+            if len(fam.producers) < 2 or not named & {id(m) for m in fam.producers.values()}:
+                continue
+            missing = sorted(n for n, m in fam.producers.items() if id(m) not in named)
+            if missing:
+                raise ValueError(
+                    f"{owner}: `related_modules` names {sorted(sp.producers)} but not {missing}, whose outputs are "
+                    f"combined elementwise with them (e.g. a SwiGLU gate and up projection), so they share one row "
+                    f"mask; name them too, with the same consumers (e.g. {{'gate_proj': ['down_proj'], 'up_proj': "
+                    f"['down_proj']}})."
+                )
 
 
 __all__ = ["PAIRINGS", "merge_spaces", "paired_spaces"]
