@@ -224,3 +224,24 @@ def test_load_slim_dir_keeps_shared_modules_and_tied_weights(tmp_path):
             groups = back.encoder.albert_layer_groups
             assert len(list(back.modules())) == len(list(model.modules()))
             assert groups[0].albert_layers[0].config is back.config
+
+
+def test_load_slim_dir_puts_activation_quantization_back(tmp_path):
+    import lightning_compress
+    from lightning_compress.callbacks import ActQuant, WeightQuant
+    from lightning_compress.export import clean_for_storage
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    WeightQuant(bits=4).attach(model)
+    ActQuant(bits=8, modules=[r"^2$"]).attach(model)
+    model.eval()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        want = model(x)
+    slim, packed, stored = clean_for_storage(model)
+    save_slim(slim, tmp_path, (x,), formats=("safetensors", "architecture"), packed=packed, stored=stored)
+    back = lightning_compress.load_slim(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(x), slim(x)) and _rel(back(x), want) <= 1e-6
+    assert back[2]._forward_pre_hooks  # the input quantizer is back
