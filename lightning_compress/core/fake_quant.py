@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lightning_compress.core import masking
+from lightning_compress.core.float_quant import fake_quant_float_weight, is_float_scheme
 from lightning_compress.core.quant_grid import (
     WEIGHT_QUANT_KIND,
     QuantSpec,
@@ -77,8 +78,11 @@ def fake_quant_weight(
     """Fake-quantize ``w`` by ``spec`` (same shape and dtype, STE gradient).
 
     ``ranges``: fixed per-row (lo, hi) from an earlier calibration; else ``observer`` computes them
-    (``scheme="deepspeed"``: min / max, as DeepSpeed).
+    (``scheme="deepspeed"``: min / max, as DeepSpeed).  A float ``scheme`` (FP8 / MX / NVFP4) takes its
+    scales from the weight's absolute maximum (:mod:`lightning_compress.core.float_quant`).
     """
+    if is_float_scheme(spec.scheme):
+        return fake_quant_float_weight(w, spec)
     rows = _rows(w, spec).float()
     if spec.bits == 2:
         codes, alpha = ternary_rows(rows)
@@ -103,7 +107,11 @@ def quantize_weight_int(
     """Integer codes ``[rows, n]`` (int32), scale per row (float32) and zero-point per row (asym only).
 
     Affine: ``w ~= (q - zp) * scale``; ternary/binary: ``w ~= q * scale`` with q in {-1,0,1} / {-1,1}.
+    Float schemes have no integer codes: :func:`lightning_compress.core.float_quant.pack_float_weight`.
     """
+    if is_float_scheme(spec.scheme):
+        raise ValueError(f"quantize_weight_int: scheme={spec.scheme!r} is a float format, not an integer grid; "
+                         "use lightning_compress.core.float_quant.quantize_float_weight")
     rows = _rows(w.detach(), spec).float()
     if spec.bits == 2:
         codes, alpha = ternary_rows(rows)
@@ -167,7 +175,7 @@ class WeightFakeQuant:
 
     def calibrate(self, weight: torch.Tensor) -> None:
         """Fix the clipping ranges from ``weight`` with this quantizer's observer (affine widths)."""
-        if self.bits <= 2:
+        if self.bits <= 2 or is_float_scheme(self.spec.scheme):  # no ranges: ternary/binary, float formats
             return
         spec = self.current_spec
         rows = as_rows(self._oriented(weight.detach()), spec.granularity, spec.group_size, spec.groups)

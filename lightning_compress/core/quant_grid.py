@@ -13,16 +13,20 @@ from typing import Literal
 import torch
 
 from lightning_compress.core.args import check_bool, check_choice, check_int, fail, is_int
+from lightning_compress.core.float_quant import FLOAT_SCHEMES, check_float_spec, element_bits, is_float_scheme
 
 SUPPORTED_WEIGHT_BITS = (1, 2, 3, 4, 8)
 #: widths of ``scheme="deepspeed"`` (DeepSpeed's quantizers take any width; 1 binary, 2 ternary)
 DEEPSPEED_WEIGHT_BITS = tuple(range(1, 17))
 SUPPORTED_ACT_BITS = (4, 8)
 Granularity = Literal["tensor", "channel", "group", "row_block"]
-Scheme = Literal["affine", "deepspeed"]
+Scheme = Literal[
+    "affine", "deepspeed", "fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "nvfp4"
+]
 Observer = Literal["minmax", "percentile", "mse"]
 GRANULARITIES = ("tensor", "channel", "group", "row_block")
-SCHEMES = ("affine", "deepspeed")
+#: integer grids, then the float formats of :mod:`lightning_compress.core.float_quant`
+SCHEMES = ("affine", "deepspeed", *FLOAT_SCHEMES)
 OBSERVERS = ("minmax", "percentile", "mse")
 
 #: kinds under which weight / input quantizers ride on a module (see ``core/masking.py``)
@@ -69,6 +73,9 @@ class QuantSpec:
 
     def validate(self, owner: str = "quantize", bits_argument: str = "bits") -> "QuantSpec":
         check_choice(self.scheme, "scheme", owner, SCHEMES)
+        if is_float_scheme(self.scheme):  # bits = the element width; granularity as the format defines it
+            check_float_spec(self, owner)
+            return self
         check_bits(self.bits, supported_bits(self.scheme), bits_argument, owner)
         check_choice(self.granularity, "granularity", owner, GRANULARITIES)
         check_bool(self.symmetric, "symmetric", owner)
@@ -92,7 +99,9 @@ class QuantSpec:
 
 
 def supported_bits(scheme: str) -> tuple[int, ...]:
-    """The weight widths a ``scheme`` quantizes."""
+    """The weight widths a ``scheme`` quantizes (a float scheme: its element width only)."""
+    if is_float_scheme(scheme):
+        return (element_bits(scheme),)
     return DEEPSPEED_WEIGHT_BITS if scheme == "deepspeed" else SUPPORTED_WEIGHT_BITS
 
 

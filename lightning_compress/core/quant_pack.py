@@ -17,6 +17,7 @@ from lightning_compress.core.fake_quant import (
     quantize_weight_int,
     weight_quantizer,
 )
+from lightning_compress.core.float_quant import FLOAT_PACK_VERSION, is_float_scheme, pack_float_weight, unpack_float_state
 from lightning_compress.core.quant_grid import WEIGHT_QUANT_KIND, QuantSpec, qrange
 
 _GRAN_CODE = {"tensor": 0, "channel": 1, "group": 2, "row_block": 3}
@@ -26,6 +27,9 @@ PACK_FORMAT_VERSION = 1
 def pack_weight(weight: torch.Tensor, spec: QuantSpec, quantizer: WeightFakeQuant | None = None) -> dict[str, torch.Tensor]:
     """Pack ``weight`` by ``spec`` (see :func:`pack_state` for the layout)."""
     transposed = bool(quantizer is not None and quantizer.transposed)
+    if is_float_scheme((quantizer.current_spec if quantizer is not None else spec).scheme):
+        spec = quantizer.current_spec if quantizer is not None else spec
+        return pack_float_weight(weight.t() if transposed else weight, spec, transposed)
     if quantizer is not None:
         q, scale, zp = quantizer.quantize_int(weight)
         spec = quantizer.current_spec
@@ -85,7 +89,7 @@ def unpack_model(flat: dict[str, torch.Tensor], dtype: torch.dtype = torch.float
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in flat.items():
         prefix, _, key = k.rpartition(".")
-        if key in ("qweight", "scale", "zero_point", "meta", "transposed"):
+        if key in ("qweight", "scale", "zero_point", "meta", "transposed", "global_scale"):
             groups.setdefault(prefix, {})[key] = v
     return {prefix: unpack_state(state, dtype) for prefix, state in groups.items() if "meta" in state and "qweight" in state}
 
@@ -120,6 +124,9 @@ def pack_state(module: nn.Module, param_name: str = "weight") -> dict[str, torch
 
     Dequantization (:func:`unpack_state`): affine ``(q - zp) * scale``, ternary/binary ``q * alpha``.
 
+    Float schemes (FP8, MX, NVFP4) are stored as format version 2: see
+    :mod:`lightning_compress.core.float_quant` (``qweight`` element codes, ``scale``, ``global_scale``).
+
     Raises:
         ValueError: the parameter has no weight quantizer.
     """
@@ -140,6 +147,8 @@ def pack_state(module: nn.Module, param_name: str = "weight") -> dict[str, torch
 def unpack_state(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Dequantized weight (``dtype``, original shape) from a :func:`pack_state` dict."""
     meta = state["meta"].tolist()
+    if meta[0] == FLOAT_PACK_VERSION:
+        return unpack_float_state(state, dtype)
     if meta[0] != PACK_FORMAT_VERSION:
         raise ValueError(f"unpack_state: unknown format version {meta[0]} (this code reads {PACK_FORMAT_VERSION})")
     bits, gran, group_size, symmetric, ndim = meta[1:6]

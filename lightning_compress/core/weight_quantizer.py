@@ -27,6 +27,7 @@ from lightning_compress.core import args, masking
 from lightning_compress.core.conv1d import conv1d_types, is_conv1d, out_in_shape
 from lightning_compress.core.direct_reads import guard_direct_reads
 from lightning_compress.core.fake_quant import WeightFakeQuant
+from lightning_compress.core.float_quant import is_float_scheme
 from lightning_compress.core.quant_grid import (
     GRANULARITIES,
     SCHEMES,
@@ -220,9 +221,12 @@ class WeightQuantizer:
                       if self.bits < 8 else "drop period (8 bits is the widest width; nothing to step down from)")
         self.start_step = start_step
         self.period = period
-        self.levels = (
-            list(range(self.start_bits, self.bits - 1, -1)) if self.scheme == "deepspeed" else bit_levels(self.start_bits, self.bits)
-        )
+        if is_float_scheme(self.scheme):  # a float format has one width: no bits schedule
+            self.levels = [self.bits]
+        elif self.scheme == "deepspeed":
+            self.levels = list(range(self.start_bits, self.bits - 1, -1))
+        else:
+            self.levels = bit_levels(self.start_bits, self.bits)
 
     def last_switch_step(self) -> int:
         """Optimizer steps done when the final width is first used (``start_step`` without a schedule)."""

@@ -17,7 +17,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lightning_compress.core.float_quant import is_float_scheme
 from lightning_compress.core.quantize import pre_quant_weight, weight_quantizer
+from lightning_compress.export.float_storage import StoredFloat
 from lightning_compress.export.plain import plain_copy
 
 
@@ -156,6 +158,7 @@ def int8_model(
     """
     summary: dict[str, list[str]] = {"integer": [], "int8 storage": [], "float": []}
     plan: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any, str]] = {}
+    float_plan: dict[str, tuple[Any, torch.Tensor]] = {}
     for name, module in model.named_modules():
         q = weight_quantizer(module)
         if q is None:
@@ -163,6 +166,10 @@ def int8_model(
         spec = q.current_spec
         if not q.enabled or not isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
             summary["float"].append(name)
+            continue
+        if is_float_scheme(spec.scheme):  # FP8 / MX / NVFP4 codes, decoded in the graph
+            float_plan[name] = (spec, pre_quant_weight(module).detach())
+            summary.setdefault("float-format storage", []).append(name)
             continue
         if isinstance(module, nn.Embedding):
             how = "integer" if spec.granularity in ("tensor", "channel") else "float"
@@ -177,6 +184,8 @@ def int8_model(
             codes, scale, zp = q.quantize_int(pre_quant_weight(module).detach())
         plan[name] = (codes, scale, zp, spec, how)
     stripped = plain_copy(model, bake=True)
+    for name, (spec, weight) in float_plan.items():
+        _set_child(stripped, name, StoredFloat(stripped.get_submodule(name), spec, weight))
     for name, (codes, scale, zp, spec, how) in plan.items():
         module = stripped.get_submodule(name)
         summary[how].append(name)
