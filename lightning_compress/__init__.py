@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
     "clean": "lightning_compress.export",
     "fold_batchnorm": "lightning_compress.export",
     "load_slim_state": "lightning_compress.export",
+    "load_slim": "lightning_compress.export",
     "export_qdq": "lightning_compress.export",
     "export_int8": "lightning_compress.export",
     "export_float": "lightning_compress.export",
@@ -65,6 +66,7 @@ __all__ = [
     "from_deepspeed_config",
     "fold_batchnorm",
     "load_slim_state",
+    "load_slim",
     "quantize",
     "zeroquant",
     "export_qdq",
@@ -86,7 +88,7 @@ if TYPE_CHECKING:
         WeightQuant,
     )
     from lightning_compress.deepspeed import from_deepspeed_config
-    from lightning_compress.export import clean, export_float, export_int8, export_qdq, fold_batchnorm, load_slim_state
+    from lightning_compress.export import clean, export_float, export_int8, export_qdq, fold_batchnorm, load_slim, load_slim_state
     from lightning_compress.ptq import quantize, zeroquant
     from lightning_compress.strategies.deepspeed_compression import DeepSpeedCompressionStrategy
     from lightning_compress.strategies.fsdp_compression import FSDPCompressionStrategy

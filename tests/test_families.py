@@ -91,7 +91,7 @@ def test_builtin_families_and_queries():
     assert [p.name.rsplit(".", 1)[1] for p in info.inputs] == ["query", "key", "value"]
     assert info.output.name == "bert.encoder.layer.1.attention.output.dense" and info.layer_index == 1
     mha = families.find_attentions(TinyMHA())["attn"]
-    assert mha.family.name == "torch_mha" and not mha.removable and mha.inputs[0].tiles == 3
+    assert mha.family.name == "torch_mha" and mha.removable and mha.inputs[0].tiles == 3  # narrowed at clean
     assert copy.deepcopy(mha).family is mha.family  # families are stateless singletons
     assert families.layer_count(TinyBert().bert) == 2 and families.layer_count(TinyMHA()) is None
     assert not families.supports_attentions(TinyMHA())

@@ -53,6 +53,9 @@ def _build(family: str):
         model = tf.ViTModel(tf.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
                                          num_attention_heads=4, intermediate_size=64))
         inputs = {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))}
+    elif family == "gpt2":  # Conv1D projections ([in, out] weights), fused q/k/v c_attn
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=32, n_inner=64,
+                                                 bos_token_id=0, eos_token_id=0))
     elif family == "t5_encoder":
         model = tf.T5EncoderModel(tf.T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                                               feed_forward_proj="gated-gelu"))
@@ -62,7 +65,7 @@ def _build(family: str):
     return model.eval(), inputs
 
 
-FAMILIES = ["distilbert", "albert", "deberta_v2", "llama", "qwen2", "mistral", "vit", "t5_encoder"]
+FAMILIES = ["distilbert", "albert", "deberta_v2", "llama", "qwen2", "mistral", "vit", "t5_encoder", "gpt2"]
 METHODS = {
     "head": lambda: [HeadPruning(sparsity=0.5)],
     "row": lambda: [RowPruning(sparsity=0.5)],
@@ -73,7 +76,7 @@ METHODS = {
 #: (family, method) whose slim sizes the transformers config can express (uniform layers)
 REBUILDS = {
     **{(f, m): True for f in ("llama", "qwen2", "mistral", "vit") for m in ("head", "row", "head+row")},
-    **{(f, "row"): True for f in ("distilbert", "albert", "deberta_v2", "t5_encoder")},
+    **{(f, "row"): True for f in ("distilbert", "albert", "deberta_v2", "t5_encoder", "gpt2")},
 }
 
 
@@ -222,3 +225,58 @@ def test_lightning_module_without_forward_llama_head_and_row():
     c = slim.net.config
     assert (c.num_attention_heads, c.num_key_value_heads, c.intermediate_size) == (2, 1, 64)
     assert slim.net.model.layers[1].mlp.gate_proj.out_features == 64
+
+
+def test_gpt2_conv1d_heads_and_rows_sliced_in_stored_layout():
+    """GPT-2's Conv1D weights are [in, out]: heads leave c_attn's columns (per q/k/v tile) and c_proj's
+    rows, FFN rows leave c_fc's columns and c_proj's rows; the attention and config record the sizes."""
+    model, inputs = _build("gpt2")
+    cbs = [HeadPruning(sparsity=0.5, modules=[r"h\.0\.attn$"]), RowPruning(sparsity=0.5, modules=[r"h\.1\.mlp\.c_fc"])]
+    for cb in cbs:
+        cb.attach(model)
+    (heads,), (rows,) = cbs[0].pruner.targets, cbs[1].pruner.targets
+    heads.load_mask(torch.tensor([True, False, True, False]))
+    keep_rows = torch.arange(64) % 3 != 0
+    rows.load_mask(keep_rows)
+    ref = copy.deepcopy(model)
+    masking.strip(ref)
+    with torch.no_grad():  # the reference: the same units zeroed by hand in the stored layout
+        a = ref.transformer.h[0].attn
+        for t in range(3):
+            for h in (1, 3):
+                a.c_attn.weight[:, t * 32 + h * 8:t * 32 + (h + 1) * 8] = 0
+                a.c_attn.bias[t * 32 + h * 8:t * 32 + (h + 1) * 8] = 0
+        mlp = ref.transformer.h[1].mlp
+        mlp.c_fc.weight[:, ~keep_rows] = 0
+        mlp.c_fc.bias[~keep_rows] = 0
+        mlp.c_proj.weight[~keep_rows, :] = 0
+        masked = _out(model, inputs)
+        assert _rel(masked, _out(ref, inputs)) <= 1e-6
+        slim = clean(model)
+        assert _rel(_out(slim, inputs), masked) <= 1e-5
+    a, mlp = slim.transformer.h[0].attn, slim.transformer.h[1].mlp
+    assert tuple(a.c_attn.weight.shape) == (32, 48) and (a.c_attn.nf, a.c_attn.nx) == (48, 32)
+    assert tuple(a.c_proj.weight.shape) == (16, 32) and (a.c_proj.nf, a.c_proj.nx) == (32, 16)
+    assert (a.num_heads, a.split_size, a.head_dim) == (2, 16, 8)
+    assert tuple(mlp.c_fc.weight.shape) == (32, int(keep_rows.sum())) and mlp.c_proj.nx == int(keep_rows.sum())
+    c = slim.config
+    assert c.n_head == 4 and c.n_head_per_layer == {0: 2, 1: 4}  # head size is n_embd // n_head: not expressible
+    assert c.n_inner_per_layer == {0: 64, 1: int(keep_rows.sum())} and c.n_inner == 64
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_act_quant_8_then_clean(family):
+    """ActQuant 8 (dynamic, per token) on every Linear / Conv1D input: ``clean`` keeps it as an input
+    pre-hook, so the slim model computes what the quantized model computes in eval."""
+    from lightning_compress.callbacks import ActQuant
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    model, inputs = _build(family)
+    dense = copy.deepcopy(model)
+    ActQuant(bits=8).attach(model)
+    model.eval()
+    with torch.no_grad():
+        quantized = _out(model, inputs)
+        assert _rel(quantized, _out(dense, inputs)) > 1e-5, "nothing was quantized: the test would prove nothing"
+        slim = clean(model)
+        assert _rel(_out(slim, inputs), quantized) <= 1e-5

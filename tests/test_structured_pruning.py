@@ -134,7 +134,11 @@ def test_channel_pruning_tiny_cnn_default_skips_output_layer():
     assert slim.conv1.out_channels == 4 and slim.conv2.out_channels == 4 and slim.fc.in_features == 4
 
 
-def test_mha_heads_masked_not_removed():
+def test_mha_heads_removed_by_a_narrow_module():
+    """Issue 10: heads of an nn.MultiheadAttention used to be zeroed and kept; clean now removes them
+    (NarrowMultiheadAttention, still an nn.MultiheadAttention) and the slim model computes the same."""
+    from lightning_compress.core.narrow_mha import NarrowMultiheadAttention
+
     xs, ys = torch.randn(16, 5, 8), torch.randint(0, 2, (16,))
     model = TinyMHA()
     cb = HeadPruning(sparsity=0.5, end_step=2)
@@ -144,18 +148,21 @@ def test_mha_heads_masked_not_removed():
     with torch.no_grad():
         masked = model(xs[:3])
         assert not torch.allclose(masked, dense(xs[:3]))
+    keep = cb.targets[0].mask.clone()
+    before = copy.deepcopy(model)
     slim = clean(copy.deepcopy(model))
     with torch.no_grad():
         torch.testing.assert_close(slim(xs[:3]), masked)
-    assert type(slim.attn) is nn.MultiheadAttention and slim.attn.num_heads == 4
-    assert "cannot be narrowed" in slim.lc_clean_notes[0]
-    # pruned heads' q/k/v rows and out_proj columns are zero in the slim weights
-    keep = cb.targets[0].mask
+    assert type(slim.attn) is NarrowMultiheadAttention and isinstance(slim.attn, nn.MultiheadAttention)
+    kept = [h for h in range(4) if keep[h]]
     d = 4
-    gone = [h for h in range(4) if not keep[h]]
-    for h in gone:
-        assert (slim.attn.in_proj_weight[2 * 16 + h * d: 2 * 16 + (h + 1) * d] == 0).all()
-        assert (slim.attn.out_proj.weight[:, h * d:(h + 1) * d] == 0).all()
+    assert slim.attn.num_heads == len(kept) and slim.attn.kept_heads == tuple(kept) and slim.attn.head_dim == d
+    assert tuple(slim.attn.in_proj_weight.shape) == (3 * len(kept) * d, 16)
+    assert tuple(slim.attn.out_proj.weight.shape) == (16, len(kept) * d)
+    # the kept heads' rows / columns are the trained ones, in order
+    w = before.attn.in_proj_weight.detach()
+    rows = [t * 16 + h * d + i for t in range(3) for h in kept for i in range(d)]
+    torch.testing.assert_close(slim.attn.in_proj_weight.detach(), w[rows])
 
 
 # ----------------------------------------------------------------------------- errors at setup

@@ -9,9 +9,11 @@ from torch import nn
 from lightning_compress.callbacks._pruning import PruneGroup
 from lightning_compress.callbacks._structured import StructuredPruning
 from lightning_compress.core import args
+from lightning_compress.core.conv1d import is_conv1d, out_in_shape
 from lightning_compress.core.criteria import Criterion
 from lightning_compress.core.families import channel_spaces
-from lightning_compress.core.graph import ChannelSpace, related_spaces
+from lightning_compress.core.graph import ChannelSpace
+from lightning_compress.core.related import PAIRINGS, paired_spaces
 from lightning_compress.core.select import filter_names
 from lightning_compress.core.surgery import Member, UnitGroup
 from lightning_compress.core.types import Rounding, ScheduleName, Scope, StructuredMethodName
@@ -40,11 +42,14 @@ class RowPruning(StructuredPruning):
             feed only other Linear layers (a transformer FFN's first projection; never the residual
             stream or the model output).
         related_modules: ``{producer regex: [consumer regexes]}`` naming the consumers by hand
-            (tracing is skipped for those producers).
-        related_pairing: ``"all"``: every module a consumer regex matches reads every producer of its
-            key; ``"index"``: the j-th matched producer is read by the j-th module each consumer regex
-            matches (DeepSpeed's ``related_modules`` rule, the importer's setting).  A consumer whose
-            input width differs from its producer's output width is refused at ``setup``.
+            (tracing is skipped for those producers).  Producers that share a consumer share one row
+            mask: ``{"gate_proj": ["down_proj"], "up_proj": ["down_proj"]}`` prunes a SwiGLU per layer
+            (:mod:`lightning_compress.core.related`).
+        related_pairing: ``"auto"`` (default): per layer when a key matches several producers (the
+            j-th matched producer is read by the j-th module each consumer regex matches, DeepSpeed's
+            ``related_modules`` rule), else every module a consumer regex matches; ``"index"`` /
+            ``"all"`` force one of the two.  At ``setup``, counts that differ under per-layer pairing
+            and a consumer whose input width differs from its producer's output width are refused.
 
     Raises:
         ValueError: at ``setup`` when a named layer's outputs go somewhere that cannot be narrowed
@@ -82,7 +87,7 @@ class RowPruning(StructuredPruning):
         groups: dict[str, dict[str, Any]] | None = None,
         related_modules: dict[str, list[str]] | None = None,
         rounding: Rounding = "nearest",
-        related_pairing: Literal["all", "index"] = "all",
+        related_pairing: Literal["auto", "all", "index"] = "auto",
     ) -> None:
         super().__init__(
             sparsity=sparsity, method=method, schedule=schedule, start_step=start_step, end_step=end_step,
@@ -98,7 +103,7 @@ class RowPruning(StructuredPruning):
             for prx, crxs in related_modules.items():
                 args.compile_regex(prx, "related_modules", "RowPruning")
                 related_modules[prx] = args.check_regexes(crxs, f"related_modules[{prx!r}]", "RowPruning", allow_none=False)
-        args.check_choice(related_pairing, "related_pairing", "RowPruning", ("all", "index"))
+        args.check_choice(related_pairing, "related_pairing", "RowPruning", PAIRINGS)
         self.related_modules = related_modules
         self.related_pairing = related_pairing
 
@@ -107,7 +112,7 @@ class RowPruning(StructuredPruning):
 
     def _spaces(self, model: nn.Module) -> list[ChannelSpace]:
         if self.related_modules:
-            return related_spaces(model, self.related_modules, "RowPruning", self.related_pairing)
+            return paired_spaces(model, self.related_modules, "RowPruning", self.related_pairing)
         try:  # fx tracing, else what the model families know (a BERT FFN block)
             spaces, _ = channel_spaces(model)
         except ValueError as err:
@@ -122,8 +127,8 @@ class RowPruning(StructuredPruning):
         def usable(sp: ChannelSpace) -> bool:  # several producers: one row mask (SwiGLU gate and up)
             return (
                 sp.ok and bool(sp.producers) and bool(sp.consumers)
-                and all(isinstance(m, nn.Linear) for m in [*sp.producers.values(), *sp.consumers.values()])
-                and len({m.out_features for m in sp.producers.values()}) == 1 and not sp.norms
+                and all(_linear(m) for m in [*sp.producers.values(), *sp.consumers.values()])
+                and len({out_in_shape(m)[0] for m in sp.producers.values()}) == 1 and not sp.norms
             )
 
         if group.modules is None:
@@ -135,7 +140,7 @@ class RowPruning(StructuredPruning):
                 )
             chosen = filter_names(default, None, group.exclude, owner="RowPruning")
         else:
-            cands = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+            cands = [n for n, m in model.named_modules() if _linear(m) and n]
             chosen = filter_names(cands, group.modules, group.exclude, owner="RowPruning", what="Linear layer")
             for n in chosen:
                 sp = by_producer.get(n)
@@ -168,5 +173,11 @@ class RowPruning(StructuredPruning):
             for cn, cm in sp.consumers.items():
                 members.append(Member(names.get(id(cm), cn), cm, "in", ("weight",), 1))
             prod = sp.producers[n]
-            out.append(UnitGroup(name=n, kind=self.mask_kind, num_units=prod.out_features, members=members, holder=prod, unit="row"))
+            out.append(UnitGroup(name=n, kind=self.mask_kind, num_units=out_in_shape(prod)[0], members=members, holder=prod, unit="row"))
         return out
+
+
+def _linear(m: nn.Module) -> bool:
+    """A Linear layer, or a Hugging Face ``Conv1D`` (GPT-2: a Linear stored ``[in, out]``; its unit
+    groups name logical dims, see :func:`lightning_compress.core.surgery.physical_dim`)."""
+    return isinstance(m, nn.Linear) or is_conv1d(m)

@@ -15,6 +15,11 @@ size for heads, ``H*W`` for a Linear after a flatten), repeated ``tiles`` times 
 starting at ``offset`` (a slice of a concatenation: a densenet conv reads several groups' channels,
 each at its offset; the entries outside every group's slice stay).
 
+A member's ``dim`` is *logical*: 0 = output features, 1 = input features.  For a Hugging Face
+``Conv1D`` (GPT-2; :mod:`lightning_compress.core.conv1d`), whose 2-D weight is stored ``[in, out]``,
+the weight is masked and sliced along the other physical dim (:func:`physical_dim`); its bias and
+every other module's tensors use ``dim`` as it is.
+
 Masks are bool buffers (``persistent=False``): the group's unit mask ``_lc_<kind>_units`` on the
 group's holder module, and per member module one expanded vector per dim ``_lc_<kind>_d<dim>``.
 The forward transform (kind ``<kind>``, via :mod:`lightning_compress.core.masking`) multiplies each
@@ -41,6 +46,7 @@ import torch
 from torch import nn
 
 from lightning_compress.core import masking
+from lightning_compress.core.conv1d import is_conv1d
 
 #: per-module records (plain attributes, deleted by :func:`masking.strip`)
 UNIT_DIMS = masking.private_name("unit_dims")  # {kind: {param: dims}} on each member module
@@ -120,9 +126,10 @@ class UnitGroup:
             for p in m.params:
                 t = _param_or_buffer(m.module, p)
                 shape = tuple(getattr(t, "ds_shape", t.shape))
+                pd = physical_dim(m.module, t, m.dim)
                 other = 1
                 for i, s in enumerate(shape):
-                    if i != m.dim:
+                    if i != pd:
                         other *= s
                 if isinstance(t, nn.Parameter):
                     total += other * m.width * m.tiles
@@ -155,6 +162,14 @@ def _full_len(t: torch.Tensor, dim: int) -> int:
     return int(tuple(getattr(t, "ds_shape", t.shape))[dim])
 
 
+def physical_dim(module: nn.Module, tensor: torch.Tensor, dim: int, transposed: bool | None = None) -> int:
+    """The stored dim of ``tensor`` (a tensor of ``module``) that holds logical ``dim`` (0 = output
+    features, 1 = input features): swapped for a ``Conv1D``'s 2-D weight (stored ``[in, out]``),
+    ``dim`` itself otherwise.  ``transposed`` overrides the ``Conv1D`` test (while shapes change)."""
+    t = is_conv1d(module) if transposed is None else transposed
+    return 1 - dim if t and len(tuple(getattr(tensor, "ds_shape", tensor.shape))) == 2 and dim in (0, 1) else dim
+
+
 def dim_buffer(kind: str, dim: int) -> str:
     return masking.private_name(f"{kind}_d{dim}")
 
@@ -169,7 +184,7 @@ def _dim_transform(kind: str, param: str) -> masking.TransformFn:
         for dim in module.__dict__[UNIT_DIMS][kind].get(param, ()):  # type: ignore[attr-defined]
             vec = getattr(module, dim_buffer(kind, dim))
             shape = [1] * tensor.dim()
-            shape[dim] = -1
+            shape[physical_dim(module, tensor, dim)] = -1
             tensor = tensor * vec.view(shape).to(tensor.dtype)
         return tensor
 
@@ -188,7 +203,7 @@ def attach_group(group: UnitGroup, owner: str) -> None:
         if not m.masked:
             continue
         t = _param_or_buffer(m.module, m.params[0])
-        length = _full_len(t, m.dim)
+        length = _full_len(t, physical_dim(m.module, t, m.dim))
         need = group.num_units * m.width * m.tiles
         if (m.offset + need > length) if (m.offset or m.partial) else (length != need):
             raise ValueError(
@@ -290,7 +305,7 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
                     t = _param_or_buffer(m.module, p)
                     if isinstance(t, nn.Parameter) and t.dim() > m.dim:
                         shape = [1] * t.dim()
-                        shape[m.dim] = -1
+                        shape[physical_dim(m.module, t, m.dim)] = -1
                         t.data.mul_(vec.view(shape).to(t.dtype))
             continue
         if units.all():
@@ -302,10 +317,11 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
             entry[1][m.dim] = vec if prev is None else (prev & vec)
             entry[2].update(m.params)
     for module, dims, params in keep.values():
+        transposed = is_conv1d(module)  # before its weight changes shape
         names = set(params)
         if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
             names |= {"weight", "bias", "running_mean", "running_var"}
-        if isinstance(module, nn.Linear | nn.Conv2d):
+        if isinstance(module, nn.Linear | nn.Conv2d) or transposed:
             names |= {"weight"} | ({"bias"} if module.bias is not None else set())
         for name in sorted(names):
             t = module._parameters.get(name) if name in module._parameters else module._buffers.get(name)
@@ -315,18 +331,21 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
             for dim, vec in dims.items():
                 if dim == 1 and new.dim() < 2:
                     continue  # bias / BN vectors have no input dim
-                if new.shape[dim] != vec.numel():
-                    raise ValueError(f"surgery: {type(module).__name__}.{name} dim {dim} has {new.shape[dim]} entries, mask has {vec.numel()}")
-                new = new.index_select(dim, _keep_index(vec).to(new.device))
+                pd = physical_dim(module, new, dim, transposed)
+                if new.shape[pd] != vec.numel():
+                    raise ValueError(f"surgery: {type(module).__name__}.{name} dim {pd} has {new.shape[pd]} entries, mask has {vec.numel()}")
+                new = new.index_select(pd, _keep_index(vec).to(new.device))
             new = new.contiguous().clone()
             if name in module._parameters:
                 module._parameters[name] = nn.Parameter(new, requires_grad=t.requires_grad)
             else:
                 module._buffers[name] = new
-        _slice_quant_ranges(module, dims)
+        _slice_quant_ranges(module, dims, transposed)
         w = module._parameters.get("weight")
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = int(w.shape[0]), int(w.shape[1])
+        elif transposed:  # Conv1D: weight [nx, nf]
+            module.nx, module.nf = int(w.shape[0]), int(w.shape[1])
         elif isinstance(module, nn.Conv2d):
             if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
                 module.groups = int(w.shape[0])  # depthwise: one filter per channel, still
@@ -344,7 +363,7 @@ def remove_units(model: nn.Module, groups: list[UnitGroup] | None = None) -> lis
     return notes
 
 
-def _slice_quant_ranges(module: nn.Module, dims: dict[int, torch.Tensor]) -> None:
+def _slice_quant_ranges(module: nn.Module, dims: dict[int, torch.Tensor], transposed: bool = False) -> None:
     """Keep a weight quantizer's fixed per-row ranges (post-training calibration) in step with removed
     output rows.  Per-tensor ranges and ranges recomputed from the weight need nothing.
 
@@ -357,7 +376,7 @@ def _slice_quant_ranges(module: nn.Module, dims: dict[int, torch.Tensor]) -> Non
     if q is None or q.ranges is None or q.current_spec.granularity == "tensor":
         return
     lo, hi = q.ranges
-    out = module._parameters["weight"].shape[0] if 0 not in dims else dims[0].numel()
+    out = module._parameters["weight"].shape[1 if transposed else 0] if 0 not in dims else dims[0].numel()
     if 1 in dims and q.current_spec.granularity == "group":
         raise ValueError(
             f"surgery: {type(module).__name__} has fixed group-wise quantization ranges and input columns to "

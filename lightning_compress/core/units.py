@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lightning_compress.core.surgery import UnitGroup
+from lightning_compress.core.surgery import UnitGroup, physical_dim
 
 
 def unit_reduce(group: UnitGroup, tensor_of: Callable[[nn.Parameter], torch.Tensor | None]) -> torch.Tensor:
@@ -34,11 +34,12 @@ def unit_reduce(group: UnitGroup, tensor_of: Callable[[nn.Parameter], torch.Tens
         t = tensor_of(p)  # type: ignore[arg-type]
         if t is None:
             continue
+        d = physical_dim(m.module, p, m.dim)  # a Conv1D's weight is stored [in, out]
         t = t.double().cpu()
-        per_row = t.reshape(t.shape[0], -1).sum(dim=1) if m.dim == 0 else t.transpose(0, m.dim).reshape(t.shape[m.dim], -1).sum(1)
+        per_row = t.reshape(t.shape[0], -1).sum(dim=1) if d == 0 else t.transpose(0, d).reshape(t.shape[d], -1).sum(1)
         span = m.tiles * group.num_units * m.width  # a concatenation's member: its slice from ``offset``
         total += per_row[m.offset:m.offset + span].reshape(m.tiles, group.num_units, m.width).sum(dim=(0, 2))
-        count += t.numel() // t.shape[m.dim] * span // group.num_units
+        count += t.numel() // t.shape[d] * span // group.num_units
     return total / max(count, 1)
 
 

@@ -3,7 +3,8 @@
 * :func:`load_slim_state`: ``model.safetensors`` -> a ``state_dict`` (packed low-bit weights
   dequantized); refuses a file whose model quantizes activations (a state dict cannot carry that).
 * :func:`load_slim`: ``model.safetensors`` into a slim model of your classes, activation quantization
-  included, in the dtype it was saved in.
+  included, in the dtype it was saved in; or, given only the export folder, the slim model rebuilt
+  from ``architecture.safetensors`` without any model code (:mod:`lightning_compress.export.rebuild`).
 * :func:`load_program`: ``model.pt2`` -> runnable module (no model code needed).
 * :func:`load_onnx`: ``model.onnx`` -> an ONNX Runtime session (CPU).
 
@@ -94,16 +95,27 @@ def load_slim_state(path: str | os.PathLike, dtype: torch.dtype | None = None) -
     return _state(p, raw, meta, dtype)
 
 
-def load_slim(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_slim(model: nn.Module | str | os.PathLike, path: str | os.PathLike | None = None) -> nn.Module:
     """Load a ``model.safetensors`` written by :func:`save_slim` into ``model`` (your classes, built
     with the slim shapes), in place: weights (strict: every key must match), the dtype they were
     saved in (``model`` is cast to it: a bf16-trained model runs in bf16), and the activation
     quantizers as input pre-hooks (:mod:`lightning_compress.export.input_quant`).  Returns ``model``.
 
+    ``load_slim(directory)`` (one argument, the export folder): the slim model rebuilt from
+    ``architecture.safetensors`` and ``model.safetensors`` with no model code
+    (:func:`lightning_compress.export.rebuild.load_slim_dir`).
+
     Raises:
         FileNotFoundError / ValueError: as :func:`load_slim_state`, and a ``ValueError`` naming the
         file when its keys or shapes do not match ``model``.
     """
+    if path is None:
+        if isinstance(model, nn.Module):
+            raise TypeError("load_slim(model, path): `path` (the model.safetensors file) is missing; or call load_slim(directory).")
+        from lightning_compress.export.rebuild import load_slim_dir
+
+        return load_slim_dir(model)
+    assert isinstance(model, nn.Module), "load_slim(model, path): `model` must be an nn.Module"
     p, raw, meta = _read(path)
     state = _state(p, raw, meta, None)
     if "dtype" in meta:

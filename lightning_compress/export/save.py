@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lightning_compress.export import writers as _builtin_writers  # noqa: F401  (registers the built-in formats)
+from lightning_compress.export import rebuild as _rebuild  # noqa: F401  (registers "architecture", after them)
 from lightning_compress.export.adapt import split_example
 from lightning_compress.export.formats import FORMATS, WRITERS, SaveJob
 from lightning_compress.export.tensors import state_for_safetensors, unique_tensors  # noqa: F401  (re-exported)

@@ -1,12 +1,12 @@
 """``torch.nn.MultiheadAttention`` with a packed ``in_proj_weight`` (rows ``[q | k | v]``, ``embed_dim`` each).
 
-Its heads are masked but never removed: the projection width is tied to ``embed_dim``
-(``head_dim = embed_dim // num_heads``; ``kdim`` / ``vdim`` are input sizes, not projection sizes), so
-a narrower one is no longer an ``nn.MultiheadAttention``.  The mask zeroes a head's q/k/v rows and
-biases; a zero value row makes the head's output zero, so ``out_proj`` needs no mask in forward
-(``F.multi_head_attention_forward`` reads ``out_proj.weight`` directly; other methods' transforms on it
-still act, see :mod:`lightning_compress.core.direct_reads`); ``clean`` bakes the zeros into the
-``out_proj`` columns too.
+The mask zeroes a head's q/k/v rows and biases; a zero value row makes the head's output zero, so
+``out_proj`` needs no mask in forward (``F.multi_head_attention_forward`` reads ``out_proj.weight``
+directly; other methods' transforms on it still act, see :mod:`lightning_compress.core.direct_reads`).
+``clean`` removes the heads: ``in_proj`` rows and ``out_proj`` columns are sliced and the module
+becomes a :class:`~lightning_compress.core.narrow_mha.NarrowMultiheadAttention` in place (an
+``nn.MultiheadAttention`` whose projection width is ``num_heads * head_dim``, same forward).  Modules
+it cannot narrow (``add_bias_kv``, ``add_zero_attn``) keep their width: the zeros are baked in.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 
 from lightning_compress.core.families.base import AttentionInfo, Family, Projection
 from lightning_compress.core.families.registry import register_family
+from lightning_compress.core.narrow_mha import narrow_in_place, narrowable
 
 
 @register_family
@@ -28,10 +29,15 @@ class TorchMHA(Family):
         if not isinstance(module, nn.MultiheadAttention) or module.in_proj_weight is None:
             return None
         params = ("in_proj_weight", "in_proj_bias") if module.in_proj_bias is not None else ("in_proj_weight",)
+        why = narrowable(module)
         return AttentionInfo(
             family=self, name=name, module=module, num_heads=int(module.num_heads), head_size=int(module.head_dim),
             inputs=[Projection(name, module, params, tiles=3)],
             output=Projection(f"{name}.out_proj" if name else "out_proj", module.out_proj, ("weight",)),
-            mask_output=False, removable=False,
-            kept_reason="nn.MultiheadAttention cannot be narrowed and remain nn.MultiheadAttention (projection width is embed_dim)",
+            mask_output=False, removable=not why,
+            kept_reason=f"this nn.MultiheadAttention has {why}, which NarrowMultiheadAttention does not support" if why else "",
         )
+
+    def update_after_head_removal(self, info: AttentionInfo, keep) -> None:  # noqa: ANN001
+        if any(not k for k in keep):
+            narrow_in_place(info.module, keep)
