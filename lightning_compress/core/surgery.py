@@ -259,7 +259,8 @@ def detach_group(group: UnitGroup, owner: str) -> None:
 
 def _full_keep(m: Member, part: torch.Tensor) -> torch.Tensor:
     """The keep vector of ``m``'s whole dim: ``part`` at ``m.offset``, True elsewhere."""
-    length = _full_len(_param_or_buffer(m.module, m.params[0]), m.dim)
+    t = _param_or_buffer(m.module, m.params[0])
+    length = _full_len(t, physical_dim(m.module, t, m.dim))  # a Conv1D's logical dim is stored swapped
     if m.offset == 0 and part.numel() == length:
         return part
     full = torch.ones(length, dtype=torch.bool)
