@@ -48,6 +48,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_compress.core.traced_space import Slot, TracedSpace, merge_spaces
+from lightning_compress.core.union_find import UnionFind
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _UNARY = {
@@ -87,7 +88,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.names = {id(m): n for n, m in model.named_modules()}
         self.tensors: dict[int, tuple[torch.Tensor, _Lay]] = {}
-        self.parent: list[int] = []
+        self.sets = UnionFind()  # the spaces merged so far
         self.spaces: list[dict[str, Any]] = []
         self.depth = 0
         self.calls = 0
@@ -95,21 +96,16 @@ class _Recorder(TorchFunctionMode):
     # ---------------------------------------------------------------- spaces
     def new_space(self, name: str, module: nn.Module, channels: int) -> int:
         sid = len(self.spaces)
-        self.parent.append(sid)
+        self.sets.add(sid)
         self.spaces.append({"producers": {name: module}, "slots": [], "problems": [], "channels": channels,
                             "period": channels, "passthrough": {}})
         return sid
 
     def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
+        return self.sets.find(i)
 
     def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
+        self.sets.union(a, b)
 
     def who(self, sid: int) -> str:
         root = self.find(sid)

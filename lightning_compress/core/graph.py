@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from lightning_compress.core import masking
+from lightning_compress.core.union_find import UnionFind
 
 #: modules that act per channel / per feature (output channel c depends only on input channel c)
 _PER_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
@@ -75,25 +76,6 @@ class ChannelSpace:
         return f"producers={sorted(self.producers)} consumers={sorted(self.consumers)}"
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-
-    def add(self, i: int) -> None:
-        self.parent.setdefault(i, i)
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-
-
 class TracingError(RuntimeError):
     """fx could not trace the model."""
 
@@ -118,7 +100,7 @@ def trace_channel_spaces(model: nn.Module) -> list[ChannelSpace]:
     except Exception as err:  # fx raises many kinds of errors on dynamic code
         raise TracingError(f"torch.fx.symbolic_trace failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
     modules = dict(gm.named_modules())
-    uf = _UnionFind()
+    uf = UnionFind()
     spaces: dict[int, ChannelSpace] = {}
     # per node: (space id, spatial_is_one) or None for untracked values
     state: dict[fx.Node, tuple[int, bool] | None] = {}
@@ -265,7 +247,7 @@ def trace_channel_spaces(model: nn.Module) -> list[ChannelSpace]:
     return out
 
 
-def _is_conv_space(spaces: dict[int, ChannelSpace], uf: _UnionFind, sid: int) -> bool:
+def _is_conv_space(spaces: dict[int, ChannelSpace], uf: UnionFind, sid: int) -> bool:
     root = uf.find(sid)
     return any(isinstance(m, nn.Conv2d) for i, sp in spaces.items() if uf.find(i) == root for m in sp.producers.values())
 
