@@ -10,7 +10,8 @@ import torch
 
 from lightning_compress.core import fake_quant_fused
 from lightning_compress.core.fake_quant import fake_quant_dynamic, fake_quant_static, fake_quant_weight
-from lightning_compress.core.quant_grid import QuantSpec, affine_params, fake_quant_rows, qrange
+from lightning_compress.core.quant_grid import affine_params, fake_quant_rows, qrange
+from tests.test_qat_exact import SPECS  # the 80 weight specs of the frozen reference
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -72,13 +73,6 @@ def test_fake_quant_rows_fused_is_the_reference_bit_for_bit(monkeypatch, symmetr
         assert _same(fake_quant_rows(rows, scale, zp, bits, symmetric), ref[0])
 
 
-SPECS = [
-    QuantSpec(bits=b, granularity=g, symmetric=s, group_size=8 if g == "group" else None, groups=4 if g == "row_block" else None, scheme=sc)
-    for b in (8, 4, 3, 2, 1)
-    for g in ("tensor", "channel", "group", "row_block")
-    for s in (True, False)
-    for sc in ("affine", "deepspeed")
-]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
