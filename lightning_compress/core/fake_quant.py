@@ -215,6 +215,10 @@ class WeightFakeQuant:
         out = fake_quant_weight(self._oriented(weight), self.current_spec, self.ranges, self.observer)
         return out.t() if self.transposed else out
 
+    def drop_cache(self) -> None:
+        """Forget the kept no-grad result (a float copy of the weight); the next call recomputes it."""
+        self._cache = None
+
     def __getstate__(self) -> dict:  # deepcopy / pickle: the cache stays behind
         return {**self.__dict__, "_cache": None}
 

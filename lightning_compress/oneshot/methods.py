@@ -8,9 +8,10 @@ the value and the fix), says which calibration statistics it needs (``needs``: `
 library's own machinery (:mod:`lightning_compress.core.masking`):
 
 * pruners (:class:`Magnitude`, :class:`Wanda`, :class:`SparseGPT`) write the new weights (pruned
-  entries 0) and register a ``"sparse_mask"`` keep-mask the way ``SparsePruning`` does (a bool
-  non-persistent buffer ``_lc_mask`` of the weight's shape + :func:`~lightning_compress.core.masking.mask_transform`),
-  so fine-tuning afterwards keeps the zeros and ``clean`` / ``RedundancyClean`` / the report see them;
+  entries 0) and register a ``"sparse_mask"`` keep-mask transform as ``SparsePruning`` does, the mask
+  stored one bit per weight (:mod:`~lightning_compress.oneshot.packed_mask`; unpacked into a bool
+  buffer of the weight's shape once training starts), so fine-tuning afterwards keeps the zeros and
+  ``clean`` / ``RedundancyClean`` / the report see them;
 * weight quantizers (:class:`RTN`, :class:`GPTQ`) write weights that lie on the grid and register a
   :class:`~lightning_compress.core.fake_quant.WeightFakeQuant` with the fixed ranges (kind
   ``"weight_quant"``, after the mask), so ``clean_for_storage`` packs them in low bits;
@@ -37,6 +38,7 @@ from lightning_compress.oneshot.linear_view import (
     TransposedWeightFakeQuant, is_conv1d, out_in_shape, to_module_layout, weight_out_in, write_weight,
 )
 from lightning_compress.oneshot.magnitude import magnitude_mask
+from lightning_compress.oneshot.packed_mask import PackedKeepMask, has_mask_storage, register_packed_mask
 from lightning_compress.oneshot.smoothquant import can_fold, fold_smoothing, smoothing_scales
 from lightning_compress.oneshot.sparsegpt import sparsegpt_prune
 from lightning_compress.oneshot.stats import BlockStats
@@ -106,21 +108,26 @@ def _parse_sparsity(method: str, sparsity: float | None, pattern: str) -> tuple[
 
 def current_keep(module: nn.Module) -> torch.Tensor | None:
     """The ``[out, in]`` keep-mask already on ``module`` (an earlier pruning), or None."""
-    m = getattr(module, MASK_BUFFER, None)
-    if m is None or masking.find_transform(module, "weight", MASK_KIND) is None:
+    t = masking.find_transform(module, "weight", MASK_KIND)
+    if t is None:
         return None
+    if isinstance(t.fn, PackedKeepMask):
+        m = t.fn.keep(module)
+    else:
+        m = getattr(module, MASK_BUFFER, None)
+        if m is None:
+            return None
     return (m.t() if is_conv1d(module) else m).bool()
 
 
 def attach_mask(module: nn.Module, keep_out_in: torch.Tensor, owner: str, name: str) -> None:
-    """Register ``keep`` (``[out, in]``) as the module's ``"sparse_mask"`` (as SparsePruning does)."""
+    """Register ``keep`` (``[out, in]``) as the module's ``"sparse_mask"`` (as SparsePruning does), stored
+    one bit per weight (:mod:`~lightning_compress.oneshot.packed_mask`)."""
     keep = to_module_layout(module, keep_out_in).bool().to(module.weight.device)
-    if getattr(module, MASK_BUFFER, None) is not None and masking.find_transform(module, "weight", MASK_KIND) is not None:
+    if masking.find_transform(module, "weight", MASK_KIND) is not None and has_mask_storage(module):
         raise ValueError(f"oneshot: {name}.weight is already pruned (it carries a 'sparse_mask'); prune it once.")
     broadcast_(keep, 0)  # identical on every rank (rank 0's), a no-op without a process group
-    module.register_buffer(MASK_BUFFER, keep, persistent=False)
-    masking.add_param_transform(module, "weight", owner, masking.mask_transform(MASK_BUFFER), kind=MASK_KIND,
-                                priority=masking.MASK_PRIORITY, module_name=name)
+    register_packed_mask(module, keep, owner, MASK_KIND, name)
 
 
 def attach_quantizer(module: nn.Module, spec: QuantSpec, ranges: Any, owner: str, name: str) -> None:
@@ -198,8 +205,8 @@ class SparseGPT(_Pruner):
 
     def prune(self, w: torch.Tensor, ctx: BlockContext, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         assert ctx.stats is not None
-        return sparsegpt_prune(w, ctx.stats.linears[name].hessian(), self.sparsity, self.nm,
-                               blocksize=self.blocksize, damp=self.damp)
+        U, dead, _ = ctx.stats.linears[name].inverse_factor(self.damp)  # once for the layers sharing an input
+        return sparsegpt_prune(w, None, self.sparsity, self.nm, blocksize=self.blocksize, damp=self.damp, factor=(U, dead))
 
 
 def _check_block_damp(method: str, blocksize: Any, damp: Any) -> None:
@@ -276,8 +283,9 @@ class GPTQ(RTN):
 
     def quantize(self, w: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None, ctx: BlockContext, name: str) -> tuple[torch.Tensor, Any]:
         assert ctx.stats is not None
-        return gptq_quantize(w, ctx.stats.linears[name].hessian(), spec, act_order=self.act_order, keep=keep,
-                             blocksize=self.blocksize, damp=self.damp)
+        factor = ctx.stats.linears[name].inverse_factor(self.damp, self.act_order)  # once per shared input
+        return gptq_quantize(w, None, spec, act_order=self.act_order, keep=keep, blocksize=self.blocksize,
+                             damp=self.damp, factor=factor)
 
     def __repr__(self) -> str:
         return (f"GPTQ(bits={self.bits}, group_size={self.group_size}, act_order={self.act_order}, "

@@ -4,7 +4,7 @@ after the calibration (``OneShotCompression``'s state) resumes with the very mas
 :func:`calibration_state` reads, for every module carrying machinery of ``owner``:
 
 * ``"mask"``: the ``"sparse_mask"`` keep-mask (bool, the module's own weight layout), from
-  SparseGPT / Wanda / Magnitude;
+  SparseGPT / Wanda / Magnitude (restored stored one bit per weight, :mod:`~lightning_compress.oneshot.packed_mask`);
 * ``"weight_quant"``: the fixed-range weight quantizer of GPTQ / RTN / SmoothQuant's W8 --
   ``spec`` (bits, granularity, group_size, symmetric, groups, scheme) and ``lo`` / ``hi`` (float32 per row of
   :func:`~lightning_compress.core.quant_grid.as_rows`, None for the ternary grid);
@@ -29,6 +29,7 @@ from lightning_compress.core import act_quant as aq
 from lightning_compress.core import masking
 from lightning_compress.core.quant_grid import WEIGHT_QUANT_KIND, QuantSpec
 from lightning_compress.oneshot.linear_view import TransposedWeightFakeQuant, is_conv1d
+from lightning_compress.oneshot.packed_mask import PackedKeepMask, register_packed_mask
 
 MASK_KIND = "sparse_mask"
 MASK_BUFFER = masking.private_name("mask")
@@ -47,7 +48,8 @@ def calibration_state(model: nn.Module, owner: str) -> dict[str, dict[str, Any]]
         entry: dict[str, Any] = {}
         for t in _owned(module, owner):
             if t.kind == MASK_KIND:
-                entry["mask"] = getattr(module, MASK_BUFFER).detach().bool().cpu().clone()
+                keep = t.fn.keep(module) if isinstance(t.fn, PackedKeepMask) else getattr(module, MASK_BUFFER)
+                entry["mask"] = keep.detach().bool().cpu().clone()
             elif t.kind == WEIGHT_QUANT_KIND:
                 q = t.fn
                 ranges = getattr(q, "ranges", None)
@@ -88,9 +90,7 @@ def restore_calibration(model: nn.Module, state: dict[str, dict[str, Any]], owne
                 if tuple(keep.shape) != want:
                     raise ValueError(f"oneshot: the saved mask of {name} has shape {tuple(keep.shape)}, the weight {want}; "
                                      f"resume with the model the checkpoint was written from.")
-                module.register_buffer(MASK_BUFFER, keep, persistent=False)
-                masking.add_param_transform(module, "weight", owner, masking.mask_transform(MASK_BUFFER), kind=MASK_KIND,
-                                            priority=masking.MASK_PRIORITY, module_name=name)
+                register_packed_mask(module, keep, owner, MASK_KIND, name)
             if "weight_quant" in entry:
                 wq = entry["weight_quant"]
                 spec = QuantSpec(**{f: wq["spec"][f] for f in _SPEC_FIELDS})

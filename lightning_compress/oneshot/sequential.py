@@ -8,7 +8,8 @@
    recorded inputs gathers the statistics it needs (:mod:`~lightning_compress.oneshot.stats`), then
    the method compresses the block's linear layers; then the compressed block's outputs become the
    next block's inputs (positional argument 0 replaced, keyword arguments reused).
-3. Only one block's inputs and outputs and one block's statistics are held at a time; under ZeRO-3
+3. Only one block's inputs and outputs and one block's statistics are held at a time (and the
+   weight quantizers' kept evaluation results are dropped after each block's step); under ZeRO-3
    each block's parameters are gathered for its step only (``deepspeed.zero.GatheredParameters``,
    rank 0's edits broadcast on exit).  While gathered, the block's forward hooks (DeepSpeed's
    fetch / release hooks) are set aside and put back afterwards: a release inside the step would drop
@@ -32,6 +33,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from lightning_compress.core import masking
 from lightning_compress.core.dist import gathered, is_zero3_param
 from lightning_compress.core.distill_losses import first_tensor
 from lightning_compress.oneshot.linear_view import linears
@@ -252,12 +254,24 @@ def calibrate_blocks(
             out = list(run_block(block, records, hidden))
             err = _error(out, dense) if dense is not None else None
             held = tensor_bytes(hidden) + tensor_bytes(out) + stats_peak + sum(p.numel() * p.element_size() for p in params)
+            _drop_eval_caches(targets)
         del dense
         hidden = [o.detach() for o in out]
         rec = LayerRecord(i, name, time.perf_counter() - t0, held, stats_peak, err)
         report.layers.append(rec)
         if on_layer is not None:
             on_layer(rec)
+
+
+def _drop_eval_caches(targets: dict[str, nn.Module]) -> None:
+    """Forget the no-grad results the block's new weight quantizers kept while the block's outputs were
+    computed (``WeightFakeQuant`` keeps one float copy of its weight for repeated evaluation forwards):
+    kept for every block, they would add a second copy of every quantized weight to calibration's memory."""
+    for m in targets.values():
+        for t in masking.param_transforms(m, "weight"):
+            drop = getattr(t.fn, "drop_cache", None)
+            if callable(drop):
+                drop()
 
 
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",

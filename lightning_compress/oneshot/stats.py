@@ -13,6 +13,14 @@ padding included as the model receives it), with ``x`` the ``[n, in]`` inputs in
 * ``xtx = x^T x`` (``[in, in]``); the GPTQ / SparseGPT Hessian is ``H = 2 xtx / n``.
 * ``sq = sum_t x_t^2`` per input column (``[in]``): Wanda's ``||X_j||_2^2``.
 * ``absmax = max_t |x_t|`` per input column (``[in]``): SmoothQuant's activation range.
+
+Linear layers that receive the very same input tensor in a forward (Llama's q/k/v after
+``input_layernorm``, gate/up after ``post_attention_layernorm``) share one :class:`LinearStats` object:
+its statistics are accumulated once, and its damped inverse-Hessian factor is computed once
+(:meth:`LinearStats.inverse_factor`).  Sharing is decided at the first forward; should a later
+forward give such a layer an input of its own (a block whose forward depends on the data), the pass
+is run again from the start with that layer on statistics of its own, so the result is always
+exactly what separate statistics would hold.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lightning_compress.oneshot.hessian_inverse import damped_hessian, upper_cholesky_of_inverse
 from lightning_compress.oneshot.linear_view import out_in_shape
 
 
@@ -35,12 +44,34 @@ class LinearStats:
     xtx: torch.Tensor | None = None
     sq: torch.Tensor | None = None
     absmax: torch.Tensor | None = None
+    #: ``(damp, act_order) -> (U, dead, perm)`` of :meth:`inverse_factor` (shared by the layers sharing these stats)
+    factors: dict = field(default_factory=dict, repr=False)
 
-    def hessian(self) -> torch.Tensor:
-        """``H = 2 x^T x / n`` (float32 ``[in, in]``)."""
+    def _check(self) -> None:
         if self.xtx is None or self.n == 0:
             raise RuntimeError("oneshot: no calibration tokens reached this layer; check `calib_data`.")
+
+    def hessian(self) -> torch.Tensor:
+        """``H = 2 x^T x / n`` (float32 ``[in, in]``, a new tensor)."""
+        self._check()
         return self.xtx * (2.0 / self.n)
+
+    def inverse_factor(self, damp: float, act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(U, dead, perm)`` for the OBS methods: ``H`` = :meth:`hessian` damped as
+        :func:`~lightning_compress.oneshot.hessian_inverse.damped_hessian` (``dead``: inputs never seen,
+        whose weight columns the caller zeroes), with ``act_order`` its rows and columns permuted by
+        decreasing diagonal (``perm``; else None), and ``U`` the upper Cholesky factor of its inverse
+        (float32).  Computed once per ``(damp, act_order)`` and kept with these statistics."""
+        key = (float(damp), bool(act_order))
+        if key not in self.factors:
+            self._check()
+            H, dead = damped_hessian(self.xtx, damp, 2.0 / self.n)
+            perm = None
+            if act_order:
+                perm = torch.argsort(torch.diagonal(H), descending=True)
+                H = H[perm][:, perm]
+            self.factors[key] = (upper_cholesky_of_inverse(H), dead, perm)
+        return self.factors[key]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.xtx, self.sq, self.absmax) if t is not None)
@@ -55,12 +86,20 @@ class BlockStats:
     norm_consumers: dict[str, list[str]] = field(default_factory=dict)
 
     def nbytes(self) -> int:
-        return sum(s.nbytes() for s in self.linears.values())
+        """Bytes of the statistics, each shared :class:`LinearStats` once."""
+        return sum(s.nbytes() for s in {id(s): s for s in self.linears.values()}.values())
 
 
 def _is_norm(module: nn.Module) -> bool:
     name = type(module).__name__
     return isinstance(module, nn.LayerNorm) or name.endswith("RMSNorm") or name.endswith("LayerNorm")
+
+
+class _SharingBroken(Exception):
+    """A layer that shared another's input at the first forward got an input of its own later."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 @torch.no_grad()
@@ -75,20 +114,47 @@ def collect_stats(
     """Run ``run()`` (a pass of the block over its calibration inputs) with hooks that accumulate
     :class:`LinearStats` for every module of ``targets`` (``{name: linear}``); ``hessian`` also
     accumulates ``x^T x``; ``norms`` also records which norm layer's output feeds which linear
-    (the very same tensor object)."""
+    (the very same tensor object).  Layers fed the same input tensor share statistics (module
+    docstring); ``run`` is called again when that sharing breaks."""
+    own: set[str] = set()  # layers that must keep statistics of their own (sharing broke once)
+    while True:
+        try:
+            return _collect(block, targets, run, hessian, norms, own)
+        except _SharingBroken as e:
+            own.add(e.name)
+
+
+def _collect(block: nn.Module, targets: dict[str, nn.Module], run: Callable[[], Iterable[object]], hessian: bool,
+             norms: bool, own: set[str]) -> BlockStats:
     stats = {n: LinearStats(out_in_shape(m)[1]) for n, m in targets.items()}
     norm_out: dict[int, tuple[str, torch.Tensor]] = {}  # the tensor is kept alive so ids stay unique
+    seen: dict[int, tuple[str, torch.Tensor]] = {}  # this forward: id(input) -> (layer accumulating it, input)
+    shares: dict[str, str | None] = {}  # layer -> the layer whose statistics it shares (None: its own)
+    first: dict[str, int] = {}  # layer -> the forward of its first call
+    called: set[str] = set()  # layers called in this forward
+    forward = [0]
     consumers: dict[str, list[str]] = {}
     handles = []
 
     def pre_hook(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0]
-            s = stats[name]
             if norms and id(x) in norm_out and norm_out[id(x)][1] is x:
                 lst = consumers.setdefault(norm_out[id(x)][0], [])
                 if name not in lst:
                     lst.append(name)
+            called.add(name)
+            hit = seen.get(id(x))
+            src = hit[0] if hit is not None and hit[1] is x and name not in own else None
+            if name not in shares:  # its first call: share when a layer first called in this same forward
+                shares[name] = src if src is not None and first[src] == forward[0] else None  # took this very tensor
+                first[name] = forward[0]
+            elif shares[name] != src and shares[name] is not None:
+                raise _SharingBroken(name)
+            if shares[name] is not None:
+                return
+            seen[id(x)] = (name, x)
+            s = stats[name]
             x2 = x.detach().reshape(-1, x.shape[-1]).float()
             s.n += x2.shape[0]
             sq = x2.pow(2).sum(0)
@@ -117,9 +183,20 @@ def collect_stats(
                     handles.append(m.register_forward_hook(norm_hook(n)))
         for _ in run():
             norm_out.clear()  # ids are only meaningful within one forward
+            seen.clear()
+            for name, src in shares.items():  # a sharer skipped a forward its source saw, or the reverse
+                if src is not None and (name in called) != (src in called):
+                    raise _SharingBroken(name)
+            called.clear()
+            forward[0] += 1
     finally:
         for h in handles:
             h.remove()
+        norm_out.clear()
+        seen.clear()
+    for name, src in shares.items():
+        if src is not None:
+            stats[name] = stats[src]
     return BlockStats(stats, consumers)
 
 
