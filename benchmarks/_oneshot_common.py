@@ -45,13 +45,18 @@ def save_plain(model, tok, model_dir: str) -> None:
     """The GGUF-loaded model as a plain Hugging Face folder: its float32 weights, its config without the
     ``quantization_config`` record of the GGUF origin (the weights are dequantized floats; llm-compressor's
     ``oneshot`` refuses a model whose config names another quantization method), and the tokenizer."""
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    cfg_file = os.path.join(model_dir, "config.json")
     import json
 
+    from safetensors.torch import save_model
+
+    # (``model.save_pretrained`` refuses a GGUF-loaded model: "quantized with gguf and is not serializable")
+    os.makedirs(model_dir, exist_ok=True)
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.config.save_pretrained(model_dir)
+    save_model(model, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})  # tied weights once
+    tok.save_pretrained(model_dir)
+    cfg_file = os.path.join(model_dir, "config.json")
     with open(cfg_file) as f:
         cfg = json.load(f)
     cfg.pop("quantization_config", None)

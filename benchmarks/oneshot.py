@@ -67,8 +67,8 @@ LLMC_REQ = ["llmcompressor==0.14.0.1", "gguf"]
 
 #: name -> our methods (group size substituted); the same names drive oneshot_llmc.recipe_for
 CONFIGS = [  # in the order they run (the most telling first, for a run cut short)
-    "dense", "sparsegpt 50%", "wanda 50%", "gptq w3", "rtn w3", "sparsegpt 2:4", "wanda 2:4",
-    "smoothquant w8a8", "gptq w8", "rtn w8", "magnitude 50%", "magnitude 2:4",
+    "sparsegpt 50%", "gptq w3", "dense", "wanda 50%", "rtn w3", "smoothquant w8a8", "gptq w8", "rtn w8",
+    "sparsegpt 2:4", "wanda 2:4", "magnitude 50%", "magnitude 2:4",
 ]
 
 
@@ -219,7 +219,14 @@ def main() -> None:
     tokens = tmp / "tokens.pt"
     torch.save({"calib": calib, "eval": evals}, tokens)
     model_dir = tmp / "smollm2-f32"
-    save_plain(load_model()[0], tok, str(model_dir))
+    dense = load_model()[0]
+    save_plain(dense, tok, str(model_dir))
+    plain = load_model(str(model_dir))[0]  # the very same weights, or no run
+    a, b = dense.state_dict(), plain.state_dict()
+    differ = [k for k in a if k not in b or not torch.equal(a[k], b[k])]
+    if differ or a.keys() != b.keys():
+        raise SystemExit(f"oneshot.py: the saved plain model differs from the GGUF-loaded one: {differ[:4]}")
+    del dense, plain, a, b
     print(f"calibration {tuple(calib.shape)}, evaluation {tuple(evals.shape)} tokens; model {model_dir}; logs in {tmp}", flush=True)
     llmc_error = None if args.no_llmc else ensure_llmc(args.llmc_torch, HERE / ".venvs" / "llmc-install.log")
     if llmc_error:

@@ -14,6 +14,7 @@ from lightning_compress.callbacks.oneshot_compression import OneShotCompression
 from lightning_compress.core import masking
 from lightning_compress.core.quant_grid import WEIGHT_QUANT_KIND
 from lightning_compress.oneshot import GPTQ, SmoothQuant, SparseGPT, Wanda, oneshot
+from lightning_compress.oneshot.packed_mask import stored_keep
 from lightning_compress.oneshot.saved_state import calibration_state, restore_calibration
 from tests.oneshot_lightning import TinyLM, first_batches, token_loader
 from tests.oneshot_models import VOCAB, tiny
@@ -36,7 +37,7 @@ def machinery(lm):
     for name, m in lm.model.model.layers.named_modules():
         q = masking.find_transform(m, "weight", WEIGHT_QUANT_KIND)
         if q is not None:
-            out[name] = (getattr(m, masking.private_name("mask")).clone(), tuple(r.clone() for r in q.fn.ranges))
+            out[name] = (stored_keep(m).clone(), tuple(r.clone() for r in q.fn.ranges))
     return out
 
 

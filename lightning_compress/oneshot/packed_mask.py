@@ -84,10 +84,21 @@ def register_packed_mask(module: nn.Module, keep: torch.Tensor, owner: str, kind
     return fn
 
 
+def stored_keep(module: nn.Module, kind: str = "sparse_mask") -> torch.Tensor | None:
+    """The bool keep-mask of ``module``'s ``kind`` weight transform in the module's own weight layout
+    (packed or a plain ``_lc_mask`` buffer), or None when it has none."""
+    t = masking.find_transform(module, "weight", kind)
+    if t is None:
+        return None
+    if isinstance(t.fn, PackedKeepMask):
+        return t.fn.keep(module)
+    return module._buffers.get(FULL_BUFFER)
+
+
 def has_mask_storage(module: nn.Module) -> bool:
     """True when ``module`` holds a one-shot keep-mask's buffers (packed, or a plain bool ``_lc_mask``)."""
     return module._buffers.get(BITS_BUFFER) is not None or module._buffers.get(FULL_BUFFER) is not None
 
 
 __all__ = ["BITS_BUFFER", "FULL_BUFFER", "PackedKeepMask", "has_mask_storage", "pack_keep", "register_packed_mask",
-           "unpack_keep"]
+           "stored_keep", "unpack_keep"]

@@ -9,6 +9,7 @@ from lightning_compress.callbacks.oneshot_compression import OneShotCompression
 from lightning_compress.core import masking
 from lightning_compress.core.dist import gathered
 from lightning_compress.oneshot import GPTQ, SparseGPT
+from lightning_compress.oneshot.packed_mask import stored_keep
 from tests.distributed.harness import Context, scenario
 from tests.oneshot_lightning import TinyLM, token_loader
 
@@ -18,13 +19,12 @@ METHODS = lambda: [SparseGPT(None, "2:4"), GPTQ(4, group_size=32)]  # noqa: E731
 
 def snapshot(lm: pl.LightningModule) -> dict:
     """Full weights, masks and the compressed model's output on PROBE (parameters gathered)."""
-    buf = masking.private_name("mask")
     with gathered(list(lm.parameters())), torch.no_grad():
         return {
             "weights": {k: v.detach().clone().float() for k, v in lm.state_dict().items()},
             "effective": {n: masking.effective_param(m, "weight").detach().clone().float()
                           for n, m in lm.named_modules() if masking.is_wrapped(m)},
-            "masks": {n: getattr(m, buf).clone() for n, m in lm.named_modules() if getattr(m, buf, None) is not None},
+            "masks": {n: stored_keep(m).clone() for n, m in lm.named_modules() if stored_keep(m) is not None},
             "output": lm(PROBE).float(),
         }
 
