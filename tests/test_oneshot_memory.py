@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lightning_compress.core import masking
+from lightning_compress.core.bit_packing import pack_bits
 from lightning_compress.core.quant_grid import affine_params, fake_quant_rows
 from lightning_compress.oneshot import GPTQ, SparseGPT, Wanda, oneshot
 from lightning_compress.oneshot.gptq import _ColumnGrid
@@ -25,6 +26,7 @@ def test_pack_unpack_roundtrip(shape):
     keep = torch.rand(shape, generator=g) > 0.5
     bits = pack_keep(keep)
     assert bits.dtype == torch.uint8 and bits.numel() == (keep.numel() + 7) // 8
+    assert torch.equal(bits, pack_bits(keep.reshape(-1).to(torch.uint8), 1))  # the library's 1-bit layout
     assert torch.equal(unpack_keep(bits, shape), keep)
 
 

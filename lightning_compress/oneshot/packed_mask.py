@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from lightning_compress.core import masking
-from lightning_compress.core.bit_packing import pack_bits
 
 BITS_BUFFER = masking.private_name("mask_bits")
 FULL_BUFFER = masking.private_name("mask")
@@ -33,8 +32,15 @@ _SHIFTS: dict[torch.device, torch.Tensor] = {}
 
 
 def pack_keep(keep: torch.Tensor) -> torch.Tensor:
-    """A bool keep-mask as uint8 bytes, 8 weights a byte (row-major, low bits first)."""
-    return pack_bits(keep.reshape(-1).to("cpu", torch.uint8), 1).to(keep.device)
+    """A bool keep-mask as uint8 bytes, 8 weights a byte (row-major, low bits first): the layout of
+    :func:`~lightning_compress.core.bit_packing.pack_bits` with 1 bit, in uint8 arithmetic (no int32
+    temporary four times the mask's size)."""
+    flat = keep.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    shifts = torch.arange(8, dtype=torch.uint8, device=flat.device)
+    return (flat.reshape(-1, 8) << shifts).sum(1, dtype=torch.uint8)
 
 
 def unpack_keep(bits: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

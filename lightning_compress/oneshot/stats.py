@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lightning_compress.oneshot.hessian_inverse import damped_hessian, upper_cholesky_of_inverse
+from lightning_compress.oneshot.hessian_inverse import factor_of
 from lightning_compress.oneshot.linear_view import out_in_shape
 
 
@@ -65,12 +65,7 @@ class LinearStats:
         key = (float(damp), bool(act_order))
         if key not in self.factors:
             self._check()
-            H, dead = damped_hessian(self.xtx, damp, 2.0 / self.n)
-            perm = None
-            if act_order:
-                perm = torch.argsort(torch.diagonal(H), descending=True)
-                H = H[perm][:, perm]
-            self.factors[key] = (upper_cholesky_of_inverse(H), dead, perm)
+            self.factors[key] = factor_of(self.xtx, damp, 2.0 / self.n, act_order)
         return self.factors[key]
 
     def nbytes(self) -> int:
@@ -161,9 +156,8 @@ def _collect(block: nn.Module, targets: dict[str, nn.Module], run: Callable[[], 
             am = x2.abs().amax(0)
             s.sq = sq if s.sq is None else s.sq + sq
             s.absmax = am if s.absmax is None else torch.maximum(s.absmax, am)
-            if hessian:
-                xtx = x2.t() @ x2
-                s.xtx = xtx if s.xtx is None else s.xtx.add_(xtx)
+            if hessian:  # accumulated in place: no [in, in] temporary per batch
+                s.xtx = x2.t() @ x2 if s.xtx is None else s.xtx.addmm_(x2.t(), x2)
 
         return hook
 
