@@ -122,12 +122,21 @@ def dense_safetensors_bytes(network: nn.Module, out_dir: Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-def recipe_callbacks(recipe: str, sparsity: float) -> list[pl.Callback]:
-    """The compression callbacks of ``recipe`` (steps as fractions of the fit, so any length works)."""
+INNER_CONVS = r"^model\.layer\d+\.\d+\.conv1$"  # the first conv of every residual block: its channels stay inside the block
+
+
+def recipe_callbacks(recipe: str, sparsity: float, channel_layers: str = "inner") -> list[pl.Callback]:
+    """The compression callbacks of ``recipe`` (steps as fractions of the fit, so any length works).
+
+    ``channel_layers``: ``"inner"`` prunes the channels inside each residual block (the first conv's
+    outputs = the second conv's inputs); ``"all"`` also prunes the residual streams (every conv writing
+    into a stage's stream shares one mask), which keeps about a quarter of the weights at 50%."""
     import lightning_compress.callbacks as cbs
 
     if recipe == "channel":
-        return [cbs.ChannelPruning(sparsity=sparsity, method="l1", schedule="exp", start_step=0, end_step=0.3, frequency=0.03)]
+        modules = [INNER_CONVS] if channel_layers == "inner" else None
+        return [cbs.ChannelPruning(sparsity=sparsity, method="l1", schedule="exp", start_step=0, end_step=0.3,
+                                   frequency=0.03, modules=modules)]
     return [
         cbs.SnipMomentumPruning(pattern="4x1", sparsity=sparsity, schedule="exp", start_step=0, end_step=0.4,
                                 frequency=0.04, scope="global", max_sparsity_per_layer=0.9),
@@ -170,7 +179,7 @@ def run_recipe(recipe: str, dense: nn.Module, data: CifarTensors, args: argparse
     pl.seed_everything(args.seed, verbose=False)
     teacher = copy.deepcopy(dense) if args.kd_weight > 0 else None
     module = FineTune(copy.deepcopy(dense), teacher, lr=lr, kd_weight=args.kd_weight, temperature=args.temperature)
-    compress = recipe_callbacks(recipe, args.sparsity)
+    compress = recipe_callbacks(recipe, args.sparsity, args.channel_layers)
     clean = RedundancyClean(output_dir=str(out_dir / recipe), formats=args.formats, example_input=x_lat,
                             latency_runs=0, overwrite=True)
     progress, bar = progress_callbacks(label)
@@ -241,6 +250,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="dense ResNet saved by examples/cifar/train_dense.py (default: the shipped ResNet-20)")
     p.add_argument("--recipe", choices=["both", *RECIPES], default="both")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of channels / weights removed")
+    p.add_argument("--channel-layers", choices=["inner", "all"], default="inner",
+                   help="channel recipe: prune the channels inside each residual block (inner) or also the residual "
+                        "streams (all)")
     p.add_argument("--channel-epochs", type=float, default=0.8, help="fine-tuning epochs of the channel recipe")
     p.add_argument("--w8a8-epochs", type=float, default=0.3, help="fine-tuning epochs of the snip_w8a8 recipe")
     p.add_argument("--compress-epochs", type=float, default=None, help="sets --channel-epochs and --w8a8-epochs")
