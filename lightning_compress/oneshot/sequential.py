@@ -9,7 +9,8 @@
    the method compresses the block's linear layers; then the compressed block's outputs become the
    next block's inputs (positional argument 0 replaced, keyword arguments reused).
 3. Only one block's inputs and outputs and one block's statistics are held at a time (and the
-   weight quantizers' kept evaluation results are dropped after each block's step); under ZeRO-3
+   weight quantizers' kept evaluation results are dropped after each block's step, and the pages the
+   C allocator keeps are handed back: :func:`~lightning_compress.core.trim_allocator.trim_allocator`); under ZeRO-3
    each block's parameters are gathered for its step only (``deepspeed.zero.GatheredParameters``,
    rank 0's edits broadcast on exit).  While gathered, the block's forward hooks (DeepSpeed's
    fetch / release hooks) are set aside and put back afterwards: a release inside the step would drop
@@ -35,6 +36,7 @@ from torch import nn
 
 from lightning_compress.core import masking
 from lightning_compress.core.dist import gathered, is_zero3_param
+from lightning_compress.core.trim_allocator import trim_allocator
 from lightning_compress.core.distill_losses import first_tensor
 from lightning_compress.oneshot.linear_view import linears
 from lightning_compress.oneshot.methods import BlockContext, OneShotMethod, SmoothQuant
@@ -256,6 +258,7 @@ def calibrate_blocks(
             held = tensor_bytes(hidden) + tensor_bytes(out) + stats_peak + sum(p.numel() * p.element_size() for p in params)
             _drop_eval_caches(targets)
         del dense
+        trim_allocator()
         hidden = [o.detach() for o in out]
         rec = LayerRecord(i, name, time.perf_counter() - t0, held, stats_peak, err)
         report.layers.append(rec)
