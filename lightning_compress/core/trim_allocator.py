@@ -8,7 +8,7 @@ at every step -- one-shot calibration, block after block: Hessians, factorizatio
 masks -- then sees its resident memory creep up step after step although it holds no more tensors
 (measured, SmolLM2-135M, SparseGPT 50%, 1 thread: RSS above the model 73 MiB after the first of its 30
 blocks, 94 MiB after the 15th, peak 233 MiB over the call, yet 0.02 MiB of live tensors after it; with
-a trim after every block the RSS between blocks stays at 48-53 MiB).  ``malloc_trim(0)`` returns every
+a trim after every block the RSS between blocks stays at 46-53 MiB, the peak at 72-92 MiB).  ``malloc_trim(0)`` returns every
 free page of the heap (``madvise(MADV_DONTNEED)``); it changes no value and takes milliseconds.
 
 :func:`trim_allocator` calls it where the C library has it (glibc), and does nothing elsewhere (musl,
