@@ -23,10 +23,16 @@ value); here a NaN stays NaN and ``+-inf`` clamps to ``qmax`` / ``qmin``.
 :func:`fast_path` is False while tracing, exporting or compiling: the graph then records the
 ``torch.fake_quantize_*`` ops (ONNX QDQ, ``torch.export``; inductor fuses them itself).
 :data:`ENABLED` switches the fast path off process-wide (a fallback, and the tests' reference).
-Pure PyTorch.
+:func:`capture` hands the backward state of each Function that runs (a mask, or nothing) to a weight's
+training-path cache (:mod:`lightning_compress.core.fake_quant_cache`), whose backward replays
+:func:`rows_backward` on it.  Pure PyTorch.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -42,6 +48,42 @@ def fast_path() -> bool:
         or torch.jit.is_tracing()
         or torch.onnx.is_in_onnx_export()
     )
+
+
+_LOCAL = threading.local()  # .records: the list :func:`capture` fills, None outside it
+
+#: one Function's backward state: (kind, shape of its input, saved): kind ``"rows"`` (saved: the
+#: tuple :func:`rows_backward` takes) or ``"identity"`` (the gradient passes unchanged; saved ``()``)
+Record = tuple[str, torch.Size, tuple]
+
+
+@contextmanager
+def capture() -> Iterator[list[Record]]:
+    """Collect a :data:`Record` of every fused Function that runs inside (this thread only)."""
+    prev = getattr(_LOCAL, "records", None)
+    _LOCAL.records = records = []
+    try:
+        yield records
+    finally:
+        _LOCAL.records = prev
+
+
+def _record(kind: str, shape: torch.Size, saved: tuple) -> None:
+    records = getattr(_LOCAL, "records", None)
+    if records is not None:
+        records.append((kind, shape, saved))
+
+
+def rows_backward(grad: torch.Tensor, saved: tuple) -> torch.Tensor:
+    """The gradient of :class:`_FakeQuantRows` from its saved state ``(mask,)`` or ``(mask, keep, tie)``:
+    fake_quantize's ``grad * mask`` (mask None: all True, and ``grad * 1.0`` is ``grad`` bit for bit),
+    then the clip's (``minimum`` / ``maximum``): half the gradient on a bound, ``+0`` where clipped."""
+    g = grad if saved[0] is None else grad * saved[0]
+    if len(saved) == 3:
+        _, keep, tie = saved
+        g = torch.where(tie, g / 2, g)  # minimum / maximum: half the gradient on a tie
+        g = torch.where(keep, g, 0.0)  # ... and +0 where the value was clipped (masked_fill_)
+    return g
 
 
 def _grid(
@@ -80,24 +122,19 @@ class _FakeQuantRows(torch.autograd.Function):
         if inside:  # nothing clipped, no value on a bound: the clip is the identity, values and gradient
             out, m = _grid(rows, scale, zp, qmin, qmax, True)
             ctx.save_for_backward(m)  # None: every code in range, the gradient passes unchanged
+            _record("rows", rows.shape, (m,))
             return out
         c = torch.clamp(rows, lo_v, hi_v)  # the values of maximum(minimum(rows, hi_v), lo_v) (lo_v < hi_v)
         keep = c == rows
         tie = (rows == lo_v).logical_or_(rows == hi_v)
         out, m = _grid(c, scale, zp, qmin, qmax, True)
         ctx.save_for_backward(m, keep, tie)
+        _record("rows", rows.shape, (m, keep, tie))
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        saved = ctx.saved_tensors
-        # fake_quantize's backward: dY * mask (None: all True, and dY * 1.0 is dY bit for bit)
-        g = grad if saved[0] is None else grad * saved[0]
-        if len(saved) == 3:
-            _, keep, tie = saved
-            g = torch.where(tie, g / 2, g)  # minimum / maximum: half the gradient on a tie
-            g = torch.where(keep, g, 0.0)  # ... and +0 where the value was clipped (masked_fill_)
-        return g, None, None, None, None, None, None
+        return rows_backward(grad, ctx.saved_tensors), None, None, None, None, None, None
 
 
 def fake_quant_grid(
@@ -119,6 +156,7 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, q, plus_zero):  # type: ignore[override]
+        _record("identity", w.shape, ())
         return q.add(0.0) if plus_zero else q.clone() if q is w else q
 
     @staticmethod
