@@ -78,7 +78,9 @@ def rows_backward(grad: torch.Tensor, saved: tuple) -> torch.Tensor:
     """The gradient of :class:`_FakeQuantRows` from its saved state ``(mask,)`` or ``(mask, keep, tie)``:
     fake_quantize's ``grad * mask`` (mask None: all True, and ``grad * 1.0`` is ``grad`` bit for bit),
     then the clip's (``minimum`` / ``maximum``): half the gradient on a bound, ``+0`` where clipped."""
-    g = grad if saved[0] is None else grad * saved[0]
+    # the bool mask read as uint8 (the same 0 / 1): on CPU ``float * uint8`` is vectorized, ``float * bool``
+    # is not (~3x slower); the product, -0.0 and NaN included, is the same
+    g = grad if saved[0] is None else grad * saved[0].view(torch.uint8)
     if len(saved) == 3:
         _, keep, tie = saved
         g = torch.where(tie, g / 2, g)  # minimum / maximum: half the gradient on a tie
@@ -99,10 +101,19 @@ def _grid(
         return t.sub_(z).mul_(s), None  # every code in range: the clamp is a no-op, the mask all True
     if mask:
         c = t.clamp(qmin, qmax)
-        m = c == t
+        m = _equal(c, t)
     else:
         c, m = t.clamp_(qmin, qmax), None
     return c.sub_(z).mul_(s), m
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a == b`` (bool).  On CPU by way of a float32 0 / 1 result, then a cast to bool: the same mask
+    (NaN compares unequal either way) in ~0.06 ms instead of ~0.15 ms per 262k values (comparisons that
+    write bool are not vectorized there)."""
+    if a.device.type != "cpu" or a.dtype != torch.float32:
+        return a == b
+    return torch.eq(a, b, out=torch.empty_like(a)).to(torch.bool)
 
 
 class _FakeQuantRows(torch.autograd.Function):
@@ -125,7 +136,7 @@ class _FakeQuantRows(torch.autograd.Function):
             _record("rows", rows.shape, (m,))
             return out
         c = torch.clamp(rows, lo_v, hi_v)  # the values of maximum(minimum(rows, hi_v), lo_v) (lo_v < hi_v)
-        keep = c == rows
+        keep = _equal(c, rows)
         tie = (rows == lo_v).logical_or_(rows == hi_v)
         out, m = _grid(c, scale, zp, qmin, qmax, True)
         ctx.save_for_backward(m, keep, tie)
