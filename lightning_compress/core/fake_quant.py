@@ -101,7 +101,8 @@ def fake_quant_weight(
     else:
         lo, hi = ranges if ranges is not None else row_range(rows, observer, spec.bits, spec.symmetric, percentile)
         scale, zp = affine_params(lo, hi, spec.bits, spec.symmetric)
-        out = fake_quant_rows(rows, scale, zp, spec.bits, spec.symmetric)
+        bounds = (lo, hi) if ranges is None and observer == "minmax" else None  # the rows' exact min / max
+        out = fake_quant_rows(rows, scale, zp, spec.bits, spec.symmetric, bounds)
     return out.reshape(w.shape).to(w.dtype)
 
 
@@ -229,7 +230,7 @@ class WeightFakeQuant:
         hit = self.__dict__.get("_train")  # absent on a quantizer unpickled from before the training cache
         if key is not None and hit is not None and _same_key(hit[0], key):
             return fake_quant_cache.replay(weight, hit[1], hit[2], self.transposed)
-        self._train = None
+        self._train = hit = None  # the stale value and mask go before the new ones are allocated
         if key is None:
             return self._quantize(weight)
         with capture() as records:
@@ -276,17 +277,25 @@ def fake_quant_dynamic(x: torch.Tensor, bits: int, symmetric: bool, dims: tuple[
     if not symmetric:
         zp = torch.clamp(torch.round(-lo / scale), qmin, qmax)
     if fast_path():  # the same float32 operations in place; (q - zp) * scale holds no -0.0
-        out = (xf.detach() / scale).round_().add_(zp).clamp_(qmin, qmax).sub_(zp).mul_(scale)
+        t = (xf.detach() / scale).round_()
+        if symmetric:  # zp == 0: ((t + 0).clamp - 0) * scale is clamp(t) * scale + 0.0, bit for bit
+            out = t.clamp_(qmin, qmax).mul_(scale).add_(0.0)  # (see fake_quant_fused._dequant)
+        else:
+            out = t.add_(zp).clamp_(qmin, qmax).sub_(zp).mul_(scale)
         return straight_through(xf, out, plus_zero=False).to(x.dtype)
     q = torch.clamp(torch.round(xf / scale) + zp, qmin, qmax)
     out = (q - zp) * scale
     return ste(xf, out).to(x.dtype)
 
 
-def fake_quant_static(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    """Per-tensor fake quantization with a fixed scale / zero-point (exports to ONNX QDQ)."""
+def fake_quant_static(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Per-tensor fake quantization with a fixed scale / zero-point (exports to ONNX QDQ).  ``bounds``:
+    ``x``'s exact min and max (0-dim float32) when the caller computed them (a faster CPU check)."""
     rows = x.float().reshape(1, -1)
-    out = fake_quant_rows(rows, scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32), bits, symmetric)
+    out = fake_quant_rows(rows, scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32), bits, symmetric, bounds)
     return out.reshape(x.shape).to(x.dtype)
 
 
