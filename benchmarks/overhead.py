@@ -9,6 +9,8 @@ Recipes (``--recipes``, comma separated; default all):
 * ``snip+w8a8``: the pruning and the two quantizers together;
 * ``w8a8-ref``: ``w8a8`` with the reference fake-quant ops (``core.fake_quant_fused.ENABLED`` off during its steps).
 * ``snip1``: ``snip`` with a prune event at every optimizer step (``frequency=1``).
+* ``w8a8-nocache``: ``w8a8`` with the training-path weight cache off (``core.fake_quant_cache.ENABLED``
+  off during its steps): beside ``w8a8`` with ``--accumulate K``, what the cache saves.
 
 Every recipe trains its own copy of the same model (same init) side by side with a dense copy, one
 step each in turn (interleaved, so machine noise hits both alike), all in one process: a plain
@@ -19,9 +21,12 @@ out, which makes the ratio stricter, not kinder.  ``--rounds`` rounds of ``--ste
 (after ``--warmup``) each; the table gives the median over rounds of each round's median step time
 and of each round's ratio to the dense copy.
 
-Usage: ``python benchmarks/overhead.py [--steps 20] [--rounds 3] [--threads 2] [--recipes w8a8,w4g] [--clock cpu]``
-(``--clock cpu`` times each step by the process's CPU time instead of the wall clock: on a box whose
-cores other processes keep busy, waiting for a core then counts for neither copy).
+Usage: ``python benchmarks/overhead.py [--steps 20] [--rounds 3] [--threads 2] [--recipes w8a8,w4g] [--clock cpu]
+[--accumulate K]`` (``--clock cpu`` times each step by the process's CPU time instead of the wall clock: on a
+box whose cores other processes keep busy, waiting for a core then counts for neither copy).
+``--accumulate K``: one timed step is an optimizer step over K micro-batches (the batch each time, the loss
+divided by K, hooks per micro-batch as Lightning's ``accumulate_grad_batches=K`` calls them), so the weight
+fake-quant cache of :mod:`lightning_compress.core.fake_quant_cache` is paid once per K forwards.
 """
 
 from __future__ import annotations
@@ -60,26 +65,29 @@ def recipes(total: int, frequency: int) -> dict[str, tuple[str, Callable[[], lis
         "a8dyn": ("A8 dynamic per token", lambda: [ActQuant(bits=8, range="dynamic", modules=ENC)]),
         "snip+w8a8": ("SnipMomentum + W8A8", lambda: [snip(), w8(), a8s()]),
         "w8a8-ref": ("W8A8, reference fake-quant ops", lambda: [ReferenceOps(), w8(), a8s()]),
+        "w8a8-nocache": ("W8A8, weight cache off", lambda: [ReferenceOps("fake_quant_cache"), w8(), a8s()]),
     }
 
 
 class ReferenceOps:
-    """Not a compression callback: runs its recipe's steps with ``core.fake_quant_fused.ENABLED`` off
-    (``torch.fake_quantize_*`` and autograd-recorded clips, the ops before issue 17's fused path)."""
+    """Not a compression callback: runs its recipe's steps with ``core.<switch>.ENABLED`` off: by default
+    ``fake_quant_fused`` (``torch.fake_quantize_*`` and autograd-recorded clips, the ops before issue 17's
+    fused path); ``"fake_quant_cache"``: the training-path weight cache."""
+
+    def __init__(self, switch: str = "fake_quant_fused") -> None:
+        import importlib
+
+        self.module = importlib.import_module(f"lightning_compress.core.{switch}")
 
     def setup(self, trainer: Any, model: Any, stage: str) -> None: ...
 
     def on_train_start(self, trainer: Any, model: Any) -> None: ...
 
     def on_train_batch_start(self, *args: Any) -> None:
-        from lightning_compress.core import fake_quant_fused
-
-        fake_quant_fused.ENABLED = False
+        self.module.ENABLED = False
 
     def on_train_batch_end(self, *args: Any) -> None:
-        from lightning_compress.core import fake_quant_fused
-
-        fake_quant_fused.ENABLED = True
+        self.module.ENABLED = True
 
 def every_step_recipes(total: int) -> dict[str, tuple[str, Callable[[], list[Any]]]]:
     """``snip1``: the ``snip`` recipe with a prune event at every optimizer step (``frequency=1``, steps 0 to
@@ -93,8 +101,10 @@ def every_step_recipes(total: int) -> dict[str, tuple[str, Callable[[], list[Any
 
 
 class Runner:
-    def __init__(self, model: torch.nn.Module, callbacks: list[Any], batch: dict[str, torch.Tensor], total: int) -> None:
-        self.model, self.callbacks, self.batch = model, callbacks, batch
+    def __init__(
+        self, model: torch.nn.Module, callbacks: list[Any], batch: dict[str, torch.Tensor], total: int, accumulate: int = 1
+    ) -> None:
+        self.model, self.callbacks, self.batch, self.accumulate = model, callbacks, batch, accumulate
         self.trainer = SimpleNamespace(global_step=0, model=model, logger=None, estimated_stepping_batches=total)
         for cb in callbacks:
             cb.setup(self.trainer, model, "fit")
@@ -102,21 +112,25 @@ class Runner:
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(self, step: int) -> float:
-        tr, cbs = self.trainer, self.callbacks
+        """One optimizer step over ``accumulate`` micro-batches; its time."""
+        tr, cbs, k = self.trainer, self.callbacks, self.accumulate
         tr.global_step = step
         t = CLOCK()
-        for cb in cbs:
-            cb.on_train_batch_start(tr, None, self.batch, step)
-        loss = self.model(**self.batch).loss
-        loss.backward()
-        for cb in cbs:
-            if hasattr(cb, "on_before_optimizer_step"):
-                cb.on_before_optimizer_step(tr, None, self.opt)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        tr.global_step = step + 1
-        for cb in cbs:
-            cb.on_train_batch_end(tr, None, None, self.batch, step)
+        for i in range(k):
+            batch_idx = step * k + i
+            for cb in cbs:
+                cb.on_train_batch_start(tr, None, self.batch, batch_idx)
+            loss = self.model(**self.batch).loss
+            (loss / k if k > 1 else loss).backward()
+            if i == k - 1:
+                for cb in cbs:
+                    if hasattr(cb, "on_before_optimizer_step"):
+                        cb.on_before_optimizer_step(tr, None, self.opt)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                tr.global_step = step + 1
+            for cb in cbs:
+                cb.on_train_batch_end(tr, None, None, self.batch, batch_idx)
         return CLOCK() - t
 
 
@@ -130,6 +144,7 @@ def main() -> None:
     ap.add_argument("--recipes", default="snip,w8a8,w4g,a8dyn,snip+w8a8")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="step timer: wall (perf_counter) or cpu (process_time)")
     ap.add_argument("--profile", default=None, help="a recipe to profile (torch.profiler, 3 steps) instead of timing")
+    ap.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step (one timed step)")
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -150,7 +165,7 @@ def main() -> None:
     table.update(every_step_recipes(total))
     chosen = [r for r in args.recipes.split(",") if r]
     if args.profile:
-        run = Runner(copy.deepcopy(base), table[args.profile][1](), batch, total)
+        run = Runner(copy.deepcopy(base), table[args.profile][1](), batch, total, args.accumulate)
         for s in range(3):
             run.step(s)
         from torch.profiler import ProfilerActivity, profile
@@ -160,8 +175,8 @@ def main() -> None:
                 run.step(s)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
         return
-    dense = Runner(copy.deepcopy(base), [], batch, total)
-    runs = {r: Runner(copy.deepcopy(base), table[r][1](), batch, total) for r in chosen}
+    dense = Runner(copy.deepcopy(base), [], batch, total, args.accumulate)
+    runs = {r: Runner(copy.deepcopy(base), table[r][1](), batch, total, args.accumulate) for r in chosen}
     med: dict[str, list[float]] = {r: [] for r in ["dense", *chosen]}
     ratio: dict[str, list[float]] = {r: [] for r in chosen}
     step = 0
@@ -179,7 +194,8 @@ def main() -> None:
         for r in chosen:
             ratio[r].append(med[r][-1] / med["dense"][-1])
     print(f"BERT-small (hidden 256, 4 layers, 4 heads, FFN 1024), batch 8 x 128, AdamW, CPU, {args.threads} threads, "
-          f"{args.rounds} rounds x {args.steps} steps, interleaved, {args.clock} clock")
+          f"{args.rounds} rounds x {args.steps} steps, interleaved, {args.clock} clock"
+          + (f", {args.accumulate} micro-batches per optimizer step" if args.accumulate > 1 else ""))
     print(f"| {'run':<32} | {'median step (ms)':>16} | {'ratio (median of rounds)':>24} | {'ratios per round':<22} |")
     print(f"|{'-' * 34}|{'-' * 18}|{'-' * 26}|{'-' * 24}|")
     print(f"| {'dense':<32} | {statistics.median(med['dense']) * 1e3:16.1f} | {1.0:24.3f} | {'':<22} |")

@@ -15,8 +15,10 @@ Steps (no network needed):
 3. Two compression recipes, each a short fine-tune from the dense weights through Lightning's Trainer with
    the compression callbacks, the dense model as a distillation teacher (``--kd-weight``), and
    ``RedundancyClean`` at the end:
-   * ``channel``: ``ChannelPruning`` 50% of the conv channels (l1; residual-coupled convs share one mask),
-     pruned over the first 30% of the steps, then physically removed: a smaller, faster model;
+   * ``channel``: ``ChannelPruning`` 50% of the channels inside every residual block (l1; the first conv's
+     outputs and the second conv's inputs; ``--channel-layers all`` also narrows the residual streams, where
+     the convs of a stream share one mask), pruned over the first 30% of the steps
+     (``--channel-prune-end``), then physically removed: a smaller, faster model;
    * ``snip_w8a8``: ``SnipMomentumPruning`` 4x1 blocks at 50% (global ranking) + ``WeightQuant`` 8 bits per
      channel + ``ActQuant`` 8 bits static: int8 weights stored, half of them zero (same dense shapes, so
      latency does not drop without sparse / int8 kernels).
@@ -122,12 +124,22 @@ def dense_safetensors_bytes(network: nn.Module, out_dir: Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-def recipe_callbacks(recipe: str, sparsity: float) -> list[pl.Callback]:
-    """The compression callbacks of ``recipe`` (steps as fractions of the fit, so any length works)."""
+INNER_CONVS = r"^model\.layer\d+\.\d+\.conv1$"  # the first conv of every residual block: its channels stay inside the block
+
+
+def recipe_callbacks(recipe: str, sparsity: float, channel_layers: str = "inner", prune_end: float = 0.3) -> list[pl.Callback]:
+    """The compression callbacks of ``recipe`` (steps as fractions of the fit, so any length works).
+
+    ``channel_layers``: ``"inner"`` prunes the channels inside each residual block (the first conv's
+    outputs = the second conv's inputs); ``"all"`` also prunes the residual streams (every conv writing
+    into a stage's stream shares one mask), which keeps about a quarter of the weights at 50%."""
     import lightning_compress.callbacks as cbs
 
     if recipe == "channel":
-        return [cbs.ChannelPruning(sparsity=sparsity, method="l1", schedule="exp", start_step=0, end_step=0.3, frequency=0.03)]
+        modules = [INNER_CONVS] if channel_layers == "inner" else None
+        end, every = (prune_end, prune_end / 10) if prune_end > 0 else (0, 1)  # 0: one event at the first step
+        return [cbs.ChannelPruning(sparsity=sparsity, method="l1", schedule="exp", start_step=0, end_step=end,
+                                   frequency=every, modules=modules)]
     return [
         cbs.SnipMomentumPruning(pattern="4x1", sparsity=sparsity, schedule="exp", start_step=0, end_step=0.4,
                                 frequency=0.04, scope="global", max_sparsity_per_layer=0.9),
@@ -170,7 +182,7 @@ def run_recipe(recipe: str, dense: nn.Module, data: CifarTensors, args: argparse
     pl.seed_everything(args.seed, verbose=False)
     teacher = copy.deepcopy(dense) if args.kd_weight > 0 else None
     module = FineTune(copy.deepcopy(dense), teacher, lr=lr, kd_weight=args.kd_weight, temperature=args.temperature)
-    compress = recipe_callbacks(recipe, args.sparsity)
+    compress = recipe_callbacks(recipe, args.sparsity, args.channel_layers, args.channel_prune_end)
     clean = RedundancyClean(output_dir=str(out_dir / recipe), formats=args.formats, example_input=x_lat,
                             latency_runs=0, overwrite=True)
     progress, bar = progress_callbacks(label)
@@ -241,6 +253,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="dense ResNet saved by examples/cifar/train_dense.py (default: the shipped ResNet-20)")
     p.add_argument("--recipe", choices=["both", *RECIPES], default="both")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of channels / weights removed")
+    p.add_argument("--channel-layers", choices=["inner", "all"], default="inner",
+                   help="channel recipe: prune the channels inside each residual block (inner) or also the residual "
+                        "streams (all)")
+    p.add_argument("--channel-prune-end", type=float, default=0.3,
+                   help="channel recipe: the fraction of the fine-tuning steps by which the sparsity is reached (0: at once)")
     p.add_argument("--channel-epochs", type=float, default=0.8, help="fine-tuning epochs of the channel recipe")
     p.add_argument("--w8a8-epochs", type=float, default=0.3, help="fine-tuning epochs of the snip_w8a8 recipe")
     p.add_argument("--compress-epochs", type=float, default=None, help="sets --channel-epochs and --w8a8-epochs")
@@ -312,8 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dense.eval()
     dense_acc = accuracy(dense, *test)
     phase(f"dense: test accuracy {dense_acc:.4f} on {test[1].numel():,} images (the weights file says "
-          f"{meta.get('test_acc', float('nan')):.4f}; trained {meta.get('epochs', '?')} epochs on "
-          f"{meta.get('train_images', '?')} images in {meta.get('train_minutes', '?')} min)", new=False)
+          f"{meta.get('test_acc', float('nan')):.4f}; trained {meta.get('total_epochs', meta.get('epochs', '?'))} epochs on "
+          f"{meta.get('train_images', '?')} images in {meta.get('total_train_minutes', meta.get('train_minutes', '?'))} min)", new=False)
     total, nonzero = count_params(dense)
     rows = [{"model": f"ResNet-{meta.get('depth', 20)} dense", "recipe": "dense", "test_acc": dense_acc,
              "params": total, "nonzero_params": nonzero, "weight_bits": 32,

@@ -40,6 +40,9 @@ def check_ranks_agree(r0, r1, exact_storage=True):
 def test_weight_act_quant_equal_across_ranks(dist_results, stage):
     r0, r1 = dist_results(f"quant_weight_act_zero{stage}")
     check_ranks_agree(r0, r1)
+    # the training-path weight cache: ZeRO-2 quantizes each weight once per optimizer step (the second
+    # micro-batch of each step is served from the cache: 2 weights x 6 steps); ZeRO-3 never caches
+    assert r0["cache_hits"] == r1["cache_hits"] == (12 if stage == 2 else 0)
     # a fresh single-process model with the same weights, quantizers and ranges gives the same output
     model = TinyMLP().eval()
     model.load_state_dict(r0["weights"])
@@ -56,7 +59,24 @@ def test_weight_act_quant_equal_across_ranks(dist_results, stage):
         assert torch.equal(fake_quant_weight(w, wq._quantizers["net.0"].current_spec), r0["effective"]["net.0"])
 
 
+def test_weight_act_quant_zero2_cache_bit_identical(dist_results):
+    """ZeRO-2, accumulation over 2 micro-batches: with and without the training-path weight cache the
+    trained parameters, quantized weights, packed storage, static ranges and outputs are the same bits."""
+    cached, uncached = dist_results("quant_weight_act_zero2")[0], dist_results("quant_weight_act_zero2_uncached")[0]
+    assert uncached["cache_hits"] == 0 and cached["cache_hits"] > 0
+    for key in ("weights", "effective"):
+        assert cached[key].keys() == uncached[key].keys()
+        for k in cached[key]:
+            assert torch.equal(cached[key][k].view(torch.int32), uncached[key][k].view(torch.int32)), (key, k)
+    for name in cached["packed"]:
+        for k in cached["packed"][name]:
+            assert torch.equal(cached["packed"][name][k], uncached["packed"][name][k])
+    assert cached["ranges"] == uncached["ranges"]
+    assert torch.equal(cached["output"].view(torch.int32), uncached["output"].view(torch.int32))
+
+
 def test_weight_act_quant_zero2_bf16(dist_results):
     r0, r1 = dist_results("quant_weight_act_zero2_bf16")
     check_ranks_agree(r0, r1, exact_storage=False)
     assert r0["output"].isfinite().all()
+    assert r0["cache_hits"] == 12  # bf16 parameters: the cache serves them too

@@ -14,6 +14,8 @@ Usage::
 
     python examples/cifar/train_dense.py --data-dir ../shared/data/cifar10 --epochs 30 \\
         --out examples/cifar/weights/resnet20_dense.pt
+    # a warm restart: a second one-cycle starting from those weights
+    python examples/cifar/train_dense.py --init examples/cifar/weights/resnet20_dense.pt --epochs 20 --lr 0.1 ...
 
 The saved file is ``{"state_dict": <ResNet state dict>, "meta": {...}}`` (``meta``: architecture, epochs,
 seed, test accuracy, wall time, the command line); :func:`load_dense` reads it into a ``ResNet``.
@@ -134,7 +136,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--limit-train", type=int, default=0, help="use only the first N shuffled images (smoke runs)")
+    p.add_argument("--init", default=None, help="start from the weights of a file this script saved (a second "
+                   "one-cycle over them: a warm restart); its architecture must match --depth / --width")
     args = p.parse_args(argv)
+    init_meta = None
+    if args.init is not None:
+        if not Path(args.init).is_file():
+            p.error(f"--init {args.init!r}: no such file (a .pt written by this script)")
+        init_model, init_meta = load_dense(args.init)
+        if (int(init_meta["depth"]), int(init_meta["width"])) != (args.depth, args.width):
+            p.error(f"--init {args.init!r} holds a depth {init_meta['depth']} / width {init_meta['width']} ResNet, "
+                    f"but --depth {args.depth} / --width {args.width} were asked: pass the same architecture")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -148,7 +160,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"data: {x_train.shape[0]} train / {x_test.shape[0]} test images from {args.data_dir} "
           f"(decoded in {time.time() - t0:.0f} s)", flush=True)
 
-    model = ResNet(args.depth, 10, args.width).to(memory_format=torch.channels_last)
+    model = ResNet(args.depth, 10, args.width)
+    if init_meta is not None:
+        model.load_state_dict(init_model.state_dict())
+        print(f"init: {args.init} ({init_meta.get('epochs')} epochs, test accuracy {init_meta.get('test_acc', 0):.4f})",
+              flush=True)
+    model = model.to(memory_format=torch.channels_last)
     decay = [q for q in model.parameters() if q.dim() > 1]
     no_decay = [q for q in model.parameters() if q.dim() <= 1]
     opt = torch.optim.SGD(
@@ -200,6 +217,11 @@ def main(argv: list[str] | None = None) -> dict:
         "train_minutes": round((time.time() - start) / 60, 1), "threads": torch.get_num_threads(),
         "command": "python examples/cifar/train_dense.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+    if init_meta is not None:  # the whole history: this run's epochs on top of the file it started from
+        meta["init"] = {k: init_meta[k] for k in ("epochs", "test_acc", "train_minutes", "command", "init") if k in init_meta}
+        meta["total_epochs"] = int(init_meta.get("total_epochs", init_meta.get("epochs", 0))) + args.epochs
+        meta["total_train_minutes"] = round(float(init_meta.get("total_train_minutes", init_meta.get("train_minutes", 0)))
+                                            + meta["train_minutes"], 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -74,6 +74,7 @@ class ActFakeQuant:
         lo_b: torch.Tensor = getattr(module, LO)
         hi_b: torch.Tensor = getattr(module, HI)
         init: torch.Tensor = getattr(module, INIT)
+        bounds = None
         if module.training and not self.frozen:
             # no host synchronisation: the first batch's range or the EMA, picked on the device
             # (``r * m + (1 - m) * batch`` rounds as the in-place ``mul_`` / ``add_`` it replaces)
@@ -84,12 +85,13 @@ class ActFakeQuant:
                 hi_b.copy_(torch.where(init, hi_b * m + (1 - m) * b_hi, b_hi))
                 init.fill_(True)
             lo, hi = lo_b, hi_b
+            bounds = (b_lo, b_hi)  # x's exact min / max: the quantizer's CPU range check reads them
         elif bool(init):
             lo, hi = lo_b, hi_b
         else:
             lo, hi = min_max(x.detach().float())
         scale, zp = affine_params(lo.reshape(1), hi.reshape(1), self.bits, self.symmetric)
-        return fake_quant_static(x, scale, zp, self.bits, self.symmetric)
+        return fake_quant_static(x, scale, zp, self.bits, self.symmetric, bounds)
 
     def __repr__(self) -> str:
         return f"ActFakeQuant(bits={self.bits}, symmetric={self.symmetric}, range={self.range!r}, frozen={self.frozen})"

@@ -3,7 +3,9 @@
 (:func:`fake_quant_dynamic`, :func:`fake_quant_static`); :func:`weight_quantizer` /
 :func:`pre_quant_weight` read them back from a module.  Formats: :mod:`lightning_compress.core.quantize`.
 Eager calls run the fused kernels of :mod:`lightning_compress.core.fake_quant_fused` (bit-identical to
-the ``torch.fake_quantize_*`` / straight-through formulas they replace).  Pure PyTorch."""
+the ``torch.fake_quantize_*`` / straight-through formulas they replace); a weight's fake-quantized value
+is computed once per optimizer step (:mod:`lightning_compress.core.fake_quant_cache`) and once per
+evaluation.  Pure PyTorch."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from lightning_compress.core import masking
-from lightning_compress.core.fake_quant_fused import fast_path, straight_through
+from lightning_compress.core import fake_quant_cache, masking
+from lightning_compress.core.fake_quant_fused import capture, fast_path, straight_through
 from lightning_compress.core.float_quant import fake_quant_float_weight, is_float_scheme
 from lightning_compress.core.quant_grid import (
     WEIGHT_QUANT_KIND,
@@ -99,7 +101,8 @@ def fake_quant_weight(
     else:
         lo, hi = ranges if ranges is not None else row_range(rows, observer, spec.bits, spec.symmetric, percentile)
         scale, zp = affine_params(lo, hi, spec.bits, spec.symmetric)
-        out = fake_quant_rows(rows, scale, zp, spec.bits, spec.symmetric)
+        bounds = (lo, hi) if ranges is None and observer == "minmax" else None  # the rows' exact min / max
+        out = fake_quant_rows(rows, scale, zp, spec.bits, spec.symmetric, bounds)
     return out.reshape(w.shape).to(w.dtype)
 
 
@@ -135,11 +138,12 @@ def quantize_weight_int(
     return q, scale, (zp if not spec.symmetric else None)
 
 
-_STEPS = [0]  # optimizer steps taken in this process (any torch optimizer): invalidates the no-grad cache
+_STEPS = [0]  # optimizer steps taken in this process (any torch optimizer): invalidates both caches
 
 
 def _count_step(optimizer: object, args: object, kwargs: object) -> None:
     _STEPS[0] += 1
+    fake_quant_cache.drop_training_caches()  # no training cache outlives its optimizer step
 
 
 register_optimizer_step_post_hook(_count_step)
@@ -167,6 +171,9 @@ class WeightFakeQuant:
         self.ranges: tuple[torch.Tensor, torch.Tensor] | None = None
         #: no-grad forwards (evaluation): (key, quantized weight) of the last call, see :meth:`__call__`
         self._cache: tuple[tuple, torch.Tensor] | None = None
+        #: forwards with gradients: (key, quantized weight, backward record) of this optimizer step's
+        #: first forward (:mod:`~lightning_compress.core.fake_quant_cache`)
+        self._train: tuple[tuple, torch.Tensor, tuple | None] | None = None
 
     @property
     def current_spec(self) -> QuantSpec:
@@ -184,39 +191,61 @@ class WeightFakeQuant:
         self.ranges = row_range(rows, self.observer, spec.bits, spec.symmetric, 0.9999)
 
     def _cache_key(self, module: nn.Module, weight: torch.Tensor) -> tuple | None:
-        """Key of a reusable no-grad result: only for the module's own parameter (not a masked copy,
+        """Key of a reusable result: only for the module's own parameter (not a masked copy,
         whose storage is new at every call), off ZeRO-3 (its gathered weight is released after use),
         never while tracing / exporting (ONNX QDQ, ``torch.export``: the graph must hold the quantizer),
         and tied to the parameter's ``_version`` (in-place writes, ``load_state_dict``), its storage,
-        the optimizer steps taken, and this quantizer's settings."""
-        if torch.is_grad_enabled() or hasattr(weight, "ds_id") or type(weight) not in (torch.Tensor, nn.Parameter):
+        the optimizer steps taken, and this quantizer's settings.  With gradients enabled (the training
+        cache) also to ``requires_grad``, and only on the fused path with the cache on."""
+        if hasattr(weight, "ds_id") or type(weight) not in (torch.Tensor, nn.Parameter):
+            return None
+        grad = torch.is_grad_enabled()
+        if grad and not (fake_quant_cache.ENABLED and fast_path()):
             return None
         if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return None  # a trace must record the quantizer, not a cached constant
         if not any(weight is p for p in module._parameters.values()):
             return None
         return (id(weight), weight._version, weight.data_ptr(), weight.dtype, _STEPS[0], self.bits, self.spec,
-                self.observer, self.transposed, id(self.ranges), self.ranges)
+                self.observer, self.transposed, id(self.ranges), self.ranges, grad and weight.requires_grad)
 
     def __call__(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-        """The fake-quantized weight.  Under ``torch.no_grad`` (evaluation) the result is kept and
-        returned again while the parameter is unchanged (same ``_version`` and storage, no optimizer
-        step since, same settings): weight fake-quant is paid once per evaluation, not per batch."""
+        """The fake-quantized weight, kept and returned again while the parameter is unchanged (same
+        ``_version`` and storage, no optimizer step since, same settings).  Under ``torch.no_grad``
+        (evaluation): paid once per evaluation, not per batch.  With gradients: paid once per optimizer
+        step, not per micro-batch, with bit-identical values and gradients
+        (:mod:`~lightning_compress.core.fake_quant_cache`, which says what is cached and the memory)."""
         if not self.enabled:
             return weight
         key = self._cache_key(module, weight)
+        if torch.is_grad_enabled():
+            return self._train_call(weight, key)
         if key is not None and self._cache is not None and _same_key(self._cache[0], key):
             return self._cache[1]
         out = self._quantize(weight)
         self._cache = None if key is None else (key, out)
         return out
 
+    def _train_call(self, weight: torch.Tensor, key: tuple | None) -> torch.Tensor:
+        hit = self.__dict__.get("_train")  # absent on a quantizer unpickled from before the training cache
+        if key is not None and hit is not None and _same_key(hit[0], key):
+            return fake_quant_cache.replay(weight, hit[1], hit[2], self.transposed)
+        self._train = hit = None  # the stale value and mask go before the new ones are allocated
+        if key is None:
+            return self._quantize(weight)
+        with capture() as records:
+            out = self._quantize(weight)
+        if fake_quant_cache.cacheable(records, out):
+            self._train = (key, out.detach() if out.requires_grad else out, records[0] if records else None)
+            fake_quant_cache.hold(self)
+        return out
+
     def _quantize(self, weight: torch.Tensor) -> torch.Tensor:
         out = fake_quant_weight(self._oriented(weight), self.current_spec, self.ranges, self.observer)
         return out.t() if self.transposed else out
 
-    def __getstate__(self) -> dict:  # deepcopy / pickle: the cache stays behind
-        return {**self.__dict__, "_cache": None}
+    def __getstate__(self) -> dict:  # deepcopy / pickle: the caches stay behind
+        return {**self.__dict__, "_cache": None, "_train": None}
 
     def quantize_int(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Codes of ``weight`` (of its transpose ``[out, in]`` when :attr:`transposed`)."""
@@ -248,17 +277,25 @@ def fake_quant_dynamic(x: torch.Tensor, bits: int, symmetric: bool, dims: tuple[
     if not symmetric:
         zp = torch.clamp(torch.round(-lo / scale), qmin, qmax)
     if fast_path():  # the same float32 operations in place; (q - zp) * scale holds no -0.0
-        out = (xf.detach() / scale).round_().add_(zp).clamp_(qmin, qmax).sub_(zp).mul_(scale)
+        t = (xf.detach() / scale).round_()
+        if symmetric:  # zp == 0: ((t + 0).clamp - 0) * scale is clamp(t) * scale + 0.0, bit for bit
+            out = t.clamp_(qmin, qmax).mul_(scale).add_(0.0)  # (see fake_quant_fused._dequant)
+        else:
+            out = t.add_(zp).clamp_(qmin, qmax).sub_(zp).mul_(scale)
         return straight_through(xf, out, plus_zero=False).to(x.dtype)
     q = torch.clamp(torch.round(xf / scale) + zp, qmin, qmax)
     out = (q - zp) * scale
     return ste(xf, out).to(x.dtype)
 
 
-def fake_quant_static(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    """Per-tensor fake quantization with a fixed scale / zero-point (exports to ONNX QDQ)."""
+def fake_quant_static(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Per-tensor fake quantization with a fixed scale / zero-point (exports to ONNX QDQ).  ``bounds``:
+    ``x``'s exact min and max (0-dim float32) when the caller computed them (a faster CPU check)."""
     rows = x.float().reshape(1, -1)
-    out = fake_quant_rows(rows, scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32), bits, symmetric)
+    out = fake_quant_rows(rows, scale.reshape(1).float(), zero_point.reshape(1).to(torch.int32), bits, symmetric, bounds)
     return out.reshape(x.shape).to(x.dtype)
 
 

@@ -204,11 +204,16 @@ def deepspeed_affine_params(
     return scale, zp, 0, levels - 1
 
 
-def fake_quant_rows(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+def fake_quant_rows(
+    rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int, symmetric: bool,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Fake-quantize float32 ``rows`` [R, n] with one (scale, zp) per row; STE; ONNX-exportable.
 
     Eager calls take the fused path (:mod:`~lightning_compress.core.fake_quant_fused`, the same values
-    and gradients); traced / exported / compiled ones record ``torch.fake_quantize_*`` (ONNX QDQ)."""
+    and gradients); traced / exported / compiled ones record ``torch.fake_quantize_*`` (ONNX QDQ).
+    ``bounds``: the exact min / max of each row of ``rows`` (``[R]``, 0-dim for one row) when the caller
+    has them (a min-max observer): the fused path's CPU checks read them instead of reducing again."""
     qmin, qmax = qrange(bits, symmetric)
     q8min, q8max = qrange(8, symmetric)
     lo_v = hi_v = None
@@ -219,7 +224,7 @@ def fake_quant_rows(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, b
         lo_v = ((qmin - 0.49 - zp).float() * scale).unsqueeze(1)
         hi_v = ((qmax + 0.49 - zp).float() * scale).unsqueeze(1)
     if fast_path():
-        return fake_quant_grid(rows, scale, zp, q8min, q8max, lo_v, hi_v)
+        return fake_quant_grid(rows, scale, zp, q8min, q8max, lo_v, hi_v, bounds)
     if lo_v is not None:
         rows = torch.maximum(torch.minimum(rows, hi_v), lo_v)
     if rows.shape[0] == 1:

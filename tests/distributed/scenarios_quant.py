@@ -7,7 +7,7 @@ import torch
 
 from lightning_compress.callbacks.act_quant import ActQuant
 from lightning_compress.callbacks.weight_quant import WeightQuant
-from lightning_compress.core import masking
+from lightning_compress.core import fake_quant_cache, masking
 from lightning_compress.core.dist import gathered
 from lightning_compress.core.quantize import pack_state
 from tests.distributed.harness import Context, scenario
@@ -51,13 +51,25 @@ def run(ctx: Context, stage: int, **trainer_kwargs) -> None:
     aq = ActQuant(bits=8, range="static", symmetric=False)
     probe = QuantProbe(wq, aq)
     trainer = ctx.trainer(stage=stage, callbacks=[wq, aq, probe], max_steps=6, accumulate_grad_batches=2, **trainer_kwargs)
+    hits = fake_quant_cache.HITS[0]
     trainer.fit(TinyMLP(), mlp_loader(n=128, batch_size=8))
-    ctx.save({**probe.result, "global_step": trainer.global_step, "wq_state": wq.state_dict(), "aq_state": aq.state_dict()})
+    ctx.save({**probe.result, "global_step": trainer.global_step, "wq_state": wq.state_dict(), "aq_state": aq.state_dict(),
+              "cache_hits": fake_quant_cache.HITS[0] - hits})
 
 
 @scenario("quant_weight_act_zero2")
 def quant_zero2(ctx: Context) -> None:
     run(ctx, 2)
+
+
+@scenario("quant_weight_act_zero2_uncached")
+def quant_zero2_uncached(ctx: Context) -> None:
+    """``quant_weight_act_zero2`` with the training-path weight cache off (the bit-for-bit reference)."""
+    fake_quant_cache.ENABLED = False
+    try:
+        run(ctx, 2)
+    finally:
+        fake_quant_cache.ENABLED = True
 
 
 @scenario("quant_weight_act_zero3")
