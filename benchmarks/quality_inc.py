@@ -101,6 +101,7 @@ def main() -> None:
     result = {
         "row": args.row, "side": "inc", "train_seconds": t.seconds, "steps": steps,
         "final_loss": sum(losses[-10:]) / len(losses[-10:]), "losses": losses, "scores": scores,
+        "dev_n": sum(int(b["labels"].numel()) for b in data["dev"]),
         "sparsity": qc.encoder_sparsity(model.state_dict(), dense_numel),
         "params": sum(p.numel() for p in model.parameters()),
         "inc": {"version": neural_compressor.__version__, "torch": torch.__version__,

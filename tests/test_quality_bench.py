@@ -88,3 +88,29 @@ def test_table_and_plot_from_results(bench, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     quality.plot(res, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_goal_table_judges_issue13_goals(bench) -> None:
+    _, _, quality = bench
+    full = {"dev_rows": None}
+    res = {
+        "sst2/dense": {"scores": {"acc": 0.836, "f1": 0.84}, "sparsity": 0.0, "params": 100, "train_seconds": 10.0, "settings": full},
+        "sst2/snip50": {"scores": {"acc": 0.8176, "f1": 0.8}, "sparsity": 0.5, "params": 100, "train_seconds": 11.0, "settings": full},
+        "sst2/inc50": {"scores": {"acc": 0.8211, "f1": 0.8}, "sparsity": 0.5, "params": 100, "train_seconds": 15.0, "settings": full},
+        "sst2/w8a8": {"scores": {"acc": 0.8349, "f1": 0.8}, "sparsity": 0.01, "params": 100, "train_seconds": 5.0, "settings": full},
+        "sst2/head_row": {"scores": {"acc": 0.80, "f1": 0.8}, "sparsity": 0.5, "params": 1_740_000, "train_seconds": 9.0, "dev_n": 872},
+        "mrpc/snip50": {"scores": {"acc": 0.75, "f1": 0.83}, "sparsity": 0.5, "params": 100, "train_seconds": 7.0, "dev_n": 408},
+        "mrpc/inc50": {"scores": {"acc": 0.70, "f1": 0.81}, "sparsity": 0.5, "params": 100, "train_seconds": 8.0, "dev_n": 408},
+    }
+    lines = {line.split(" | ")[0]: line for line in quality.goal_table(res).splitlines()}
+    snip = lines["| SnipMomentumPruning 4x1 50%"]
+    assert "81.76 (-1.84) | 75.00 | 83.00 | 50.0% | 100 | 11 / 7 |" in snip
+    assert "within 1.0 point of dense: **missed** by 0.84" in snip
+    assert "ours >= INC: **missed** by 0.35, 3 of 872 sentences" in snip and "MRPC vs INC +5.00 (20 of 408 pairs)" in snip
+    assert "within 0.5 point of dense: **met**" in lines["| WeightQuant 8 + ActQuant 8 (W8A8)"]
+    assert "| 1,740,000 | 9 / - |" in lines["| HeadPruning 50% + RowPruning 50% + clean"]
+    # INC's row sits right under ours at the same sparsity
+    order = [k for k in lines if k.startswith("| ") and not k.startswith("| row") and not k.startswith("|---")]
+    assert order.index("| INC 2.1 snip_momentum 4x1 50%") == order.index("| SnipMomentumPruning 4x1 50%") + 1
+    res["sst2/snip50"]["scores"]["acc"] = 0.83
+    assert "ours >= INC: **met** (+0.89, 8 of 872 sentences)" in quality.goal_table(res)
