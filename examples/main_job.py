@@ -286,6 +286,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--channel-epochs / --w8a8-epochs / --compress-epochs must be > 0 (fractions of an epoch are fine)")
     if not 0 < args.sparsity < 1:
         p.error(f"--sparsity {args.sparsity}: must be in (0, 1)")
+    if not 0 <= args.channel_prune_end <= 1:
+        p.error(f"--channel-prune-end {args.channel_prune_end}: must be a fraction of the fine-tuning steps in [0, 1] "
+                "(0: the whole sparsity at the first step)")
     args.formats = [f for f in args.formats.split(",") if f]
     if "safetensors" not in args.formats:
         args.formats.append("safetensors")  # the report's file size is that file

@@ -92,3 +92,19 @@ def test_main_job_errors_say_what_to_do(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--dense-epochs", "4"])
     assert "--dense-epochs: the main job no longer trains the dense model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--channel-prune-end", "-0.1"])
+    assert "--channel-prune-end -0.1: must be a fraction of the fine-tuning steps in [0, 1]" in capsys.readouterr().err
+
+
+def test_train_dense_init_errors_say_what_to_do(tmp_path: Path, capsys) -> None:
+    from examples.cifar.train_dense import main
+
+    with pytest.raises(SystemExit):
+        main(["--init", str(tmp_path / "nowhere.pt")])
+    assert "--init '" in (err := capsys.readouterr().err) and "no such file (a .pt written by this script)" in err
+    weights = _tiny_weights(tmp_path / "dense.pt")  # width 4
+    with pytest.raises(SystemExit):
+        main(["--init", str(weights), "--width", "16"])
+    err = capsys.readouterr().err
+    assert "holds a depth 20 / width 4 ResNet, but --depth 20 / --width 16 were asked: pass the same architecture" in err
